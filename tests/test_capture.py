@@ -1,0 +1,196 @@
+"""aia.capture inside a real transformers model, against eager attention maps."""
+
+import pytest
+import torch
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+import aia
+from aia.capture import ATTN_SDPA
+
+
+def eager_full_precision(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """transformers' eager attention, except that the softmax runs in the input dtype.
+
+    transformers' own eager path takes the softmax in fp32, which caps an fp64 reference
+    at ~1e-8; this one keeps fp64 maps fp64.
+    """
+    rep = module.num_key_value_groups
+    k = key.repeat_interleave(rep, 1)
+    v = value.repeat_interleave(rep, 1)
+    weights = query @ k.transpose(2, 3) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask[:, :, :, : k.shape[-2]]
+    weights = torch.softmax(weights, dim=-1)
+    return (weights @ v).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register("eager_full_precision", eager_full_precision)
+AttentionMaskInterface.register("eager_full_precision", eager_mask)
+
+
+def tiny_llama(dtype=torch.float64, layers=3, seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def batch(pad_side="right", b=3, t=29, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 97, (b, t), generator=g)
+    lengths = torch.tensor([t, t - 6, t - 11])[:b]
+    pos = torch.arange(t)
+    keep = pos[None] < lengths[:, None] if pad_side == "right" else pos[None] >= (t - lengths)[:, None]
+    q = (torch.rand(b, t, generator=g) < 0.5) & keep
+    k = (torch.rand(b, t, generator=g) < 0.3) & keep
+    return ids, keep.long(), q, k
+
+
+def eager_intensity(model, ids, attn, qmask, kmask):
+    """Released-code style: eager attention, output_attentions, slice the maps.
+
+    The mask is passed in 4D with padding rows attending to themselves: transformers' eager
+    path otherwise turns fully masked padding rows into NaN in fp64, which then leak into
+    later layers' maps through 0 * NaN.
+    """
+    t = ids.shape[1]
+    keep = attn.bool()
+    allowed = torch.ones(t, t, dtype=torch.bool).tril()[None] & keep[:, None, :] | torch.eye(t, dtype=torch.bool)
+    dtype = model.dtype
+    mask4d = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    model.set_attn_implementation("eager_full_precision")
+    try:
+        out = model(input_ids=ids, attention_mask=mask4d, output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+    rows = []
+    for a in out.attentions:  # [B, H, T, T]
+        per = []
+        for i in range(ids.shape[0]):
+            if not qmask[i].any() or not kmask[i].any():
+                per.append(torch.zeros((), dtype=a.dtype))
+                continue
+            per.append(a[i][:, qmask[i]][:, :, kmask[i]].sum(-1).mean())
+        rows.append(torch.stack(per))
+    return torch.stack(rows), out.logits
+
+
+@pytest.mark.parametrize("pad_side", ["left", "right"])
+def test_capture_matches_eager_maps_fp64(pad_side):
+    model = tiny_llama()
+    ids, attn, q, k = batch(pad_side)
+    q[1] = False  # an empty query set
+    want, _ = eager_intensity(model, ids, attn, q, k)
+    with aia.capture(model) as cap:
+        out = model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
+        got = cap.intensity
+        assert cap.valid.tolist() == [True, False, True]
+    assert got.shape == (3, 3)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    ref = model(input_ids=ids, attention_mask=attn).logits
+    keep = attn.bool()
+    torch.testing.assert_close(out.logits[keep], ref[keep], rtol=0, atol=1e-10)
+
+
+def test_capture_fp32_outputs_equal_sdpa():
+    model = tiny_llama(torch.float32)
+    ids, attn, q, k = batch("left")
+    want, _ = eager_intensity(model, ids, attn, q, k)
+    ref = model(input_ids=ids, attention_mask=attn).logits
+    with aia.capture(model) as cap:
+        out = model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
+    keep = attn.bool()
+    torch.testing.assert_close(out.logits[keep], ref[keep], rtol=0, atol=1e-5)
+    torch.testing.assert_close(cap.intensity, want, rtol=0, atol=1e-5)
+
+
+def test_capture_restores_implementation_and_is_a_noop_without_masks():
+    model = tiny_llama(torch.float32)
+    ids, attn, _, _ = batch()
+    ref = model(input_ids=ids, attention_mask=attn).logits
+    with aia.capture(model) as cap:
+        assert model.config._attn_implementation == ATTN_SDPA
+        out = model(input_ids=ids, attention_mask=attn).logits
+        with pytest.raises(RuntimeError, match="no intensity recorded"):
+            cap.intensity  # noqa: B018
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(out, ref)
+
+
+def test_gradients_wrt_projections_match_eager():
+    ids, attn, q, k = batch("right")
+    weights = torch.randn(3, 3, dtype=torch.float64)
+    grads = []
+    for route in ("eager", "aia"):
+        model = tiny_llama()
+        if route == "eager":
+            got, _ = eager_intensity(model, ids, attn, q, k)
+        else:
+            with aia.capture(model) as cap:
+                model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
+                got = cap.intensity
+        (got * weights).sum().backward()
+        layer = model.model.layers[1].self_attn
+        grads.append((layer.q_proj.weight.grad.clone(), layer.k_proj.weight.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=1e-10)
+    assert grads[0][0].abs().sum() > 0
+
+
+def test_non_reentrant_checkpointing_gives_same_values_and_grads():
+    ids, attn, q, k = batch("left")
+    results = []
+    for ckpt in (False, True):
+        model = tiny_llama()
+        model.train()
+        if ckpt:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        with aia.capture(model) as cap:
+            out = model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
+            inten = cap.intensity
+            (inten.sum() + out.logits.float().mean()).backward()
+            after = cap.intensity  # recomputation overwrote layers by index, not appended
+        assert after.shape == inten.shape
+        results.append((inten.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=1e-10)
+
+
+def test_reentrant_checkpointing_is_refused():
+    model = tiny_llama()
+    model.train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(RuntimeError, match="non-reentrant"), aia.capture(model):
+        pass
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_cached_decoding_unchanged_inside_capture():
+    model = tiny_llama(torch.float32)
+    ids = torch.randint(1, 97, (2, 7))
+    ref = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    with aia.capture(model):
+        got = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, ref)
+
+
+def test_bad_mask_shape_is_named():
+    model = tiny_llama(torch.float32)
+    ids, attn, q, k = batch()
+    with aia.capture(model), pytest.raises(ValueError, match="aia_key_mask"):
+        model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k[:, :-1])
+
+
+def test_nested_capture_refused():
+    model = tiny_llama(torch.float32)
+    with aia.capture(model), pytest.raises(RuntimeError, match="already active"), aia.capture(model):
+        pass
