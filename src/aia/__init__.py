@@ -5,7 +5,7 @@ exactly (fused attention kernels, no attention maps), turn it into the AIA loss,
 and fine-tune with it.
 """
 
-from .capture import Capture, capture
+from .attention import Capture, capture
 from .intensity import span_mass, span_valid
 from .loss import aia_loss, huber, total_loss
 from .spans import Role, SpanConfig, generation_spans, task_spans, understanding_spans

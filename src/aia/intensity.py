@@ -43,7 +43,9 @@ __all__ = [
 ]
 
 METHODS = ("auto", "reference", "sdpa", "flex")
-_PAD_MULTIPLE = 8  # fused kernels want head dims in multiples of 8
+# Head-dim multiple of the padded width: CUDA's fused kernels want multiples of 8; the CPU
+# flash kernel runs d + 1 as fast as d + 8 and every padded column costs activation memory.
+_PAD_MULTIPLE = {"cuda": 8}
 
 
 def span_valid(query_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -186,7 +188,8 @@ def attention_with_mass(
         out = None if value is None else _sdpa(query, key, value, attention_mask, scale, causal, dropout)
         return out, mass
     dv = value.shape[-1]
-    width = -(-(max(d, dv) + 1) // _PAD_MULTIPLE) * _PAD_MULTIPLE
+    multiple = _PAD_MULTIPLE.get(query.device.type, 1)
+    width = -(-(max(d, dv) + 1) // multiple) * multiple
     q = F.pad(query, (0, width - d))
     k = F.pad(key, (0, width - d))
     v = torch.cat([value, ind, value.new_zeros(*value.shape[:-1], width - dv - 1)], dim=-1)

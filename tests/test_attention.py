@@ -6,7 +6,7 @@ from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 import aia
-from aia.capture import ATTN_SDPA
+from aia.attention import ATTN_SDPA
 
 
 def eager_full_precision(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):

@@ -1,0 +1,212 @@
+"""Figures: layer-wise intensity profiles with targets (paper Fig. 1/4/5) and loss curves (Fig. 3).
+
+Every figure comes in two calls: ``build_*_figure`` returns the matplotlib
+:class:`~matplotlib.figure.Figure` (tests read its line data back), and ``plot_*``
+builds it and writes ``<out>.png`` and ``<out>.svg`` (the suffix of ``out``, if any,
+is replaced). Figures are made without pyplot, on the Agg canvas: no global state,
+no display needed.
+
+Line labels are stable so that the data can be found again:
+``"<label>"`` for a profile's mean curve, ``"target <task>"`` for a target step line;
+in loss figures one line per run labelled with the run's name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from aia.profile_io import Profile
+from aia.targets import TargetProfile
+
+__all__ = [
+    "PlotResult",
+    "TASK_TITLES",
+    "build_profiles_figure",
+    "plot_profiles",
+    "read_metrics",
+    "build_losses_figure",
+    "plot_losses",
+]
+
+TASK_TITLES = {"gen": "generation (text \u2192 image)", "und": "understanding (image \u2192 text)"}
+FORMATS = ("png", "svg")
+
+
+@dataclass
+class PlotResult:
+    """Written files and the figure they were drawn from."""
+
+    paths: list[Path]
+    figure: Figure
+
+
+def _new_figure(n_axes: int, width: float = 6.0, height: float = 4.0) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width * n_axes, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n_axes, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _save(fig: Figure, out: str | Path) -> list[Path]:
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix.lower() in {f".{f}" for f in FORMATS} else out
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in FORMATS:
+        path = stem.parent / f"{stem.name}.{fmt}"
+        fig.savefig(path, format=fmt, dpi=150)
+        paths.append(path)
+    return paths
+
+
+# -- intensity profiles ----------------------------------------------------------------------
+
+
+def build_profiles_figure(
+    profiles: Sequence[Profile], labels: Sequence[str] | None = None, targets: TargetProfile | None = None
+) -> Figure:
+    """One subplot per task; per profile the mean curve with a +-std band; targets as steps +-delta.
+
+    Args:
+        profiles: one or more profiles (any mix of tasks and models).
+        labels: legend label per profile; default ``"<model> (n=<n>)"``.
+        targets: drawn on every task subplot; its depth must equal each profile's.
+
+    Raises:
+        ValueError: no profiles, label count mismatch, or targets of another depth.
+    """
+    profiles = list(profiles)
+    if not profiles:
+        raise ValueError("plot_profiles needs at least one profile")
+    if labels is None:
+        labels = [f"{p.model} (n={p.n})" for p in profiles]
+    labels = list(labels)
+    if len(labels) != len(profiles):
+        raise ValueError(f"got {len(labels)} labels for {len(profiles)} profiles")
+    if targets is not None:
+        for p, label in zip(profiles, labels, strict=True):
+            if p.num_layers != targets.num_layers:
+                raise ValueError(
+                    f"targets {targets.name!r} have {targets.num_layers} layers but profile {label!r} has "
+                    f"{p.num_layers}; resize them first: targets.resize({p.num_layers})"
+                )
+    tasks = [t for t in ("gen", "und") if any(p.task == t for p in profiles)]
+    fig, axes = _new_figure(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
+        mine = [(p, lab) for p, lab in zip(profiles, labels, strict=True) if p.task == task]
+        for p, label in mine:
+            x = np.arange(p.num_layers)
+            (line,) = ax.plot(x, p.mean, marker="o", markersize=3, label=label)
+            ax.fill_between(x, p.mean - p.std, p.mean + p.std, color=line.get_color(), alpha=0.2, linewidth=0)
+        if targets is not None:
+            t, d = (np.asarray(v) for v in targets.per_layer(task))
+            x = np.arange(targets.num_layers)
+            ax.step(x, t, where="mid", color="black", linestyle="--", label=f"target {task}")
+            ax.fill_between(
+                x, t - d, t + d, step="mid", color="gray", alpha=0.15, linewidth=0, label=r"target $\pm\delta$"
+            )
+        models = ", ".join(dict.fromkeys(p.model for p, _ in mine))
+        samples = ", ".join(str(p.n) for p, _ in mine)
+        ax.set_title(f"{TASK_TITLES[task]}\n{models}; n={samples} samples", fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("interaction intensity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_profiles(
+    profiles: Sequence[Profile],
+    labels: Sequence[str] | None,
+    targets: TargetProfile | None,
+    out: str | Path,
+) -> PlotResult:
+    """Draw :func:`build_profiles_figure` and write ``<out>.png`` and ``<out>.svg``."""
+    fig = build_profiles_figure(profiles, labels, targets)
+    return PlotResult(_save(fig, out), fig)
+
+
+# -- loss curves ------------------------------------------------------------------------------
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Records of a ``metrics.jsonl`` training log (or of the one in directory ``path``).
+
+    Lines without a ``"step"`` (e.g. run summaries) are ignored; blank lines too.
+
+    Raises:
+        ValueError: the file is missing, a line is not a JSON object, or no line has a step.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{path}: no such metrics file")
+    records = []
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{no}: not valid JSON: {e}") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{no}: expected a JSON object per line")
+        if "step" in rec:
+            records.append(rec)
+    if not records:
+        raise ValueError(f"{path}: no logged steps (no line with a 'step')")
+    return records
+
+
+def _matches(name: str, key: str | None) -> bool:
+    if not name.startswith("loss/"):
+        return False
+    return key is None or name == f"loss/{key}" or name.startswith(f"loss/{key}/")
+
+
+def build_losses_figure(runs: Mapping[str, str | Path], key: str | None = "ntp") -> Figure:
+    """One subplot per loss key, one line per run (x: step, y: the logged value).
+
+    Args:
+        runs: ``{run name: metrics.jsonl path or run directory}``.
+        key: which loss keys: ``"ntp"`` takes ``loss/ntp`` and ``loss/ntp/*``, ``"aia"``
+            takes ``loss/aia`` and ``loss/aia/*``; None takes every ``loss/*`` key.
+            Each run contributes the steps where it logged the key.
+
+    Raises:
+        ValueError: no runs, an unreadable/empty log, or no run logged a matching key.
+    """
+    if not runs:
+        raise ValueError("plot_losses needs at least one run")
+    logs = {name: read_metrics(path) for name, path in runs.items()}
+    keys = sorted({k for recs in logs.values() for r in recs for k in r if _matches(k, key)})
+    if not keys:
+        seen = sorted({k for recs in logs.values() for r in recs for k in r if k.startswith("loss/")})
+        raise ValueError(f"no run logged a loss key matching {key!r}; loss keys present: {seen}")
+    fig, axes = _new_figure(len(keys), width=5.0)
+    for ax, k in zip(axes, keys, strict=True):
+        for name, recs in logs.items():
+            pts = [(r["step"], r[k]) for r in recs if r.get(k) is not None]
+            if pts:
+                steps, values = zip(*pts, strict=True)
+                ax.plot(steps, values, label=name)
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_losses(runs: Mapping[str, str | Path], out: str | Path, key: str | None = "ntp") -> PlotResult:
+    """Draw :func:`build_losses_figure` and write ``<out>.png`` and ``<out>.svg``."""
+    fig = build_losses_figure(runs, key)
+    return PlotResult(_save(fig, out), fig)
