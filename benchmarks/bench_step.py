@@ -185,7 +185,9 @@ def main():
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"preset": args.preset, "device": dev, "dtype": args.dtype, "time_s": times, "peak_bytes": mem}, f)
+            json.dump(
+                {"preset": args.preset, "device": dev, "dtype": args.dtype, "time_s": times, "peak_bytes": mem}, f
+            )
 
 
 if __name__ == "__main__":

@@ -194,3 +194,41 @@ def test_nested_capture_refused():
     model = tiny_llama(torch.float32)
     with aia.capture(model), pytest.raises(RuntimeError, match="already active"), aia.capture(model):
         pass
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["sdpa", "flex"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_capture_on_gpu_matches_eager(method, dtype):
+    model = tiny_llama(torch.float64).cuda()
+    ids, attn, q, k = (x.cuda() for x in batch("left", t=150))
+    want, _ = eager_intensity(model, ids, attn, q, k)
+    model = model.to(dtype)
+    ref = model(input_ids=ids, attention_mask=attn).logits
+    with aia.capture(model, method=method) as cap:
+        out = model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
+        got = cap.intensity
+        got.sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=tol)
+    keep = attn.bool()
+    torch.testing.assert_close(out.logits[keep].float(), ref[keep].float(), rtol=0, atol=tol * 10)
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.isfinite().all()
+
+
+@pytest.mark.parametrize("pad_side", ["left", "right"])
+def test_flex_capture_forward_on_cpu_matches_eager(pad_side):
+    """The flex route through transformers' own BlockMask (padding + causal mask_mod), forward only."""
+    model = tiny_llama(torch.float32)
+    ids, attn, q, k = batch(pad_side, t=40)
+    want, _ = eager_intensity(model, ids, attn, q, k)
+    with pytest.warns(UserWarning, match="unfused"):
+        cap = aia.capture(model, method="flex")
+    with torch.no_grad(), cap:
+        out = model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
+        got = cap.intensity
+    torch.testing.assert_close(got.double(), want.double(), rtol=0, atol=1e-5)
+    ref = model(input_ids=ids, attention_mask=attn).logits
+    keep = attn.bool()
+    torch.testing.assert_close(out.logits[keep], ref[keep], rtol=0, atol=1e-4)

@@ -91,7 +91,9 @@ def test_gradients_match_reference():
     grads = {}
     for method in ("reference", "sdpa"):
         qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
-        (span_mass(qq, kk, qmask, kmask, attention_mask=allowed[:, None], method=method).double() * weights).sum().backward()
+        (
+            span_mass(qq, kk, qmask, kmask, attention_mask=allowed[:, None], method=method).double() * weights
+        ).sum().backward()
         grads[method] = (qq.grad, kk.grad)
     torch.testing.assert_close(grads["sdpa"][0], grads["reference"][0], rtol=0, atol=1e-10)
     torch.testing.assert_close(grads["sdpa"][1], grads["reference"][1], rtol=0, atol=1e-10)
@@ -143,3 +145,31 @@ def test_flex_route_on_gpu_matches_reference(dtype):
     torch.testing.assert_close(got, want, rtol=0, atol=tol)
     torch.testing.assert_close(gq.float(), q.grad.float(), rtol=0, atol=tol * 10)
     torch.testing.assert_close(gk.float(), k.grad.float(), rtol=0, atol=tol * 10)
+
+
+@pytest.mark.parametrize("pad", ["left", "right"])
+def test_flex_route_values_on_cpu_forward_only(pad):
+    """FlexAttention has no CPU backward, but its eager forward checks the LSE/gather logic here."""
+    from aia.intensity import flex_attention_with_mass, reduce_mass
+
+    q, k, qmask, kmask, allowed, _ = make_case(b=3, h=4, hkv=2, t=40, d=16, dtype=torch.float32, seed=5, pad=pad)
+    v = torch.randn(k.shape[0], k.shape[1], k.shape[2], 16)
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = allowed.clone()
+
+    def mask_mod(b, h, qi, ki):
+        return dense[b, qi, ki]
+
+    block_mask = create_block_mask(mask_mod, 3, None, 40, 40, device="cpu")
+    with torch.no_grad():
+        out, mass = flex_attention_with_mass(q, k, v, qmask, kmask, block_mask, None, None)
+    counts = qmask.sum(-1, keepdim=True)
+    gathered = torch.arange(mass.shape[-1])[None, :] < counts
+    got = reduce_mass(mass, gathered, kmask)
+    want = naive_intensity(q, k, qmask, kmask, allowed, 16**-0.5)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=allowed[:, None]
+    )
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)

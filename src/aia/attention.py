@@ -24,6 +24,8 @@ and cannot give a differentiable statistic: it is refused with a message.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from transformers import AttentionInterface
@@ -173,7 +175,11 @@ class Capture:
             raise ValueError(f"method must be 'auto', 'sdpa' or 'flex', got {method!r}")
         device = next(model.parameters()).device
         if method == "flex" and not flex_available(device):
-            raise ValueError(f"method='flex' needs a CUDA device with FlexAttention; the model is on {device}")
+            warnings.warn(
+                f"method='flex' on {device}: FlexAttention runs unfused there and has no backward; "
+                "use it for checks only (method='sdpa' is the fast route off CUDA)",
+                stacklevel=2,
+            )
         self.model = model
         self.method = "sdpa" if method == "auto" else method
         self.lm_config = language_model_config(model)

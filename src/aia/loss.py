@@ -70,9 +70,7 @@ def aia_loss(
     return (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def total_loss(
-    ntp: torch.Tensor, aia_terms: dict[str, torch.Tensor], weights: dict[str, float]
-) -> torch.Tensor:
+def total_loss(ntp: torch.Tensor, aia_terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Eq. 3: ``ntp + sum_task weights[task] * aia_terms[task]``."""
     total = ntp
     for task, term in aia_terms.items():
