@@ -1,0 +1,182 @@
+"""The ``aia`` command line: a thin layer over library functions.
+
+    aia profile MODEL_DIR --data FILE --task {und,gen} --samples N --out OUT.json
+    aia targets PROFILE.json [PROFILE.json] --stages K --out targets.yaml [--per-layer]
+    aia targets --preset janus-pro --layers 24 [--out targets.yaml]
+    aia plot profiles P.json [P.json ...] [--labels a,b] [--targets T.yaml|PRESET] --out FIG
+    aia plot losses RUN_DIR [RUN_DIR ...] [--labels a,b] [--key ntp] --out FIG
+
+Every error that comes from the user's input is printed as one line on stderr with a
+non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _dtype(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return None
+    if not hasattr(torch, name):
+        raise ValueError(f"--dtype: unknown dtype {name!r}")
+    return getattr(torch, name)
+
+
+def _cmd_profile(args) -> int:
+    from .profile import load_model, profile_model
+    from .profile_io import save_profile, summary_text
+    from .spans import SpanConfig
+
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(f"--data: no such file: {args.data}")
+    model, processor = load_model(args.model_dir, dtype=_dtype(args.dtype), device=args.device)
+    spans = SpanConfig(
+        image_markers_are_image=args.image_markers,
+        question_in_query=args.question_in_query,
+        predictive=args.predictive,
+    )
+    profile = profile_model(
+        model,
+        processor,
+        args.data,
+        args.task,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        span_config=spans,
+        method=args.method,
+        model_name=str(args.model_dir),
+        progress=not args.quiet,
+    )
+    save_profile(profile, args.out)
+    print(summary_text(profile))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_targets(args) -> int:
+    from .profile_io import load_profile
+    from .stages import derive_targets
+    from .targets import TargetProfile
+
+    if args.preset:
+        if args.profiles:
+            raise ValueError("give either profiles or --preset, not both")
+        targets = TargetProfile.preset(args.preset)
+        if args.layers:
+            targets = targets.resize(args.layers)
+    else:
+        if not args.profiles:
+            raise ValueError("give one or two profile files (a gen and/or an und profile), or --preset")
+        by_task = {}
+        for path in args.profiles:
+            p = load_profile(path)
+            if p.task in by_task:
+                raise ValueError(f"{path}: a second {p.task!r} profile; give at most one per task")
+            by_task[p.task] = p
+        targets = derive_targets(
+            by_task.get("gen"),
+            by_task.get("und"),
+            stages=args.stages,
+            per_layer=args.per_layer,
+            name=args.name,
+            fallback=args.fallback,
+        )
+    if args.out:
+        targets.to_yaml(args.out)
+        print(f"wrote {args.out}")
+    else:
+        import yaml
+
+        print(yaml.safe_dump(targets.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _labels(raw: str | None, n: int) -> list[str] | None:
+    if raw is None:
+        return None
+    labels = [s.strip() for s in raw.split(",")]
+    if len(labels) != n:
+        raise ValueError(f"--labels: {len(labels)} labels for {n} inputs")
+    return labels
+
+
+def _cmd_plot(args) -> int:
+    from .plots import plot_losses, plot_profiles
+    from .profile_io import load_profile
+    from .targets import TargetProfile
+
+    if args.what == "profiles":
+        profiles = [load_profile(p) for p in args.inputs]
+        targets = None
+        if args.targets:
+            targets = TargetProfile.load(args.targets, num_layers=profiles[0].num_layers)
+        result = plot_profiles(profiles, _labels(args.labels, len(profiles)), targets, args.out)
+    else:
+        labels = _labels(args.labels, len(args.inputs)) or [Path(p).name for p in args.inputs]
+        result = plot_losses(dict(zip(labels, args.inputs, strict=True)), args.out, key=args.key)
+    for path in result.paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aia", description="Attention Interaction Alignment toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("profile", help="measure per-layer interaction intensity (teacher forcing)")
+    p.add_argument("model_dir", help="directory of a model saved with save_pretrained, with its processor")
+    p.add_argument("--data", required=True, help="JSON/JSONL data file (image paths relative to it)")
+    p.add_argument("--task", required=True, choices=["und", "gen"])
+    p.add_argument("--samples", type=int, default=100, help="usable samples to measure (default 100, as the paper)")
+    p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
+    p.add_argument("--method", default="auto", choices=["auto", "sdpa", "flex"], help="intensity route")
+    p.add_argument("--image-markers", action="store_true", help="count begin/end-of-image tokens as image tokens")
+    p.add_argument("--question-in-query", action="store_true", help="und: the question joins the answer in Q")
+    p.add_argument("--predictive", action="store_true", help="queries are the positions predicting the span")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_profile)
+
+    t = sub.add_parser("targets", help="stage-level AIA targets from profiles, or a preset")
+    t.add_argument("profiles", nargs="*", help="profile JSON files (at most one gen and one und)")
+    t.add_argument("--stages", type=int, default=4, help="number of contiguous stages (default 4)")
+    t.add_argument("--per-layer", action="store_true", help="one stage per layer (the paper's w/o-stage ablation)")
+    t.add_argument("--fallback", default=None, help="preset or YAML for a task without a profile")
+    t.add_argument("--name", default="derived", help="name recorded in the targets file")
+    t.add_argument("--preset", default=None, help="render a preset (janus-pro, emu3) instead")
+    t.add_argument("--layers", type=int, default=None, help="with --preset: map to this depth by relative depth")
+    t.add_argument("--out", default=None, help="output YAML (default: print)")
+    t.set_defaults(func=_cmd_targets)
+
+    g = sub.add_parser("plot", help="figures: intensity curves with targets, or loss curves")
+    g.add_argument("what", choices=["profiles", "losses"])
+    g.add_argument("inputs", nargs="+", help="profile JSON files, or run directories / metrics.jsonl files")
+    g.add_argument("--labels", default=None, help="comma-separated legend labels")
+    g.add_argument("--targets", default=None, help="profiles: a targets YAML or preset name to draw")
+    g.add_argument("--key", default="ntp", help="losses: which loss group (ntp, aia)")
+    g.add_argument("--out", required=True, help="output path without extension (.png and .svg are written)")
+    g.set_defaults(func=_cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``aia`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"aia {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
