@@ -5,6 +5,7 @@
     aia targets --preset janus-pro --layers 24 [--out targets.yaml]
     aia plot profiles P.json [P.json ...] [--labels a,b] [--targets T.yaml|PRESET] --out FIG
     aia plot losses RUN_DIR [RUN_DIR ...] [--labels a,b] [--key ntp] --out FIG
+    aia train CONFIG.yaml [section.field=value ...]
 
 Every error that comes from the user's input is printed as one line on stderr with a
 non-zero exit code.
@@ -165,7 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--key", default="ntp", help="losses: which loss group (ntp, aia)")
     g.add_argument("--out", required=True, help="output path without extension (.png and .svg are written)")
     g.set_defaults(func=_cmd_plot)
+
+    r = sub.add_parser("train", help="fine-tune with NTP + lambda * AIA (see configs/)")
+    r.add_argument("config", nargs="?", default=None, help="YAML run config")
+    r.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. aia.enabled=false")
+    r.add_argument("--help-config", action="store_true", help="list every config field with its documentation")
+    r.set_defaults(func=_cmd_train)
     return parser
+
+
+def _cmd_train(args) -> int:
+    from .config import config_help, load_config
+
+    if args.help_config:
+        print(config_help())
+        return 0
+    if args.config is None:
+        raise ValueError("give a config file (see configs/), or --help-config")
+    cfg = load_config(args.config, args.overrides)
+    from .trainer import train
+
+    result = train(cfg)
+    print(f"wrote {result.final_dir}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
