@@ -218,7 +218,7 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         A :class:`TrainResult` with the metrics history of this process.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from transformers import get_scheduler
 
     from .profile import load_model
@@ -227,8 +227,13 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
     tasks = [t for t in ("und", "gen") if getattr(cfg.data, t) and getattr(cfg.data, f"ratio_{t}") > 0]
     ratio = {t: getattr(cfg.data, f"ratio_{t}") for t in tasks}
     n_micro = cfg.train.grad_accum * sum(ratio.values())
+    # Each micro-batch is one task and leaves the other task's parts (generation head,
+    # understanding aligner) without gradients: DDP must be told to expect that.
     accelerator = accelerator or Accelerator(
-        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=n_micro
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=n_micro,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        cpu=not torch.cuda.is_available(),  # under torchrun on CPU-only machines: gloo, not a silent single process
     )
     accelerator.gradient_accumulation_steps = n_micro
     set_seed(cfg.train.seed)
