@@ -1,0 +1,323 @@
+"""The common shape of a model-family adapter, and the pieces every family shares.
+
+An adapter turns one data record into the language model's input sequence, its
+next-token labels and one :class:`~aia.spans.Role` per position (:meth:`encode`),
+pads a list of them into a batch whose AIA span masks come from
+:func:`aia.spans.task_spans` (:meth:`collate`), and runs the training forward that
+returns the NTP loss while handing the span masks to every attention call of the
+language model (:meth:`forward`).
+
+Conventions shared by all families:
+
+* ``labels`` are *unshifted* (``labels[t]`` is the token at position ``t``, or -100 where
+  it is not a target); the loss compares the prediction at ``t`` with ``labels[t + 1]``
+  and is the mean over all targets of the batch.
+* Image positions whose token comes from the frozen VQ tokenizer hold the family's
+  image placeholder id in ``input_ids`` (and in ``labels`` where they are targets); the
+  forward encodes the batch's pixels, on the model's device, and fills them in. So
+  :meth:`encode` never needs the model's weights.
+* Position ids are counted over real tokens only, so left and right padding give the
+  same loss.
+* The language model is called with ``aia_query_mask`` / ``aia_key_mask`` (bool
+  ``[B, T]`` over its positions). transformers passes unknown keyword arguments down to
+  the attention function, where :func:`aia.capture` reads them; SDPA ignores them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spans import Role, SpanConfig, task_spans
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Adapter",
+    "AdapterOutput",
+    "Batch",
+    "Example",
+    "SequenceBuilder",
+    "collate_examples",
+    "next_token_loss",
+    "fill_image_tokens",
+]
+
+IGNORE_INDEX = -100
+TASKS = ("gen", "und")
+
+
+@dataclass
+class Example:
+    """One encoded sample (no batch dimension).
+
+    Attributes:
+        task: ``"gen"`` or ``"und"``.
+        input_ids: ``[T]`` token ids; VQ image positions hold the image placeholder id.
+        roles: ``[T]`` :class:`Role` values.
+        labels: ``[T]`` target ids, -100 where not supervised (unshifted).
+        pixel_values: ``[C, H, W]`` the processed image, or None.
+        image_sizes: ``[2]`` (height, width) in pixels of the image inside
+            ``pixel_values`` (Emu3, whose images keep their aspect ratio), or None.
+    """
+
+    task: str
+    input_ids: torch.Tensor
+    roles: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor | None = None
+    image_sizes: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class Batch:
+    """A padded batch of one task.
+
+    Attributes:
+        task: ``"gen"`` or ``"und"``.
+        inputs: what the family's forward needs: ``input_ids`` ``[B, T]``,
+            ``position_ids`` ``[B, T]``, and ``pixel_values`` ``[B, C, H, W]`` /
+            ``image_sizes`` ``[B, 2]`` when the family uses them.
+        labels: ``[B, T]`` unshifted targets, -100 on padding and unsupervised positions.
+        roles: ``[B, T]`` :class:`Role` values, ``Role.PAD`` on padding.
+        attention_mask: ``[B, T]`` 1 on real tokens, 0 on padding.
+        query_mask: ``[B, T]`` bool, the AIA query set Q.
+        key_mask: ``[B, T]`` bool, the AIA key set K.
+    """
+
+    task: str
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    roles: torch.Tensor
+    attention_mask: torch.Tensor
+    query_mask: torch.Tensor
+    key_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        """A copy with every tensor on ``device``."""
+        return replace(
+            self,
+            inputs={k: v.to(device) for k, v in self.inputs.items()},
+            labels=self.labels.to(device),
+            roles=self.roles.to(device),
+            attention_mask=self.attention_mask.to(device),
+            query_mask=self.query_mask.to(device),
+            key_mask=self.key_mask.to(device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.labels.shape[0]
+
+
+@dataclass
+class AdapterOutput:
+    """Result of :meth:`Adapter.forward`.
+
+    Attributes:
+        loss: scalar NTP loss, mean over the batch's ``num_tokens`` targets.
+        num_tokens: number of supervised targets in the batch.
+    """
+
+    loss: torch.Tensor
+    num_tokens: int
+
+
+class Adapter(Protocol):
+    """What the trainer and the profiler need from a model family."""
+
+    family: str
+    span_config: SpanConfig
+    padding_side: str
+
+    def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
+        """Encode one record. ``image`` (a PIL image) replaces the record's image file;
+        ``cfg_blank`` (generation only) blanks the prompt as for classifier-free guidance."""
+        ...
+
+    def collate(self, examples: list[Example]) -> Batch:
+        """Pad examples of one task into a :class:`Batch` with its AIA span masks."""
+        ...
+
+    def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
+        """Training forward: NTP loss of the batch; the language model gets the span masks."""
+        ...
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The decoder stack whose attention AIA observes."""
+        ...
+
+
+class SequenceBuilder:
+    """Builds ``input_ids`` / ``roles`` / ``labels`` piece by piece.
+
+    Each text piece is tokenized on its own (no special tokens added), so every
+    position's role is known exactly; a piece's leading space stays with it, which is
+    how byte-level BPE tokenizers split chat text anyway. Special tokens enter only by
+    id: text that spells one (a literal ``<image>`` in an answer) stays plain text.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.roles: list[int] = []
+        self.labels: list[int] = []
+
+    def text(self, text: str, role: Role, supervised: bool = False) -> SequenceBuilder:
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+        return self.tokens(ids, role, supervised)
+
+    def tokens(self, ids: list[int] | int, role: Role, supervised: bool = False) -> SequenceBuilder:
+        ids = [ids] if isinstance(ids, int) else list(ids)
+        self.ids += ids
+        self.roles += [int(role)] * len(ids)
+        self.labels += ids if supervised else [IGNORE_INDEX] * len(ids)
+        return self
+
+    def build(self, task: str, **extra) -> Example:
+        long = torch.long
+        return Example(
+            task=task,
+            input_ids=torch.tensor(self.ids, dtype=long),
+            roles=torch.tensor(self.roles, dtype=long),
+            labels=torch.tensor(self.labels, dtype=long),
+            **extra,
+        )
+
+
+def token_id(tokenizer, token: str) -> int:
+    """Id of a single (special) token, with a clear error when the tokenizer lacks it."""
+    idx = tokenizer.convert_tokens_to_ids(token)
+    if idx is None or idx == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no token {token!r}")
+    return idx
+
+
+def check_task(task: str, cfg_blank: bool) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be 'gen' or 'und', got {task!r}")
+    if cfg_blank and task != "gen":
+        raise ValueError("cfg_blank only applies to generation samples")
+
+
+def collate_examples(examples: list[Example], pad_token_id: int, padding_side: str, span_config: SpanConfig) -> Batch:
+    """Pad examples of one task into a :class:`Batch`.
+
+    Sequences are padded on ``padding_side`` (``"left"`` or ``"right"``); images of
+    different sizes are zero-padded at the bottom/right to the largest one (their true
+    size stays in ``image_sizes``).
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    task = examples[0].task
+    if any(ex.task != task for ex in examples):
+        raise ValueError("a batch holds one task; got " + ", ".join(sorted({ex.task for ex in examples})))
+    length = max(len(ex) for ex in examples)
+
+    def pad(values: list[torch.Tensor], fill: int) -> torch.Tensor:
+        out = torch.full((len(values), length), fill, dtype=torch.long)
+        for i, v in enumerate(values):
+            if padding_side == "right":
+                out[i, : v.shape[0]] = v
+            else:
+                out[i, length - v.shape[0] :] = v
+        return out
+
+    input_ids = pad([ex.input_ids for ex in examples], pad_token_id)
+    labels = pad([ex.labels for ex in examples], IGNORE_INDEX)
+    roles = pad([ex.roles for ex in examples], int(Role.PAD))
+    attention_mask = pad([torch.ones_like(ex.input_ids) for ex in examples], 0)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T] counted over real tokens
+    inputs = {"input_ids": input_ids, "position_ids": position_ids}
+
+    with_pixels = [ex.pixel_values is not None for ex in examples]
+    if any(with_pixels):
+        if not all(with_pixels):
+            raise ValueError("either every example of a batch has an image or none has")
+        h = max(ex.pixel_values.shape[-2] for ex in examples)
+        w = max(ex.pixel_values.shape[-1] for ex in examples)
+        pixels = examples[0].pixel_values.new_zeros(len(examples), examples[0].pixel_values.shape[0], h, w)
+        for i, ex in enumerate(examples):
+            pixels[i, :, : ex.pixel_values.shape[-2], : ex.pixel_values.shape[-1]] = ex.pixel_values
+        inputs["pixel_values"] = pixels
+        if examples[0].image_sizes is not None:
+            inputs["image_sizes"] = torch.stack([ex.image_sizes for ex in examples])
+
+    query_mask, key_mask = task_spans(task, roles, span_config)
+    return Batch(
+        task=task,
+        inputs=inputs,
+        labels=labels,
+        roles=roles,
+        attention_mask=attention_mask,
+        query_mask=query_mask,
+        key_mask=key_mask,
+    )
+
+
+def aia_kwargs(batch: Batch) -> dict[str, torch.Tensor]:
+    """The span masks as the keyword arguments the attention function reads."""
+    return {"aia_query_mask": batch.query_mask, "aia_key_mask": batch.key_mask}
+
+
+def fill_image_tokens(
+    input_ids: torch.Tensor, labels: torch.Tensor, placeholder_id: int, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put the image tokens of a batch into its placeholder positions.
+
+    Args:
+        input_ids: ``[B, T]`` with ``placeholder_id`` at image positions.
+        labels: ``[B, T]``; image positions that are targets hold the placeholder too.
+        placeholder_id: the image placeholder token id.
+        tokens: the batch's image tokens in reading order, sample after sample (any
+            shape, ``numel`` = number of placeholders).
+
+    Returns:
+        ``(input_ids, labels)`` with the placeholders replaced.
+    """
+    mask = input_ids == placeholder_id  # [B, T]
+    if int(mask.sum()) != tokens.numel():
+        raise ValueError(
+            f"the batch has {int(mask.sum())} image placeholders but the image tokenizer gave {tokens.numel()} tokens"
+        )
+    tokens = tokens.reshape(-1).to(device=input_ids.device, dtype=input_ids.dtype)
+    filled = input_ids.masked_scatter(mask, tokens)
+    labels = torch.where(mask & (labels != IGNORE_INDEX), filled, labels)
+    return filled, labels
+
+
+def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head) -> AdapterOutput:
+    """Mean next-token cross-entropy, with the output head applied to target positions only.
+
+    Args:
+        hidden: ``[B, T, D]`` last hidden states of the language model.
+        labels: ``[B, T]`` unshifted targets, -100 where none.
+        head: maps ``[N, D]`` hidden states to ``[N, V]`` logits (for example the
+            ``lm_head``), so the ``[B, T, V]`` logits tensor is never built.
+    """
+    targets = labels[:, 1:]  # [B, T-1]: the token each position predicts
+    keep = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][keep])  # [N, V]
+    num_tokens = int(keep.sum())
+    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum") / max(num_tokens, 1)
+    return AdapterOutput(loss=loss, num_tokens=num_tokens)
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """dtype of a module's first parameter (what its floating inputs should be cast to)."""
+    return next(module.parameters()).dtype
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (LoRA injects its layers in place)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model

@@ -1,0 +1,141 @@
+"""Adapter for ``ChameleonForConditionalGeneration``.
+
+Chameleon writes an image as ``<racm3:break>`` + 1024 VQ code tokens of the shared
+vocabulary + ``<eoss>`` (what ``ChameleonProcessor`` builds); ``model.model.get_image_tokens``
+gives the codes, which fill the ``<image>`` placeholder slots in the forward.
+
+Chat format: Chameleon has no chat template; ``ChameleonProcessor`` ends a prompt with
+the separator ``<reserved08706>`` in chat mode. We use it between user and assistant
+and close each assistant turn with ``</s>``::
+
+    und  <s>{image}{Q1}<reserved08706>{A1}</s>{Q2}<reserved08706>{A2}</s>
+    gen  <s>{prompt}<reserved08706><racm3:break>{code * N}<eoss></s>
+
+Question text before an ``<image>`` placeholder goes before the image block.
+
+Roles: ``<s>``, the separator and ``</s>`` are TEMPLATE; question / prompt PROMPT;
+answers ANSWER; codes IMAGE; ``<racm3:break>`` / ``<eoss>`` IMAGE_MARKER.
+
+Labels: understanding supervises the answers and the ``</s>`` after each; generation
+supervises the codes and ``<eoss>``. CFG blanking leaves the prompt out.
+
+Loss: the transformers forward sets the logits of every image-code token to -inf (the
+released model does not generate images), so it cannot train generation. Both tasks
+take the language model's hidden states and apply ``lm_head`` here; understanding keeps
+the forward's behaviour (code logits masked, as at inference), generation uses the full
+vocabulary. The HF VQ has only the encoder, which is all training needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import dialogue, generation_prompt, image_path, load_image, split_at_image
+from ..spans import Role, SpanConfig
+from .base import (
+    AdapterOutput,
+    Batch,
+    Example,
+    SequenceBuilder,
+    aia_kwargs,
+    check_task,
+    collate_examples,
+    fill_image_tokens,
+    module_dtype,
+    next_token_loss,
+    token_id,
+    unwrap,
+)
+
+__all__ = ["ChameleonAdapter"]
+
+
+class ChameleonAdapter:
+    """Chameleon: images are VQ tokens of the shared vocabulary between begin/end markers."""
+
+    family = "chameleon"
+
+    def __init__(
+        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+    ):
+        config = unwrap(model).config
+        self.processor = processor
+        self.tokenizer = tok = processor.tokenizer
+        self.span_config = span_config
+        self.padding_side = padding_side
+        self.image_token_id = token_id(tok, processor.image_token)
+        if (config.vocabulary_map or {}).get(processor.image_token) != self.image_token_id:
+            raise ValueError(f"processor image token {processor.image_token!r} disagrees with config.vocabulary_map")
+        self.boi_id = token_id(tok, processor.image_start_token)
+        self.eoi_id = token_id(tok, processor.image_end_token)
+        if tok.sep_token is None:
+            raise ValueError("Chameleon's tokenizer needs its chat separator as sep_token ('<reserved08706>')")
+        self.sep_id = tok.sep_token_id
+        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        self.vq_factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
+
+    def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
+        check_task(task, cfg_blank)
+        if image is None:
+            image = load_image(image_path(record, base_dir))
+        pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
+        num_codes = (pixel_values.shape[-2] // self.vq_factor) * (pixel_values.shape[-1] // self.vq_factor)
+        b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
+        if task == "und":
+            for i, (question, answer) in enumerate(dialogue(record)):
+                if i == 0:
+                    before, after = split_at_image(question)
+                    b.text(before, Role.PROMPT)
+                    self._image(b, num_codes, supervised=False)
+                    b.text(after, Role.PROMPT)
+                else:
+                    b.text(question, Role.PROMPT)
+                b.tokens(self.sep_id, Role.TEMPLATE)
+                b.text(answer, Role.ANSWER, supervised=True)
+                b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)
+        else:
+            if not cfg_blank:
+                b.text(generation_prompt(record), Role.PROMPT)
+            b.tokens(self.sep_id, Role.TEMPLATE)
+            self._image(b, num_codes, supervised=True)
+            b.tokens(self.eos_id, Role.TEMPLATE)
+        return b.build(task, pixel_values=pixel_values)
+
+    def _image(self, b: SequenceBuilder, num_codes: int, supervised: bool) -> None:
+        b.tokens(self.boi_id, Role.IMAGE_MARKER)
+        b.tokens([self.image_token_id] * num_codes, Role.IMAGE, supervised)
+        b.tokens(self.eoi_id, Role.IMAGE_MARKER, supervised)
+
+    def collate(self, examples: list[Example]) -> Batch:
+        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return unwrap(model).model
+
+    def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
+        model = unwrap(model)
+        vq = model.model.vqmodel
+        vq.eval()  # frozen tokenizer
+        with torch.no_grad():
+            codes = model.model.get_image_tokens(batch.inputs["pixel_values"].to(module_dtype(vq)))  # [B, N]
+        input_ids, labels = fill_image_tokens(batch.inputs["input_ids"], batch.labels, self.image_token_id, codes)
+        out = model.model(
+            input_ids=input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.inputs["position_ids"],
+            use_cache=False,
+            **aia_kwargs(batch),
+        )
+        head = model.lm_head
+        if batch.task == "und":
+            code_ids = torch.tensor(model.model.vocabulary_mapping.image_tokens, device=input_ids.device)
+
+            def head(hidden: torch.Tensor) -> torch.Tensor:  # as the transformers forward: no image codes
+                logits = model.lm_head(hidden)
+                return logits.index_fill(-1, code_ids, torch.finfo(logits.dtype).min)
+
+        return next_token_loss(out.last_hidden_state, labels, head)

@@ -1,0 +1,172 @@
+"""Adapter for ``Emu3ForConditionalGeneration``.
+
+Emu3 writes an image as tokens of its shared vocabulary. The image block mirrors what
+``Emu3Processor`` builds (and Emu3's own training data)::
+
+    <|image start|>{h}*{w}<|image token|> [code * w, <eol>] * h <|extra_201|><|image end|>
+
+with ``h``, ``w`` the VQ token grid (pixels / 8), ``<eol>`` = ``<|extra_200|>`` after every
+row and ``<|extra_201|>`` the end-of-frame token. ``model.model.get_image_tokens`` returns
+exactly the ``h * (w + 1)`` tokens of the rows (codes and end-of-lines); they fill the
+``<image>`` placeholder slots in the forward.
+
+Chat format (Emu3-Chat's "You are a helpful assistant. USER: ... ASSISTANT: ..." with an
+end-of-sequence token after every answer)::
+
+    und  <bos>You are a helpful assistant. USER: {image}{Q1} ASSISTANT: {A1}<eos>USER: {Q2} ASSISTANT: {A2}<eos>
+    gen  <bos>{prompt}{image}<eos>
+
+(Emu3-Gen's format: prompt, then the image.) Question text before an ``<image>``
+placeholder goes before the image block, separated by a space.
+
+Roles: ``<bos>``, the system/role text and ``<eos>`` are TEMPLATE; question / prompt
+PROMPT; answers ANSWER; the VQ codes IMAGE; every other token of the image block (start,
+the ``h*w`` size text, ``<|image token|>``, end-of-line, end-of-frame, end) IMAGE_MARKER.
+
+Labels: understanding supervises the answers and the ``<eos>`` after each; generation
+supervises what follows the image header: the codes, end-of-lines, end-of-frame and
+end-of-image (the header ``<|image start|>{h}*{w}<|image token|>`` is what Emu3's
+processor puts in the generation prompt).
+
+CFG blanking: the prompt is left out (``<bos>`` then the image block).
+
+The VQ has BatchNorm layers: it is put back in eval mode before every use, so that a
+``model.train()`` does not make the codes drift; it runs without autograd.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import dialogue, generation_prompt, image_path, load_image, split_at_image
+from ..spans import Role, SpanConfig
+from .base import (
+    AdapterOutput,
+    Batch,
+    Example,
+    SequenceBuilder,
+    aia_kwargs,
+    check_task,
+    collate_examples,
+    fill_image_tokens,
+    module_dtype,
+    next_token_loss,
+    token_id,
+    unwrap,
+)
+
+__all__ = ["Emu3Adapter"]
+
+SYSTEM = "You are a helpful assistant."
+EOL = "<|extra_200|>"
+
+
+class Emu3Adapter:
+    """Emu3: images are VQ tokens of the shared vocabulary, one end-of-line per row."""
+
+    family = "emu3"
+
+    def __init__(
+        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+    ):
+        config = unwrap(model).config
+        self.processor = processor
+        self.tokenizer = tok = processor.tokenizer
+        self.span_config = span_config
+        self.padding_side = padding_side
+        vocab = config.vocabulary_map or {}
+        self.image_token_id = token_id(tok, processor.image_token)
+        if vocab.get(processor.image_token) != self.image_token_id:
+            raise ValueError(f"processor image token {processor.image_token!r} disagrees with config.vocabulary_map")
+        if EOL not in vocab:
+            raise ValueError(f"config.vocabulary_map has no end-of-line token {EOL!r}")
+        self.boi_id = token_id(tok, processor.image_start_token)
+        self.eoi_id = token_id(tok, processor.image_end_token)
+        self.wrapper_id = token_id(tok, processor.fake_token_around_image)
+        self.eof_id = token_id(tok, processor.eof_token)
+        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        self.vq_factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
+
+    def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
+        check_task(task, cfg_blank)
+        if image is None:
+            image = load_image(image_path(record, base_dir))
+        processed = self.processor.image_processor(image, return_tensors="pt")
+        pixel_values, image_sizes = processed["pixel_values"][0], processed["image_sizes"][0]  # [3, H, W], [2]
+        grid = (int(image_sizes[0]) // self.vq_factor, int(image_sizes[1]) // self.vq_factor)
+        b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
+        if task == "und":
+            for i, (question, answer) in enumerate(dialogue(record)):
+                b.text(f"{SYSTEM} USER:" if i == 0 else "USER:", Role.TEMPLATE)
+                if i == 0:
+                    before, after = split_at_image(question)
+                    if before:
+                        b.text(" " + before, Role.PROMPT)
+                    b.text(" ", Role.TEMPLATE)
+                    self._image(b, grid, supervised=False)
+                    b.text(after, Role.PROMPT)
+                elif question:
+                    b.text(" " + question, Role.PROMPT)
+                b.text(" ASSISTANT:", Role.TEMPLATE)
+                if answer:
+                    b.text(" " + answer, Role.ANSWER, supervised=True)
+                b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)
+        else:
+            if not cfg_blank:
+                b.text(generation_prompt(record), Role.PROMPT)
+            self._image(b, grid, supervised=True)
+            b.tokens(self.eos_id, Role.TEMPLATE)
+        return b.build(task, pixel_values=pixel_values, image_sizes=image_sizes.long())
+
+    def _image(self, b: SequenceBuilder, grid: tuple[int, int], supervised: bool) -> None:
+        h, w = grid
+        b.tokens(self.boi_id, Role.IMAGE_MARKER).text(f"{h}*{w}", Role.IMAGE_MARKER)
+        b.tokens(self.wrapper_id, Role.IMAGE_MARKER)
+        for _ in range(h):  # placeholders for w codes and the end-of-line, filled in by the forward
+            b.tokens([self.image_token_id] * w, Role.IMAGE, supervised)
+            b.tokens(self.image_token_id, Role.IMAGE_MARKER, supervised)
+        b.tokens(self.eof_id, Role.IMAGE_MARKER, supervised).tokens(self.eoi_id, Role.IMAGE_MARKER, supervised)
+
+    def collate(self, examples: list[Example]) -> Batch:
+        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return unwrap(model).model.text_model
+
+    def _image_tokens(self, model: nn.Module, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+        """Row tokens (codes and end-of-lines) of every image, in batch order.
+
+        Images of one size are encoded together, each cropped to its true size: the VQ's
+        convolutions would see the zero padding of a mixed-size batch and change the
+        codes near the border, making a sample's tokens depend on its batch.
+        """
+        per_image: list[torch.Tensor | None] = [None] * len(image_sizes)
+        for size in torch.unique(image_sizes, dim=0):
+            idx = (image_sizes == size).all(-1).nonzero().flatten().tolist()
+            h, w = int(size[0]), int(size[1])
+            tokens = model.model.get_image_tokens(pixel_values[idx, :, :h, :w], image_sizes[idx])  # [len(idx) * n]
+            for i, t in zip(idx, tokens.view(len(idx), -1), strict=True):
+                per_image[i] = t
+        return torch.cat(per_image)
+
+    def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
+        model = unwrap(model)
+        vq = model.model.vqmodel
+        vq.eval()  # BatchNorm inside: never let model.train() reach the frozen tokenizer
+        with torch.no_grad():
+            tokens = self._image_tokens(
+                model, batch.inputs["pixel_values"].to(module_dtype(vq)), batch.inputs["image_sizes"]
+            )
+        input_ids, labels = fill_image_tokens(batch.inputs["input_ids"], batch.labels, self.image_token_id, tokens)
+        out = model.model.text_model(
+            input_ids=input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.inputs["position_ids"],
+            use_cache=False,
+            **aia_kwargs(batch),
+        )
+        return next_token_loss(out.last_hidden_state, labels, model.lm_head)

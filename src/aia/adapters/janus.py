@@ -1,0 +1,182 @@
+"""Adapter for ``JanusForConditionalGeneration`` (Janus / Janus-Pro).
+
+Chat format: Janus-Pro's ``deepseek`` format with an empty system prompt, the one the
+released Janus code and the HF chat template produce::
+
+    und  <bos><|User|>: <begin_of_image><image_placeholder>*N<end_of_image>\\n{Q1}\\n\\n<|Assistant|>: {A1}<eos><|User|>: {Q2}\\n\\n<|Assistant|>: {A2}<eos>
+    gen  <bos><|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>{code_1 .. code_N}
+
+Question text before an ``<image>`` placeholder goes before the image, with ``\\n`` on
+both sides as in the HF template. ``<|User|>:`` and ``<|Assistant|>:`` are plain text
+(they are not special tokens in Janus-Pro's tokenizer).
+
+Roles: ``<bos>``, role tags, separators and ``<eos>`` are TEMPLATE; question / prompt text
+PROMPT; answers ANSWER; the image slots IMAGE (understanding: the N positions filled with
+SigLIP features; generation: the N VQ codes); ``<begin_of_image>`` / ``<end_of_image>``
+IMAGE_MARKER. The leading space of a question or answer belongs to it (that is how the
+byte-level BPE tokenizes the whole string too).
+
+Labels: understanding supervises the answers and the ``<eos>`` closing each of them;
+generation supervises the N codes.
+
+Understanding goes through the model's own forward (``model.model``), which puts the
+aligned vision features into the ``image_token_id`` slots; only the language model gets
+the AIA keyword arguments (the vision tower is called without them). Generation is not
+covered by the transformers forward; it is built from the model's parts as the Janus
+training code does: the frozen VQ tokenizer gives the codes, ``generation_embeddings`` +
+``generation_aligner`` embed them, the language model runs over
+``[prompt ; <begin_of_image> ; code_1 .. code_N]`` and ``generation_head`` predicts code
+``i`` from position ``i - 1``. The sequence holds all N codes (the output at the last one
+is unused by the loss) so that IMAGE marks exactly the N image positions, as for the
+VQ-token families.
+
+CFG blanking replaces every token between ``<bos>`` and ``<begin_of_image>`` by the pad
+token, as Janus' generation code builds its unconditional branch; those positions are
+real (attended) tokens with role TEMPLATE, so the key set is empty.
+
+The generation image is the processor's output (resized, padded to a square, scaled
+to [-1, 1] for Janus-Pro's processor config), which is what the VQ expects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import dialogue, generation_prompt, image_path, load_image, split_at_image
+from ..spans import Role, SpanConfig
+from .base import (
+    AdapterOutput,
+    Batch,
+    Example,
+    SequenceBuilder,
+    aia_kwargs,
+    check_task,
+    collate_examples,
+    fill_image_tokens,
+    module_dtype,
+    next_token_loss,
+    token_id,
+    unwrap,
+)
+
+__all__ = ["JanusAdapter"]
+
+USER = "<|User|>:"
+ASSISTANT = "<|Assistant|>:"
+
+
+class JanusAdapter:
+    """Janus / Janus-Pro: SigLIP features for understanding, VQ codes for generation."""
+
+    family = "janus"
+
+    def __init__(
+        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+    ):
+        config = unwrap(model).config
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.span_config = span_config
+        self.padding_side = padding_side
+        tok = self.tokenizer
+        self.image_token_id = config.image_token_id
+        if token_id(tok, processor.image_token) != self.image_token_id:
+            raise ValueError(
+                f"processor image token {processor.image_token!r} is not config.image_token_id={self.image_token_id}"
+            )
+        self.boi_id = token_id(tok, processor.image_start_token)
+        self.eoi_id = token_id(tok, processor.image_end_token)
+        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        vision = config.vision_config
+        self.num_und_tokens = (vision.image_size // vision.patch_size) ** 2
+        self.vq_factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
+
+    def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
+        check_task(task, cfg_blank)
+        if image is None:
+            image = load_image(image_path(record, base_dir))
+        pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
+        b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
+        if task == "und":
+            self._dialogue(b, dialogue(record))
+        else:
+            b.text(USER, Role.TEMPLATE).text(" " + generation_prompt(record), Role.PROMPT)
+            b.text("\n\n" + ASSISTANT, Role.TEMPLATE)
+            if cfg_blank:  # everything between <bos> and <begin_of_image> becomes padding tokens
+                n = len(b.ids) - 1
+                b.ids[1:] = [self.pad_id] * n
+                b.roles[1:] = [int(Role.TEMPLATE)] * n
+            num_codes = (pixel_values.shape[-2] // self.vq_factor) * (pixel_values.shape[-1] // self.vq_factor)
+            b.tokens(self.boi_id, Role.IMAGE_MARKER)
+            b.tokens([self.image_token_id] * num_codes, Role.IMAGE, supervised=True)
+        return b.build(task, pixel_values=pixel_values)
+
+    def _dialogue(self, b: SequenceBuilder, turns: list[tuple[str, str]]) -> None:
+        for i, (question, answer) in enumerate(turns):
+            b.text(USER, Role.TEMPLATE)
+            if i == 0:
+                before, after = split_at_image(question)
+                if before:
+                    b.text(" " + before, Role.PROMPT).text("\n", Role.TEMPLATE)
+                else:
+                    b.text(" ", Role.TEMPLATE)
+                b.tokens(self.boi_id, Role.IMAGE_MARKER)
+                b.tokens([self.image_token_id] * self.num_und_tokens, Role.IMAGE)
+                b.tokens(self.eoi_id, Role.IMAGE_MARKER)
+                if after:
+                    b.text("\n", Role.TEMPLATE).text(after, Role.PROMPT)
+            elif question:
+                b.text(" " + question, Role.PROMPT)
+            b.text("\n\n" + ASSISTANT, Role.TEMPLATE)
+            if answer:
+                b.text(" " + answer, Role.ANSWER, supervised=True)
+            b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)
+
+    def collate(self, examples: list[Example]) -> Batch:
+        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return unwrap(model).model.language_model
+
+    def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
+        model = unwrap(model)
+        model.model.vqmodel.eval()  # frozen tokenizer: keep it in eval mode whatever model.train() did
+        if batch.task == "und":
+            return self._understanding(model, batch)
+        return self._generation(model, batch)
+
+    def _understanding(self, model: nn.Module, batch: Batch) -> AdapterOutput:
+        pixel_values = batch.inputs["pixel_values"].to(module_dtype(model.model.vision_model))
+        out = model.model(
+            input_ids=batch.inputs["input_ids"],
+            pixel_values=pixel_values,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.inputs["position_ids"],
+            use_cache=False,
+            **aia_kwargs(batch),
+        )
+        return next_token_loss(out.last_hidden_state, batch.labels, model.lm_head)
+
+    def _generation(self, model: nn.Module, batch: Batch) -> AdapterOutput:
+        input_ids = batch.inputs["input_ids"]  # [B, T], image_token_id at the N code slots
+        vq = model.model.vqmodel
+        with torch.no_grad():
+            codes = vq.encode(batch.inputs["pixel_values"].to(module_dtype(vq))).image_tokens  # [B * N]
+        codes = codes.view(input_ids.shape[0], -1)  # [B, N]
+        _, labels = fill_image_tokens(input_ids, batch.labels, self.image_token_id, codes)
+        text_embeds = model.get_input_embeddings()(input_ids)  # [B, T, D]
+        image_embeds = model.prepare_embeddings_for_image_generation(codes)  # [B, N, D]
+        slots = (input_ids == self.image_token_id).unsqueeze(-1)
+        inputs_embeds = text_embeds.masked_scatter(slots, image_embeds.to(text_embeds.dtype))
+        out = model.model.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.inputs["position_ids"],
+            use_cache=False,
+            **aia_kwargs(batch),
+        )
+        return next_token_loss(out.last_hidden_state, labels, model.model.generation_head)
