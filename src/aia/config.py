@@ -234,9 +234,18 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
+class _Raw(str):
+    """A command-line override value: YAML-parsed unless the field is a string."""
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field annotation (a string under ``from __future__``)."""
     tp = eval(annotation, vars(typing) | {"list": list}) if isinstance(annotation, str) else annotation  # noqa: S307
+    if isinstance(value, _Raw):
+        if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)):
+            if value.strip().lower() not in ("null", "~"):
+                return str(value)
+        value = yaml.safe_load(value) if value.strip() else ""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
@@ -275,7 +284,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            hint = " (YAML reads yes/no/on/off as booleans: quote the word)" if isinstance(value, bool) else ""
+            raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 
@@ -317,7 +327,7 @@ def _apply_override(data: dict, item: str) -> None:
     data.setdefault(parts[0], {})
     if data[parts[0]] is None:
         data[parts[0]] = {}
-    data[parts[0]][parts[1]] = yaml.safe_load(raw) if raw.strip() else ""
+    data[parts[0]][parts[1]] = _Raw(raw)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), check_paths: bool = True) -> RunConfig:

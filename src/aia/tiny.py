@@ -118,8 +118,11 @@ def _lm(num_layers: int, vocab_size: int) -> dict:
     return dict(_LM, num_hidden_layers=num_layers, vocab_size=vocab_size)
 
 
-def tiny_janus(seed: int = 0, num_layers: int = 2, image_size: int = 32):
+def tiny_janus(seed: int = 0, num_layers: int = 2, image_size: int = 32, **lm_overrides):
     """A tiny random ``JanusForConditionalGeneration`` and its ``JanusProcessor``.
+
+    ``lm_overrides`` replace language-model config fields (``hidden_size``,
+    ``num_attention_heads``, ``intermediate_size``...), e.g. for benchmarks at a larger width.
 
     Special tokens are Janus-Pro's: ``<｜begin▁of▁sentence｜>``, ``<｜end▁of▁sentence｜>``,
     ``<｜▁pad▁｜>``, ``<image_placeholder>``, ``<begin_of_image>``, ``<end_of_image>``.
@@ -140,9 +143,10 @@ def tiny_janus(seed: int = 0, num_layers: int = 2, image_size: int = 32):
         }
     )
     patch = 8
+    hidden = lm_overrides.get("hidden_size", _LM["hidden_size"])
     num_image_tokens = (image_size // patch) ** 2
     config = JanusConfig(
-        text_config=dict(model_type="llama", **_lm(num_layers, len(tokenizer))),
+        text_config=dict(model_type="llama", **dict(_lm(num_layers, len(tokenizer)), **lm_overrides)),
         vision_config=dict(
             hidden_size=32,
             num_hidden_layers=1,
@@ -150,7 +154,7 @@ def tiny_janus(seed: int = 0, num_layers: int = 2, image_size: int = 32):
             mlp_ratio=2.0,
             image_size=image_size,
             patch_size=patch,
-            projection_dim=_LM["hidden_size"],
+            projection_dim=hidden,
             num_image_tokens=num_image_tokens,
         ),
         vq_config=dict(
@@ -160,8 +164,8 @@ def tiny_janus(seed: int = 0, num_layers: int = 2, image_size: int = 32):
             base_channels=32,
             channel_multiplier=[1, 1, 2, 2],  # downsampling 8: same token grid as the vision patches
             num_res_blocks=1,
-            projection_dim=_LM["hidden_size"],
-            image_token_embed_dim=_LM["hidden_size"],
+            projection_dim=hidden,
+            image_token_embed_dim=hidden,
             num_hidden_layers=2,
         ),
         image_token_id=tokenizer.image_token_id,

@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ METRIC_KEYS = {
     "intensity/und": "per-layer intensity, mean over enabled samples (every train.intensity_every steps)",
     "intensity/gen": "per-layer intensity of generation samples (same)",
     "aia_samples/gen": "samples that carried the AIA term (CFG-blanked ones do not)",
+    "time/step_s": "wall-clock seconds of the step on the main process (data, forward, backward, optimizer)",
 }
 
 
@@ -325,6 +327,7 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         curves: dict[str, list[torch.Tensor]] = defaultdict(list)
         grad_norm = torch.zeros((), device=accelerator.device)
         lr = scheduler.get_last_lr()[0]
+        t0 = time.perf_counter()
         for task, counter in step_schedule(step, cfg.train.grad_accum, ratio):
             batch = streams[task].batch(counter, cfg.data.batch_size, rank, world).to(accelerator.device)
             with accelerator.accumulate(step_module):
@@ -344,6 +347,7 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
                 sums[f"aia_samples/{task}"] += res["aia_samples"].detach()
                 curves[task].append(res["intensity"].detach().float())
         scheduler.step()
+        step_time = time.perf_counter() - t0
         bar.update(1)
         n_total = sum(counts.values())
         row_t = {"loss": sums["loss"] / n_total, "loss/ntp": sums["loss/ntp"] / n_total, "grad_norm": grad_norm}
@@ -354,7 +358,7 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
                 row_t[f"aia_samples/{task}"] = sums[f"aia_samples/{task}"]
         keys = sorted(row_t)
         reduced = accelerator.reduce(torch.stack([row_t[k].float() for k in keys]), reduction="mean")
-        row: dict = {"step": step + 1, "lr": lr}
+        row: dict = {"step": step + 1, "lr": lr, "time/step_s": step_time}
         row.update({k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)})
         log_intensity = cfg.aia.enabled and cfg.train.intensity_every and (step + 1) % cfg.train.intensity_every == 0
         if log_intensity:
