@@ -90,6 +90,22 @@ def test_baseline_differs_from_aia_only_by_the_aia_term(family, tiny_data, tmp_p
         assert "loss/aia/und" not in off
 
 
+@pytest.mark.parametrize("family", ["emu3"])
+def test_activation_checkpointing_gives_the_same_run(family, tiny_data, tmp_path):
+    runs = []
+    for ckpt in (False, True):
+        model, processor = TINY_MODELS[family](seed=0)
+        train(
+            make_cfg(tiny_data, tmp_path / str(ckpt), f"model.gradient_checkpointing={str(ckpt).lower()}"),
+            model,
+            processor,
+        )
+        runs.append(rows(tmp_path / str(ckpt)))
+    for a, b in zip(*runs, strict=True):
+        for key in ("loss", "loss/aia/und", "loss/aia/gen", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
 def test_resume_continues_with_the_same_losses(tiny_data, tmp_path, monkeypatch):
     extra = ("train.max_steps=4", "train.save_every=2", "data.cfg_drop=0.5")
     model, processor = TINY_MODELS["janus"](seed=0)

@@ -25,6 +25,7 @@ Outputs in ``train.output_dir``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -90,16 +91,20 @@ def freeze(model: nn.Module, patterns: list[str] | tuple[str, ...] | None) -> tu
 class UnifiedStep(nn.Module):
     """The model plus the per-micro-batch loss, as one module (so DDP/FSDP wrap the whole step).
 
-    ``forward(task, **tensors)`` returns ``{"loss", "ntp", "aia", "intensity" [L], "aia_samples"}``.
+    ``forward(task, **tensors)`` returns ``{"loss", "ntp", "aia", "intensity" [L], "aia_samples"}``;
+    with AIA on it runs inside ``with step.capturing():``, which also spans the backward.
     """
 
     def __init__(self, model: nn.Module, adapter, targets: TargetProfile | None, cfg: RunConfig):
         super().__init__()
         self.model = model
+        # FSDP's transformer-based auto-wrap looks for the decoder-layer classes here
+        self._no_split_modules = getattr(unwrap(model), "_no_split_modules", None)
         self.adapter = adapter
         self.aia_cfg = cfg.aia
         self.method = cfg.model.attn_method
         self.weights = {"und": cfg.aia.weight_und, "gen": cfg.aia.weight_gen}
+        self.capture = None
         for task in ("und", "gen"):
             t, d = targets.tensors(task) if targets is not None else (torch.zeros(0), torch.zeros(0))
             self.register_buffer(f"target_{task}", t, persistent=False)
@@ -115,9 +120,11 @@ class UnifiedStep(nn.Module):
             ntp = self.adapter.forward(self.model, batch).loss
             zero = ntp.detach() * 0
             return {"loss": ntp, "ntp": ntp, "aia": zero, "intensity": None, "aia_samples": zero}
-        with capture(unwrap(self.model), method=self.method) as cap:
-            ntp = self.adapter.forward(self.model, batch).loss
-            intensity, valid = cap.intensity, cap.valid  # [L, B], [B]
+        cap = self.capture
+        if cap is None:
+            raise RuntimeError("UnifiedStep with AIA must run inside `with step.capturing():`")
+        ntp = self.adapter.forward(self.model, batch).loss
+        intensity, valid = cap.intensity, cap.valid  # [L, B], [B]
         target, delta = getattr(self, f"target_{task}"), getattr(self, f"delta_{task}")
         aia = aia_loss(intensity, target, delta, valid, mode=self.aia_cfg.mode)
         n = valid.sum()
@@ -129,6 +136,23 @@ class UnifiedStep(nn.Module):
             "intensity": mean_curve,
             "aia_samples": n.float(),
         }
+
+    @contextlib.contextmanager
+    def capturing(self):
+        """Keep :func:`aia.capture` active around forward *and* backward.
+
+        Non-reentrant activation checkpointing re-runs the attention in backward; it must
+        find the same attention implementation it ran in forward.
+        """
+        if not self.aia_cfg.enabled:
+            yield None
+            return
+        with capture(unwrap(self.model), method=self.method) as cap:
+            self.capture = cap
+            try:
+                yield cap
+            finally:
+                self.capture = None
 
 
 def batch_tensors(batch: Batch) -> dict[str, torch.Tensor]:
@@ -319,6 +343,7 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         )
 
     params = [p for p in step_module.parameters() if p.requires_grad]
+    core = accelerator.unwrap_model(step_module)
     bar = tqdm(total=cfg.train.max_steps, initial=start, desc="aia train", disable=not show, file=sys.stderr)
     rank, world = accelerator.process_index, accelerator.num_processes
     for step in range(start, cfg.train.max_steps):
@@ -330,7 +355,7 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         t0 = time.perf_counter()
         for task, counter in step_schedule(step, cfg.train.grad_accum, ratio):
             batch = streams[task].batch(counter, cfg.data.batch_size, rank, world).to(accelerator.device)
-            with accelerator.accumulate(step_module):
+            with accelerator.accumulate(step_module), core.capturing():
                 res = step_module(task, **batch_tensors(batch))
                 accelerator.backward(res["loss"])
                 if accelerator.sync_gradients:
