@@ -216,7 +216,9 @@ def flex_available(device: torch.device | str) -> bool:
 def _flex(compiled: bool) -> Callable:
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    # dynamic=None: training batches change length; after the first recompile the kernel
+    # is traced with a symbolic length instead of being recompiled for every new length.
+    return torch.compile(flex_attention) if compiled else flex_attention
 
 
 def _gather_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
