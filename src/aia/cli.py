@@ -1,6 +1,6 @@
 """The ``aia`` command line: a thin layer over library functions.
 
-    aia profile MODEL_DIR --data FILE --task {und,gen} --samples N --out OUT.json
+    aia profile MODEL_DIR --data FILE --task {und,gen} --samples N --out OUT.json [--mode {teacher,decode}]
     aia targets PROFILE.json [PROFILE.json] --stages K --out targets.yaml [--per-layer]
     aia targets --preset janus-pro --layers 24 [--out targets.yaml]
     aia plot profiles P.json [P.json ...] [--labels a,b] [--targets T.yaml|PRESET] --out FIG
@@ -37,24 +37,27 @@ def _cmd_profile(args) -> int:
 
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"--data: no such file: {args.data}")
+    if args.mode == "teacher" and args.max_new_tokens is not None:
+        raise ValueError("--max-new-tokens applies to --mode decode only")
+    if args.mode == "decode" and args.batch_size != 1:
+        raise ValueError("--batch-size: --mode decode runs one sample at a time")
     model, processor = load_model(args.model_dir, dtype=_dtype(args.dtype), device=args.device)
     spans = SpanConfig(
         image_markers_are_image=args.image_markers,
         question_in_query=args.question_in_query,
         predictive=args.predictive,
     )
-    profile = profile_model(
-        model,
-        processor,
-        args.data,
-        args.task,
-        samples=args.samples,
-        batch_size=args.batch_size,
-        span_config=spans,
-        method=args.method,
-        model_name=str(args.model_dir),
-        progress=not args.quiet,
-    )
+    common = dict(span_config=spans, method=args.method, model_name=str(args.model_dir), progress=not args.quiet)
+    if args.mode == "decode":
+        from .decode import decode_profile
+
+        profile = decode_profile(
+            model, processor, args.data, args.task, args.samples, max_new_tokens=args.max_new_tokens, **common
+        )
+    else:
+        profile = profile_model(
+            model, processor, args.data, args.task, samples=args.samples, batch_size=args.batch_size, **common
+        )
     save_profile(profile, args.out)
     print(summary_text(profile))
     print(f"wrote {args.out}")
@@ -111,13 +114,15 @@ def _labels(raw: str | None, n: int) -> list[str] | None:
 def _cmd_plot(args) -> int:
     from .plots import plot_losses, plot_profiles
     from .profile_io import load_profile
-    from .targets import TargetProfile
+    from .targets import PRESETS, TargetProfile
 
     if args.what == "profiles":
         profiles = [load_profile(p) for p in args.inputs]
         targets = None
         if args.targets:
-            targets = TargetProfile.load(args.targets, num_layers=profiles[0].num_layers)
+            # a preset is mapped to the profiles' depth; a YAML (derived for one model) must match it
+            preset = args.targets.lower() in PRESETS
+            targets = TargetProfile.load(args.targets, num_layers=profiles[0].num_layers if preset else None)
         result = plot_profiles(profiles, _labels(args.labels, len(profiles)), targets, args.out)
     else:
         labels = _labels(args.labels, len(args.inputs)) or [Path(p).name for p in args.inputs]
@@ -131,19 +136,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aia", description="Attention Interaction Alignment toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("profile", help="measure per-layer interaction intensity (teacher forcing)")
+    p = sub.add_parser("profile", help="measure per-layer interaction intensity (teacher forcing or decoding)")
     p.add_argument("model_dir", help="directory of a model saved with save_pretrained, with its processor")
     p.add_argument("--data", required=True, help="JSON/JSONL data file (image paths relative to it)")
     p.add_argument("--task", required=True, choices=["und", "gen"])
     p.add_argument("--samples", type=int, default=100, help="usable samples to measure (default 100, as the paper)")
     p.add_argument("--out", required=True, help="output JSON")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument(
+        "--mode",
+        default="teacher",
+        choices=["teacher", "decode"],
+        help="teacher: one forward over the data's own tokens; decode: while the model generates (greedy, KV cache)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="decode: und answer length cap (default 64); gen: decode only this many image tokens (default all)",
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="teacher mode: samples per forward pass")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
     p.add_argument("--method", default="auto", choices=["auto", "sdpa", "flex"], help="intensity route")
     p.add_argument("--image-markers", action="store_true", help="count begin/end-of-image tokens as image tokens")
     p.add_argument("--question-in-query", action="store_true", help="und: the question joins the answer in Q")
-    p.add_argument("--predictive", action="store_true", help="queries are the positions predicting the span")
+    p.add_argument(
+        "--predictive", action="store_true", help="queries are the positions predicting the span (implied by decode)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_profile)
 

@@ -56,7 +56,19 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None, device: 
     cls = getattr(transformers, architectures[0])
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs).to(device).eval()
-    processor = transformers.AutoProcessor.from_pretrained(model_dir)
+    from .digits import VQ_FILE, DigitsProcessor
+
+    if (model_dir / VQ_FILE).is_file():  # the digits processor carries its VQ image tokenizer (aia.digits)
+        return model, DigitsProcessor.from_pretrained(model_dir)
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(model_dir)
+    except ImportError:
+        # Qwen-VL processors need torchvision for their video processor; images need none.
+        from .adapters.reference import REFERENCE_MODELS, load_image_only_processor
+
+        if architectures[0] not in REFERENCE_MODELS:
+            raise
+        processor = load_image_only_processor(model_dir)
     return model, processor
 
 

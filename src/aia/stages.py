@@ -35,6 +35,8 @@ is its own stage with ``T_l = m_l`` and ``delta_l = max(min_delta, c * std_l)``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from aia.profile_io import Profile
@@ -119,7 +121,7 @@ def derive_targets(
     stages: int = 4,
     per_layer: bool = False,
     name: str = "derived",
-    fallback: TargetProfile | str | None = None,
+    fallback: TargetProfile | str | Path | None = None,
     c: float = DELTA_SCALE,
     min_delta: float = MIN_DELTA,
 ) -> TargetProfile:
@@ -131,8 +133,8 @@ def derive_targets(
         stages: number of contiguous stages per task (1 <= stages <= num_layers).
         per_layer: one stage per layer (the paper's "w/o stage-level" ablation).
         name: name of the result.
-        fallback: targets (a :class:`TargetProfile` or preset name) for a task
-            without a profile; resized by relative depth to the profiles' depth.
+        fallback: targets (a :class:`TargetProfile`, a preset name or a targets YAML path) for
+            a task without a profile; resized by relative depth to the profiles' depth.
         c: delta = max(min_delta, c * within-stage std).
         min_delta: floor of delta.
 
@@ -149,7 +151,7 @@ def derive_targets(
     if len(depths) > 1:
         raise ValueError(f"gen and und profiles have different layer counts {sorted(depths)}")
     L = depths.pop()
-    fb = TargetProfile.preset(fallback) if isinstance(fallback, str) else fallback
+    fb = TargetProfile.load(fallback) if isinstance(fallback, (str, Path)) else fallback
     tasks: dict[str, tuple[Stage, ...]] = {}
     sources = []
     for task in TASKS:

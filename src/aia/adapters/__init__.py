@@ -15,6 +15,8 @@ from .base import IGNORE_INDEX, Adapter, AdapterOutput, Batch, Example, unwrap
 from .chameleon import ChameleonAdapter
 from .emu3 import Emu3Adapter
 from .janus import JanusAdapter
+from .reference import ReferenceAdapter
+from .vqlm import VQLMAdapter
 
 __all__ = [
     "ADAPTERS",
@@ -26,6 +28,8 @@ __all__ = [
     "Emu3Adapter",
     "Example",
     "JanusAdapter",
+    "ReferenceAdapter",
+    "VQLMAdapter",
     "get_adapter",
 ]
 
@@ -34,6 +38,12 @@ ADAPTERS: dict[str, type] = {
     "JanusForConditionalGeneration": JanusAdapter,
     "Emu3ForConditionalGeneration": Emu3Adapter,
     "ChameleonForConditionalGeneration": ChameleonAdapter,
+    "Qwen2VLForConditionalGeneration": ReferenceAdapter,
+    "Qwen2_5_VLForConditionalGeneration": ReferenceAdapter,
+    "Qwen3VLForConditionalGeneration": ReferenceAdapter,
+    "LlavaForConditionalGeneration": ReferenceAdapter,
+    "LlavaNextForConditionalGeneration": ReferenceAdapter,
+    "LlamaForCausalLM": VQLMAdapter,  # needs a processor with an image tokenizer (aia.digits)
 }
 
 

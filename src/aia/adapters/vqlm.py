@@ -1,0 +1,153 @@
+"""Adapter for a plain decoder LM whose processor carries an external VQ image tokenizer.
+
+The simplest purely unified model, of Emu3's kind: a transformers causal LM (e.g.
+``LlamaForCausalLM``) whose vocabulary holds one token per VQ code, so images are read
+and written as ordinary tokens. Unlike Emu3, the image tokenizer is not part of the
+model but of the processor, so :meth:`VQLMAdapter.encode` writes the code tokens
+straight into ``input_ids`` (no placeholder to fill in the forward; ``pixel_values``
+stay ``None``), still without the model's weights.
+
+What the processor must provide (:class:`aia.digits.DigitsProcessor` does):
+
+* ``tokenizer``: with ``bos``/``eos`` tokens (``pad``, else ``eos`` pads);
+* ``image_tokenizer``: ``encode_image(PIL image) -> codes`` in reading order, and
+  ``num_codes``;
+* ``image_code_token_ids``: the token id of each code;
+* ``image_start_token`` / ``image_end_token``: the begin/end-of-image special tokens.
+
+Sequences (``{codes}`` = one token per code, ``{before}``/``{after}`` the question text
+around an ``<image>`` placeholder, see :func:`aia.data.split_at_image`)::
+
+    und  <bos>user: {before}<boi>{codes}<eoi>{after} assistant: {A1}<eos>user: {Q2} assistant: {A2}<eos>
+    gen  <bos>{prompt}<boi>{codes}<eoi><eos>
+
+Roles: ``<bos>``, ``user:``, ``assistant:`` and ``<eos>`` are TEMPLATE; question and
+prompt PROMPT; answers ANSWER; codes IMAGE; ``<boi>``/``<eoi>`` IMAGE_MARKER.
+
+Labels: understanding supervises the answers and the ``<eos>`` after each; generation
+supervises the codes and ``<eoi>`` (``<boi>`` is what a generation prompt ends with).
+
+CFG blanking: the prompt is left out (``<bos><boi>{codes}...``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..data import dialogue, generation_prompt, image_path, load_image, split_at_image
+from ..spans import Role, SpanConfig
+from .base import (
+    AdapterOutput,
+    Batch,
+    Example,
+    SequenceBuilder,
+    aia_kwargs,
+    check_task,
+    collate_examples,
+    next_token_loss,
+    token_id,
+    unwrap,
+)
+
+__all__ = ["VQLMAdapter"]
+
+_CONTRACT = "tokenizer, image_tokenizer, image_code_token_ids, image_start_token, image_end_token"
+
+
+class VQLMAdapter:
+    """A decoder LM over text and VQ-code tokens; the VQ lives in the processor."""
+
+    family = "vqlm"
+
+    def __init__(
+        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+    ):
+        name = type(unwrap(model)).__name__
+        if getattr(processor, "image_tokenizer", None) is None:
+            raise ValueError(
+                f"{name} is a unified model only with a processor that carries an image tokenizer "
+                f"(processor.image_tokenizer; e.g. aia.digits.DigitsProcessor), got {type(processor).__name__}; "
+                f"the processor must provide: {_CONTRACT}"
+            )
+        missing = [a for a in _CONTRACT.split(", ") if getattr(processor, a, None) is None]
+        if missing:
+            raise ValueError(f"the processor of {name} lacks {', '.join(missing)} (needs: {_CONTRACT})")
+        self.processor = processor
+        self.tokenizer = tok = processor.tokenizer
+        self.image_tokenizer = processor.image_tokenizer
+        self.span_config = span_config
+        self.padding_side = padding_side
+        self.code_ids = list(processor.image_code_token_ids)
+        if len(self.code_ids) != self.image_tokenizer.num_codes:
+            raise ValueError(
+                f"image_code_token_ids has {len(self.code_ids)} ids for {self.image_tokenizer.num_codes} codes"
+            )
+        vocab = unwrap(model).config.get_text_config().vocab_size
+        if max(self.code_ids) >= vocab:
+            raise ValueError(f"code token id {max(self.code_ids)} is outside the model's vocabulary ({vocab})")
+        self.boi_id = token_id(tok, processor.image_start_token)
+        self.eoi_id = token_id(tok, processor.image_end_token)
+        if tok.bos_token_id is None or tok.eos_token_id is None:
+            raise ValueError("the tokenizer needs bos and eos tokens")
+        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        # the chat template's fixed pieces, tokenized once (encode runs for every sample of every step)
+        self.user_ids = self._ids("user:")
+        self.assistant_ids = self._ids("assistant:")
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def image_token_ids(self, image) -> list[int]:
+        """Token ids of an image's codes, in reading order."""
+        return [self.code_ids[int(c)] for c in self.image_tokenizer.encode_image(image)]
+
+    def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
+        check_task(task, cfg_blank)
+        if image is None:
+            image = load_image(image_path(record, base_dir))
+        codes = self.image_token_ids(image)
+        b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
+        if task == "und":
+            for i, (question, answer) in enumerate(dialogue(record)):
+                b.tokens(self.user_ids, Role.TEMPLATE)
+                if i == 0:
+                    before, after = split_at_image(question)
+                    b.text(before, Role.PROMPT)
+                    self._image(b, codes, supervised=False)
+                    b.text(after, Role.PROMPT)
+                else:
+                    b.text(question, Role.PROMPT)
+                b.tokens(self.assistant_ids, Role.TEMPLATE)
+                b.text(answer, Role.ANSWER, supervised=True)
+                b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)
+        else:
+            if not cfg_blank:
+                b.text(generation_prompt(record), Role.PROMPT)
+            self._image(b, codes, supervised=True)
+            b.tokens(self.eos_id, Role.TEMPLATE)
+        return b.build(task)
+
+    def _image(self, b: SequenceBuilder, codes: list[int], supervised: bool) -> None:
+        b.tokens(self.boi_id, Role.IMAGE_MARKER)
+        b.tokens(codes, Role.IMAGE, supervised)
+        b.tokens(self.eoi_id, Role.IMAGE_MARKER, supervised)
+
+    def collate(self, examples: list[Example]) -> Batch:
+        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return unwrap(model).model
+
+    def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
+        model = unwrap(model)
+        out = model.model(
+            input_ids=batch.inputs["input_ids"],
+            attention_mask=batch.attention_mask,
+            position_ids=batch.inputs["position_ids"],
+            use_cache=False,
+            **aia_kwargs(batch),
+        )
+        return next_token_loss(out.last_hidden_state, batch.labels, model.lm_head)
