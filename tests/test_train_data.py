@@ -98,3 +98,21 @@ def test_streams_are_deterministic_sharded_and_blank_some_prompts(tiny_data, jan
     batch = a.batch(5, 4)
     n_blank = sum(a.blanked(p) for p in range(20, 24))
     assert int((~batch.key_mask.any(-1)).sum()) == n_blank  # blanked prompts carry no AIA term
+
+
+@pytest.mark.parametrize("task", ["und", "gen"])
+def test_cached_examples_give_the_same_batches(tiny_data, janus_adapter, task):
+    path = tiny_data[0] if task == "und" else tiny_data[1]
+    make = lambda cache: TaskStream(path, task, janus_adapter, 512, 0.0, seed=1, cfg_drop=0.5, progress=False, cache=cache)  # noqa: E731
+    plain, cached = make(False), make(True)
+    assert plain.examples is None and len(cached.examples) == len(cached)
+    for counter in range(3 * len(plain)):  # several epochs, blanked and kept prompts
+        a, b = plain.batch(counter, 3), cached.batch(counter, 3)
+        for key in ("input_ids", "position_ids", "pixel_values"):
+            torch.testing.assert_close(a.inputs[key], b.inputs[key], rtol=0, atol=0)
+        for key in ("labels", "roles", "attention_mask", "query_mask", "key_mask"):
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
+    # a cached sample is never altered by drawing it
+    first = cached.examples[0].input_ids.clone()
+    cached.batch(0, len(cached))
+    assert torch.equal(cached.examples[0].input_ids, first)

@@ -91,6 +91,10 @@ class DataConfig:
     unreadable image, no image, too long)."""
     padding_side: str = "right"
     """Padding side of micro-batches: right or left."""
+    cache_examples: bool = False
+    """Keep every sample encoded by the validation pass in memory and reuse it in every epoch
+    instead of re-reading and re-encoding it (CFG-blanked prompts are still encoded when drawn).
+    Fast for small data or token-only models; memory grows with the data (pixel values included)."""
 
 
 @dataclass

@@ -78,6 +78,10 @@ def _verdict_text(results: dict) -> str:
         head = "**No**: at this scale AIA made at least one task worse beyond noise."
     else:
         head = "**No measurable effect**: at this scale neither task changed beyond noise (two standard errors)."
+    for name, cmps in results.get("ablations_vs_baseline", {}).items():
+        parts = [f"{what} {cmps[key]['diff']:+.3f} ({cmps[key]['verdict']})" for key, what in
+                 (("und_acc", "und acc"), ("gen_acc", "gen acc"))]  # fmt: skip
+        lines.append(f"- {RUNS[name][0]} against the baseline: " + ", ".join(parts) + ".")
     return head + "\n\n" + "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from aia.profile_io import Profile
 from aia.targets import TargetProfile
@@ -116,6 +117,7 @@ def build_profiles_figure(
         samples = ", ".join(str(p.n) for p, _ in mine)
         ax.set_title(f"{TASK_TITLES[task]}\n{models}; n={samples} samples", fontsize=9)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("interaction intensity")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

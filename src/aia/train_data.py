@@ -95,6 +95,8 @@ class TaskStream:
         seed: shuffling seed.
         cfg_drop: share of CFG-blanked generation prompts.
         progress: show a progress bar while validating.
+        cache: keep the validation pass's encoded samples and draw from them (memory grows
+            with the data); blanked generation prompts are encoded when drawn.
     """
 
     def __init__(
@@ -107,14 +109,17 @@ class TaskStream:
         seed: int,
         cfg_drop: float = 0.0,
         progress: bool = True,
+        cache: bool = False,
     ):
         self.path, self.task, self.adapter = Path(path), task, adapter
         self.max_length, self.seed, self.cfg_drop = max_length, seed, cfg_drop
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) of the last draw
         from .data import infer_task
 
         records = read_table(self.path)
         self.rejected: list[Rejected] = []
         good: list[int] = []
+        encoded: list[Example] = []
         truncated = 0
         for i, record in enumerate(tqdm(records, desc=f"check {task} data", disable=not progress, file=sys.stderr)):
             try:
@@ -130,7 +135,10 @@ class TaskStream:
                 continue
             truncated += cut is not example
             good.append(i)
+            if cache:
+                encoded.append(cut)
         self.records = [records[i] for i in good]
+        self.examples = encoded if cache else None
         self.truncated = truncated
         bad = len(self.rejected)
         if bad:
@@ -149,12 +157,17 @@ class TaskStream:
     def __len__(self) -> int:
         return len(self.records)
 
-    def record_at(self, position: int) -> dict:
-        """The record at stream position ``position`` (a new permutation every epoch)."""
+    def index_at(self, position: int) -> int:
+        """Index into :attr:`records` of stream position ``position`` (a new permutation every epoch)."""
         n = len(self.records)
         epoch, offset = divmod(position, n)
-        order = np.random.default_rng([self.seed, epoch, 0 if self.task == "und" else 1]).permutation(n)
-        return self.records[int(order[offset])]
+        if self._order is None or self._order[0] != epoch:
+            self._order = epoch, np.random.default_rng([self.seed, epoch, 0 if self.task == "und" else 1]).permutation(n)
+        return int(self._order[1][offset])
+
+    def record_at(self, position: int) -> dict:
+        """The record at stream position ``position``."""
+        return self.records[self.index_at(position)]
 
     def blanked(self, position: int) -> bool:
         """Whether the generation sample at ``position`` has its prompt blanked for CFG."""
@@ -165,7 +178,11 @@ class TaskStream:
         start = (counter * world + rank) * batch_size
         examples = []
         for p in range(start, start + batch_size):
-            example = self.adapter.encode(self.record_at(p), self.task, self.path.parent, cfg_blank=self.blanked(p))
+            i, blank = self.index_at(p), self.blanked(p)
+            if self.examples is not None and not blank:
+                examples.append(self.examples[i])
+                continue
+            example = self.adapter.encode(self.records[i], self.task, self.path.parent, cfg_blank=blank)
             examples.append(truncate(example, self.max_length))
         return self.adapter.collate(examples)
 

@@ -292,6 +292,7 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
             cfg.train.seed,
             cfg.data.cfg_drop,
             progress=show,
+            cache=cfg.data.cache_examples,
         )
         for t in tasks
     }
