@@ -46,8 +46,8 @@ from tqdm.auto import tqdm
 from .adapters import get_adapter
 from .adapters.base import IGNORE_INDEX, Adapter, Example, unwrap
 from .attention import capture
-from .data import DataError, ImageError, infer_task, load_records
-from .profile import NoUsableSamples
+from .data import DataError, ImageError
+from .profile import _per_sample, _task_records
 from .profile_io import Profile
 from .spans import Role, SpanConfig, task_spans
 
@@ -313,14 +313,7 @@ def decode_profile(
     Raises:
         NoUsableSamples: if not one sample could be measured.
     """
-    if task not in ("und", "gen"):
-        raise ValueError(f"task must be 'und' or 'gen', got {task!r}")
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    data = Path(data)
-    records = [r for r in load_records(data) if infer_task(r) == task]
-    if not records:
-        raise NoUsableSamples(f"{data}: no {task!r} records")
+    data, records = _task_records(data, task, samples)
     adapter = get_adapter(model, processor, span_config=span_config)
     rows: list[torch.Tensor] = []
     bad, excluded = 0, 0
@@ -347,10 +340,6 @@ def decode_profile(
             f"{excluded} excluded for an empty query or key set (e.g. an immediate end of turn)",
             file=sys.stderr,
         )
-    if not rows:
-        raise NoUsableSamples(f"{data}: none of the {len(records)} {task!r} records could be measured")
-    if len(rows) < samples:
-        print(f"aia profile: only {len(rows)} usable {task!r} samples (asked for {samples})", file=sys.stderr)
+    per_sample = _per_sample(rows, data, records, task, samples)  # [N, L]
     name = model_name or getattr(unwrap(model).config, "name_or_path", "") or type(unwrap(model)).__name__
-    per_sample = torch.stack(rows).numpy()  # [N, L]
     return Profile.from_per_sample(name, task, per_sample, skipped=bad + excluded, mode="decode")

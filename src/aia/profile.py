@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -72,6 +73,36 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None, device: 
     return model, processor
 
 
+def _task_records(data: str | Path, task: str, samples: int) -> tuple[Path, list[dict]]:
+    """Check ``task`` and ``samples`` of a profiling run; ``data`` as a path and its records of ``task``.
+
+    Raises:
+        NoUsableSamples: if ``data`` holds no record of ``task``.
+    """
+    if task not in ("und", "gen"):
+        raise ValueError(f"task must be 'und' or 'gen', got {task!r}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    data = Path(data)
+    records = [r for r in load_records(data) if infer_task(r) == task]
+    if not records:
+        raise NoUsableSamples(f"{data}: no {task!r} records")
+    return data, records
+
+
+def _per_sample(rows: list[torch.Tensor], data: Path, records: list[dict], task: str, samples: int) -> np.ndarray:
+    """The measured samples' curves ``[N, L]``, with a warning on stderr when fewer than ``samples``.
+
+    Raises:
+        NoUsableSamples: if ``rows`` is empty (none of ``records`` could be measured).
+    """
+    if not rows:
+        raise NoUsableSamples(f"{data}: none of the {len(records)} {task!r} records could be measured")
+    if len(rows) < samples:
+        print(f"aia profile: only {len(rows)} usable {task!r} samples (asked for {samples})", file=sys.stderr)
+    return torch.stack(rows).numpy()
+
+
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -110,14 +141,7 @@ def profile_model(
     Raises:
         NoUsableSamples: if not one sample could be measured.
     """
-    if task not in ("und", "gen"):
-        raise ValueError(f"task must be 'und' or 'gen', got {task!r}")
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    data = Path(data)
-    records = [r for r in load_records(data) if infer_task(r) == task]
-    if not records:
-        raise NoUsableSamples(f"{data}: no {task!r} records")
+    data, records = _task_records(data, task, samples)
     adapter = get_adapter(model, processor, span_config=span_config)
     device = next(model.parameters()).device
     rows: list[torch.Tensor] = []
@@ -160,10 +184,6 @@ def profile_model(
             f"{excluded} excluded for an empty query or key set",
             file=sys.stderr,
         )
-    if not rows:
-        raise NoUsableSamples(f"{data}: none of the {len(records)} {task!r} records could be measured")
-    if len(rows) < samples:
-        print(f"aia profile: only {len(rows)} usable {task!r} samples (asked for {samples})", file=sys.stderr)
+    per_sample = _per_sample(rows, data, records, task, samples)  # [N, L]
     name = model_name or getattr(model.config, "name_or_path", "") or type(model).__name__
-    per_sample = torch.stack(rows).numpy()  # [N, L]
     return Profile.from_per_sample(name, task, per_sample, skipped=skipped, mode="teacher")

@@ -102,63 +102,49 @@ def _qwen_processor(cls, tok, image_size: int, patch: int):
     return image_only_processor(cls, tokenizer=tok, image_processor=image_processor)
 
 
+def _tiny_qwen(seed: int, num_layers: int, image_size: int, classes: tuple, vision: dict, **text):
+    """A tiny random Qwen-VL model and its image-only processor.
+
+    ``classes`` are the (config, model, processor) classes; ``vision`` the vision tower's
+    settings (patches of 4 pixels); ``text`` goes to :func:`_qwen_text`.
+    """
+    config_cls, model_cls, processor_cls = classes
+    tok = _qwen_tokenizer()
+    config = config_cls(
+        text_config=_qwen_text(tok, num_layers, **text),
+        vision_config=dict(vision, patch_size=4),
+        **_qwen_ids(tok),
+    )
+    processor = _qwen_processor(processor_cls, tok, image_size, patch=4)
+    return _seeded(seed, lambda: model_cls(config)), processor
+
+
+# the vision tower of the tiny Qwen2.5-VL and Qwen3-VL
+_QWEN_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=_LM["hidden_size"])
+
+
 def tiny_qwen2_vl(seed: int = 0, num_layers: int = 2, image_size: int = 32):
     """A tiny random ``Qwen2VLForConditionalGeneration`` and its (image-only) ``Qwen2VLProcessor``.
 
     Patches of 4 pixels merged 2x2: a 32x32 image gives 16 image tokens (8x8 patches).
     """
-    tok = _qwen_tokenizer()
-    config = Qwen2VLConfig(
-        text_config=_qwen_text(tok, num_layers),
-        vision_config=dict(
-            depth=1, embed_dim=32, hidden_size=_LM["hidden_size"], num_heads=2, mlp_ratio=2, patch_size=4
-        ),
-        **_qwen_ids(tok),
-    )
-    processor = _qwen_processor(Qwen2VLProcessor, tok, image_size, patch=4)
-    return _seeded(seed, lambda: Qwen2VLForConditionalGeneration(config)), processor
+    classes = (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
+    vision = dict(depth=1, embed_dim=32, hidden_size=_LM["hidden_size"], num_heads=2, mlp_ratio=2)
+    return _tiny_qwen(seed, num_layers, image_size, classes, vision)
 
 
 def tiny_qwen2_5_vl(seed: int = 0, num_layers: int = 2, image_size: int = 32):
     """A tiny random ``Qwen2_5_VLForConditionalGeneration`` and its (image-only) ``Qwen2_5_VLProcessor``."""
-    tok = _qwen_tokenizer()
-    config = Qwen2_5_VLConfig(
-        text_config=_qwen_text(tok, num_layers),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            patch_size=4,
-            window_size=16,
-            fullatt_block_indexes=[1],
-            out_hidden_size=_LM["hidden_size"],
-        ),
-        **_qwen_ids(tok),
-    )
-    processor = _qwen_processor(Qwen2_5_VLProcessor, tok, image_size, patch=4)
-    return _seeded(seed, lambda: Qwen2_5_VLForConditionalGeneration(config)), processor
+    classes = (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
+    vision = dict(_QWEN_VISION, window_size=16, fullatt_block_indexes=[1])
+    return _tiny_qwen(seed, num_layers, image_size, classes, vision)
 
 
 def tiny_qwen3_vl(seed: int = 0, num_layers: int = 2, image_size: int = 32):
     """A tiny random ``Qwen3VLForConditionalGeneration`` (DeepStack on vision layer 0) and its processor."""
-    tok = _qwen_tokenizer()
-    config = Qwen3VLConfig(
-        text_config=_qwen_text(tok, num_layers, head_dim=16, rope={"mrope_interleaved": True}),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            patch_size=4,
-            num_position_embeddings=64,
-            deepstack_visual_indexes=[0],
-            out_hidden_size=_LM["hidden_size"],
-        ),
-        **_qwen_ids(tok),
-    )
-    processor = _qwen_processor(Qwen3VLProcessor, tok, image_size, patch=4)
-    return _seeded(seed, lambda: Qwen3VLForConditionalGeneration(config)), processor
+    classes = (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor)
+    vision = dict(_QWEN_VISION, num_position_embeddings=64, deepstack_visual_indexes=[0])
+    return _tiny_qwen(seed, num_layers, image_size, classes, vision, head_dim=16, rope={"mrope_interleaved": True})
 
 
 def _clip_vision(image_size: int, patch: int) -> dict:

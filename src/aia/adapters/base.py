@@ -25,6 +25,7 @@ Conventions shared by all families:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -33,11 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import split_at_image
 from ..spans import Role, SpanConfig, task_spans
 
 __all__ = [
     "IGNORE_INDEX",
     "Adapter",
+    "AdapterBase",
     "AdapterOutput",
     "Batch",
     "Example",
@@ -181,6 +184,42 @@ class SequenceBuilder:
         self.labels += ids if supervised else [IGNORE_INDEX] * len(ids)
         return self
 
+    def template(self, piece: str | list[int]) -> SequenceBuilder:
+        """A TEMPLATE piece: text, or token ids."""
+        return self.text(piece, Role.TEMPLATE) if isinstance(piece, str) else self.tokens(piece, Role.TEMPLATE)
+
+    def dialogue(
+        self,
+        turns: list[tuple[str, str]],
+        image: Callable[[SequenceBuilder, str, str], object],
+        eos_id: int,
+        *,
+        user: str | list[int] = "",
+        first_user: str | list[int] | None = None,
+        assistant: str | list[int] = "",
+        space: str = "",
+    ) -> SequenceBuilder:
+        """The understanding turns ``{user}{question}{assistant}{answer}<eos>``, one after the other.
+
+        ``user`` (``first_user``, when given, in the first turn) and ``assistant`` are
+        TEMPLATE pieces (:meth:`template`). The first question is split at its ``<image>``
+        placeholder (:func:`aia.data.split_at_image`) and ``image(self, before, after)``
+        writes it with the image block; a later question is ``space + question`` (PROMPT).
+        An answer is ``space + answer`` (ANSWER) and ``eos_id`` (TEMPLATE) closes it, both
+        supervised. An empty later question or answer adds no tokens.
+        """
+        for i, (question, answer) in enumerate(turns):
+            self.template(first_user if i == 0 and first_user is not None else user)
+            if i == 0:
+                image(self, *split_at_image(question))
+            elif question:
+                self.text(space + question, Role.PROMPT)
+            self.template(assistant)
+            if answer:
+                self.text(space + answer, Role.ANSWER, supervised=True)
+            self.tokens(eos_id, Role.TEMPLATE, supervised=True)
+        return self
+
     def build(self, task: str, **extra) -> Example:
         long = torch.long
         return Example(
@@ -262,6 +301,26 @@ def collate_examples(examples: list[Example], pad_token_id: int, padding_side: s
         query_mask=query_mask,
         key_mask=key_mask,
     )
+
+
+class AdapterBase:
+    """What the unified-model adapters (Janus, Emu3, Chameleon, VQ-LM) share.
+
+    The processor and its tokenizer, the span settings and padding side, the ``bos_id`` /
+    ``eos_id`` of the tokenizer, ``pad_id`` (its pad token, else eos) and :meth:`collate`.
+    """
+
+    def __init__(self, processor, span_config: SpanConfig, padding_side: str):
+        self.processor = processor
+        self.tokenizer = tok = processor.tokenizer
+        self.span_config = span_config
+        self.padding_side = padding_side
+        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+
+    def collate(self, examples: list[Example]) -> Batch:
+        """Pad examples of one task into a :class:`Batch` with its AIA span masks."""
+        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
 
 
 def aia_kwargs(batch: Batch) -> dict[str, torch.Tensor]:

@@ -28,21 +28,22 @@ vocabulary. The HF VQ has only the encoder, which is all training needs.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data import dialogue, generation_prompt, image_path, load_image, split_at_image
+from ..data import dialogue, generation_prompt, image_path, load_image
 from ..spans import Role, SpanConfig
 from .base import (
+    AdapterBase,
     AdapterOutput,
     Batch,
     Example,
     SequenceBuilder,
     aia_kwargs,
     check_task,
-    collate_examples,
     fill_image_tokens,
     module_dtype,
     next_token_loss,
@@ -53,7 +54,7 @@ from .base import (
 __all__ = ["ChameleonAdapter"]
 
 
-class ChameleonAdapter:
+class ChameleonAdapter(AdapterBase):
     """Chameleon: images are VQ tokens of the shared vocabulary between begin/end markers."""
 
     family = "chameleon"
@@ -62,10 +63,8 @@ class ChameleonAdapter:
         self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
     ):
         config = unwrap(model).config
-        self.processor = processor
-        self.tokenizer = tok = processor.tokenizer
-        self.span_config = span_config
-        self.padding_side = padding_side
+        super().__init__(processor, span_config, padding_side)
+        tok = self.tokenizer
         self.image_token_id = token_id(tok, processor.image_token)
         if (config.vocabulary_map or {}).get(processor.image_token) != self.image_token_id:
             raise ValueError(f"processor image token {processor.image_token!r} disagrees with config.vocabulary_map")
@@ -74,8 +73,6 @@ class ChameleonAdapter:
         if tok.sep_token is None:
             raise ValueError("Chameleon's tokenizer needs its chat separator as sep_token ('<reserved08706>')")
         self.sep_id = tok.sep_token_id
-        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         self.vq_factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
 
     def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
@@ -86,17 +83,8 @@ class ChameleonAdapter:
         num_codes = (pixel_values.shape[-2] // self.vq_factor) * (pixel_values.shape[-1] // self.vq_factor)
         b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
         if task == "und":
-            for i, (question, answer) in enumerate(dialogue(record)):
-                if i == 0:
-                    before, after = split_at_image(question)
-                    b.text(before, Role.PROMPT)
-                    self._image(b, num_codes, supervised=False)
-                    b.text(after, Role.PROMPT)
-                else:
-                    b.text(question, Role.PROMPT)
-                b.tokens(self.sep_id, Role.TEMPLATE)
-                b.text(answer, Role.ANSWER, supervised=True)
-                b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)
+            question = partial(self._question, num_codes=num_codes)
+            b.dialogue(dialogue(record), question, self.eos_id, assistant=[self.sep_id])
         else:
             if not cfg_blank:
                 b.text(generation_prompt(record), Role.PROMPT)
@@ -105,13 +93,16 @@ class ChameleonAdapter:
             b.tokens(self.eos_id, Role.TEMPLATE)
         return b.build(task, pixel_values=pixel_values)
 
+    def _question(self, b: SequenceBuilder, before: str, after: str, num_codes: int) -> None:
+        """The first question, the image where its ``<image>`` placeholder was."""
+        b.text(before, Role.PROMPT)
+        self._image(b, num_codes, supervised=False)
+        b.text(after, Role.PROMPT)
+
     def _image(self, b: SequenceBuilder, num_codes: int, supervised: bool) -> None:
         b.tokens(self.boi_id, Role.IMAGE_MARKER)
         b.tokens([self.image_token_id] * num_codes, Role.IMAGE, supervised)
         b.tokens(self.eoi_id, Role.IMAGE_MARKER, supervised)
-
-    def collate(self, examples: list[Example]) -> Batch:
-        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model

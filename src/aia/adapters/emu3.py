@@ -36,21 +36,22 @@ The VQ has BatchNorm layers: it is put back in eval mode before every use, so th
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data import dialogue, generation_prompt, image_path, load_image, split_at_image
+from ..data import dialogue, generation_prompt, image_path, load_image
 from ..spans import Role, SpanConfig
 from .base import (
+    AdapterBase,
     AdapterOutput,
     Batch,
     Example,
     SequenceBuilder,
     aia_kwargs,
     check_task,
-    collate_examples,
     fill_image_tokens,
     module_dtype,
     next_token_loss,
@@ -64,7 +65,7 @@ SYSTEM = "You are a helpful assistant."
 EOL = "<|extra_200|>"
 
 
-class Emu3Adapter:
+class Emu3Adapter(AdapterBase):
     """Emu3: images are VQ tokens of the shared vocabulary, one end-of-line per row."""
 
     family = "emu3"
@@ -73,10 +74,8 @@ class Emu3Adapter:
         self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
     ):
         config = unwrap(model).config
-        self.processor = processor
-        self.tokenizer = tok = processor.tokenizer
-        self.span_config = span_config
-        self.padding_side = padding_side
+        super().__init__(processor, span_config, padding_side)
+        tok = self.tokenizer
         vocab = config.vocabulary_map or {}
         self.image_token_id = token_id(tok, processor.image_token)
         if vocab.get(processor.image_token) != self.image_token_id:
@@ -87,8 +86,6 @@ class Emu3Adapter:
         self.eoi_id = token_id(tok, processor.image_end_token)
         self.wrapper_id = token_id(tok, processor.fake_token_around_image)
         self.eof_id = token_id(tok, processor.eof_token)
-        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         self.vq_factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
 
     def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
@@ -100,27 +97,29 @@ class Emu3Adapter:
         grid = (int(image_sizes[0]) // self.vq_factor, int(image_sizes[1]) // self.vq_factor)
         b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
         if task == "und":
-            for i, (question, answer) in enumerate(dialogue(record)):
-                b.text(f"{SYSTEM} USER:" if i == 0 else "USER:", Role.TEMPLATE)
-                if i == 0:
-                    before, after = split_at_image(question)
-                    if before:
-                        b.text(" " + before, Role.PROMPT)
-                    b.text(" ", Role.TEMPLATE)
-                    self._image(b, grid, supervised=False)
-                    b.text(after, Role.PROMPT)
-                elif question:
-                    b.text(" " + question, Role.PROMPT)
-                b.text(" ASSISTANT:", Role.TEMPLATE)
-                if answer:
-                    b.text(" " + answer, Role.ANSWER, supervised=True)
-                b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)
+            b.dialogue(
+                dialogue(record),
+                partial(self._question, grid=grid),
+                self.eos_id,
+                user="USER:",
+                first_user=f"{SYSTEM} USER:",
+                assistant=" ASSISTANT:",
+                space=" ",
+            )
         else:
             if not cfg_blank:
                 b.text(generation_prompt(record), Role.PROMPT)
             self._image(b, grid, supervised=True)
             b.tokens(self.eos_id, Role.TEMPLATE)
         return b.build(task, pixel_values=pixel_values, image_sizes=image_sizes.long())
+
+    def _question(self, b: SequenceBuilder, before: str, after: str, grid: tuple[int, int]) -> None:
+        """The first question, the image where its ``<image>`` placeholder was."""
+        if before:
+            b.text(" " + before, Role.PROMPT)
+        b.text(" ", Role.TEMPLATE)
+        self._image(b, grid, supervised=False)
+        b.text(after, Role.PROMPT)
 
     def _image(self, b: SequenceBuilder, grid: tuple[int, int], supervised: bool) -> None:
         h, w = grid
@@ -130,9 +129,6 @@ class Emu3Adapter:
             b.tokens([self.image_token_id] * w, Role.IMAGE, supervised)
             b.tokens(self.image_token_id, Role.IMAGE_MARKER, supervised)
         b.tokens(self.eof_id, Role.IMAGE_MARKER, supervised).tokens(self.eoi_id, Role.IMAGE_MARKER, supervised)
-
-    def collate(self, examples: list[Example]) -> Batch:
-        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.text_model

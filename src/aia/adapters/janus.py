@@ -45,16 +45,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import dialogue, generation_prompt, image_path, load_image, split_at_image
+from ..data import dialogue, generation_prompt, image_path, load_image
 from ..spans import Role, SpanConfig
 from .base import (
+    AdapterBase,
     AdapterOutput,
     Batch,
     Example,
     SequenceBuilder,
     aia_kwargs,
     check_task,
-    collate_examples,
     fill_image_tokens,
     module_dtype,
     next_token_loss,
@@ -68,7 +68,7 @@ USER = "<|User|>:"
 ASSISTANT = "<|Assistant|>:"
 
 
-class JanusAdapter:
+class JanusAdapter(AdapterBase):
     """Janus / Janus-Pro: SigLIP features for understanding, VQ codes for generation."""
 
     family = "janus"
@@ -77,10 +77,7 @@ class JanusAdapter:
         self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
     ):
         config = unwrap(model).config
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.span_config = span_config
-        self.padding_side = padding_side
+        super().__init__(processor, span_config, padding_side)
         tok = self.tokenizer
         self.image_token_id = config.image_token_id
         if token_id(tok, processor.image_token) != self.image_token_id:
@@ -89,8 +86,6 @@ class JanusAdapter:
             )
         self.boi_id = token_id(tok, processor.image_start_token)
         self.eoi_id = token_id(tok, processor.image_end_token)
-        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         vision = config.vision_config
         self.num_und_tokens = (vision.image_size // vision.patch_size) ** 2
         self.vq_factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
@@ -102,7 +97,9 @@ class JanusAdapter:
         pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
         b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
         if task == "und":
-            self._dialogue(b, dialogue(record))
+            b.dialogue(
+                dialogue(record), self._question, self.eos_id, user=USER, assistant="\n\n" + ASSISTANT, space=" "
+            )
         else:
             b.text(USER, Role.TEMPLATE).text(" " + generation_prompt(record), Role.PROMPT)
             b.text("\n\n" + ASSISTANT, Role.TEMPLATE)
@@ -115,29 +112,17 @@ class JanusAdapter:
             b.tokens([self.image_token_id] * num_codes, Role.IMAGE, supervised=True)
         return b.build(task, pixel_values=pixel_values)
 
-    def _dialogue(self, b: SequenceBuilder, turns: list[tuple[str, str]]) -> None:
-        for i, (question, answer) in enumerate(turns):
-            b.text(USER, Role.TEMPLATE)
-            if i == 0:
-                before, after = split_at_image(question)
-                if before:
-                    b.text(" " + before, Role.PROMPT).text("\n", Role.TEMPLATE)
-                else:
-                    b.text(" ", Role.TEMPLATE)
-                b.tokens(self.boi_id, Role.IMAGE_MARKER)
-                b.tokens([self.image_token_id] * self.num_und_tokens, Role.IMAGE)
-                b.tokens(self.eoi_id, Role.IMAGE_MARKER)
-                if after:
-                    b.text("\n", Role.TEMPLATE).text(after, Role.PROMPT)
-            elif question:
-                b.text(" " + question, Role.PROMPT)
-            b.text("\n\n" + ASSISTANT, Role.TEMPLATE)
-            if answer:
-                b.text(" " + answer, Role.ANSWER, supervised=True)
-            b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)
-
-    def collate(self, examples: list[Example]) -> Batch:
-        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
+    def _question(self, b: SequenceBuilder, before: str, after: str) -> None:
+        """The first question, the understanding image where its ``<image>`` placeholder was."""
+        if before:
+            b.text(" " + before, Role.PROMPT).text("\n", Role.TEMPLATE)
+        else:
+            b.text(" ", Role.TEMPLATE)
+        b.tokens(self.boi_id, Role.IMAGE_MARKER)
+        b.tokens([self.image_token_id] * self.num_und_tokens, Role.IMAGE)
+        b.tokens(self.eoi_id, Role.IMAGE_MARKER)
+        if after:
+            b.text("\n", Role.TEMPLATE).text(after, Role.PROMPT)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.language_model

@@ -32,20 +32,21 @@ CFG blanking: the prompt is left out (``<bos><boi>{codes}...``).
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from torch import nn
 
-from ..data import dialogue, generation_prompt, image_path, load_image, split_at_image
+from ..data import dialogue, generation_prompt, image_path, load_image
 from ..spans import Role, SpanConfig
 from .base import (
+    AdapterBase,
     AdapterOutput,
     Batch,
     Example,
     SequenceBuilder,
     aia_kwargs,
     check_task,
-    collate_examples,
     next_token_loss,
     token_id,
     unwrap,
@@ -56,7 +57,7 @@ __all__ = ["VQLMAdapter"]
 _CONTRACT = "tokenizer, image_tokenizer, image_code_token_ids, image_start_token, image_end_token"
 
 
-class VQLMAdapter:
+class VQLMAdapter(AdapterBase):
     """A decoder LM over text and VQ-code tokens; the VQ lives in the processor."""
 
     family = "vqlm"
@@ -74,11 +75,9 @@ class VQLMAdapter:
         missing = [a for a in _CONTRACT.split(", ") if getattr(processor, a, None) is None]
         if missing:
             raise ValueError(f"the processor of {name} lacks {', '.join(missing)} (needs: {_CONTRACT})")
-        self.processor = processor
-        self.tokenizer = tok = processor.tokenizer
+        super().__init__(processor, span_config, padding_side)
+        tok = self.tokenizer
         self.image_tokenizer = processor.image_tokenizer
-        self.span_config = span_config
-        self.padding_side = padding_side
         self.code_ids = list(processor.image_code_token_ids)
         if len(self.code_ids) != self.image_tokenizer.num_codes:
             raise ValueError(
@@ -91,8 +90,6 @@ class VQLMAdapter:
         self.eoi_id = token_id(tok, processor.image_end_token)
         if tok.bos_token_id is None or tok.eos_token_id is None:
             raise ValueError("the tokenizer needs bos and eos tokens")
-        self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
         # the chat template's fixed pieces, tokenized once (encode runs for every sample of every step)
         self.user_ids = self._ids("user:")
         self.assistant_ids = self._ids("assistant:")
@@ -111,18 +108,8 @@ class VQLMAdapter:
         codes = self.image_token_ids(image)
         b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
         if task == "und":
-            for i, (question, answer) in enumerate(dialogue(record)):
-                b.tokens(self.user_ids, Role.TEMPLATE)
-                if i == 0:
-                    before, after = split_at_image(question)
-                    b.text(before, Role.PROMPT)
-                    self._image(b, codes, supervised=False)
-                    b.text(after, Role.PROMPT)
-                else:
-                    b.text(question, Role.PROMPT)
-                b.tokens(self.assistant_ids, Role.TEMPLATE)
-                b.text(answer, Role.ANSWER, supervised=True)
-                b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)
+            question = partial(self._question, codes=codes)
+            b.dialogue(dialogue(record), question, self.eos_id, user=self.user_ids, assistant=self.assistant_ids)
         else:
             if not cfg_blank:
                 b.text(generation_prompt(record), Role.PROMPT)
@@ -130,13 +117,16 @@ class VQLMAdapter:
             b.tokens(self.eos_id, Role.TEMPLATE)
         return b.build(task)
 
+    def _question(self, b: SequenceBuilder, before: str, after: str, codes: list[int]) -> None:
+        """The first question, the image where its ``<image>`` placeholder was."""
+        b.text(before, Role.PROMPT)
+        self._image(b, codes, supervised=False)
+        b.text(after, Role.PROMPT)
+
     def _image(self, b: SequenceBuilder, codes: list[int], supervised: bool) -> None:
         b.tokens(self.boi_id, Role.IMAGE_MARKER)
         b.tokens(codes, Role.IMAGE, supervised)
         b.tokens(self.eoi_id, Role.IMAGE_MARKER, supervised)
-
-    def collate(self, examples: list[Example]) -> Batch:
-        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model
