@@ -349,3 +349,26 @@ def test_quick_demo_is_deterministic(quick_demo, tmp_path):
         assert second["runs"][name] == first["runs"][name], name
     assert set(second["runs"]) == {"und_only", "gen_only", "baseline", "aia"}
     assert second["aia_vs_baseline"] == first["aia_vs_baseline"] and second["ablations_vs_baseline"] == {}
+
+
+@pytest.mark.integration
+def test_the_demo_outputs_are_what_the_cli_makes_of_them(quick_demo, tmp_path):
+    """The demo's runs, profiles and targets go through the user's commands: redo them with the CLI."""
+    out, results = quick_demo
+    n = results["settings"]["profile_samples"]
+    for task in ("und", "gen"):
+        data = out / "data" / f"{task}_train.jsonl"
+        cli = tmp_path / f"aia_{task}.json"
+        args = ["profile", str(out / "runs" / "aia" / "final"), "--data", str(data), "--task", task]
+        assert main([*args, "--samples", str(n), "--batch-size", "32", "--out", str(cli), "--quiet"]) == 0
+        np.testing.assert_allclose(load_profile(cli).mean, results["runs"]["aia"][f"curve_{task}"], rtol=0, atol=1e-6)
+    refs = [str(out / "profiles" / "gen_only_gen.json"), str(out / "profiles" / "und_only_und.json")]
+    stages = str(results["settings"]["stages"])
+    assert main(["targets", *refs, "--stages", stages, "--out", str(tmp_path / "t.yaml")]) == 0
+    from aia.targets import TargetProfile
+
+    redone = TargetProfile.from_yaml(tmp_path / "t.yaml")
+    for task in ("und", "gen"):
+        np.testing.assert_allclose(redone.per_layer(task)[0], results["targets"][task], rtol=0, atol=1e-12)
+    assert main(["plot", "losses", str(out / "runs" / "baseline"), str(out / "runs" / "aia"), "--out", str(tmp_path / "l")]) == 0
+    assert (tmp_path / "l.png").stat().st_size > 1000

@@ -11,10 +11,11 @@ position so far. :func:`decode_profile` does that:
    the conversation up to the first answer of the first turn;
 2. a prefill pass fills the cache, then greedy decoding runs one token per step:
    generation decodes the image's token count (Janus: the generation head over the
-   codebook; Emu3 and Chameleon: ``lm_head`` restricted to the image-code tokens, as their
-   generation constraints do, with Emu3's end-of-line tokens forced at row ends);
-   understanding decodes until an end-of-turn token or ``max_new_tokens``, never emitting
-   an image placeholder (nor, for Chameleon, an image code: its forward masks them too);
+   codebook; Emu3, Chameleon and the VQ-LM of :mod:`aia.adapters.vqlm`: ``lm_head``
+   restricted to the image-code tokens, as their generation constraints do, with Emu3's
+   end-of-line tokens forced at row ends); understanding decodes until an end-of-turn
+   token or ``max_new_tokens``, never emitting an image placeholder (nor, for Chameleon
+   and the VQ-LM, an image code: Chameleon's forward masks them too);
 3. every model call runs inside :func:`aia.capture` with ``aia_query_mask`` = the last
    position only and ``aia_key_mask`` = the key set (prompt text for generation, image
    tokens for understanding) over all positions so far, both ``[B, kv_len]``.
@@ -102,6 +103,10 @@ def _runner(model: nn.Module, adapter: Adapter, task: str) -> _Runner:
     family = adapter.family
     device = next(m.parameters()).device
     ids = lambda x: torch.tensor(sorted(set(x)), dtype=torch.long, device=device)  # noqa: E731
+    if family == "vqlm":  # codes are ordinary tokens; the VQ lives in the processor
+        if task == "gen":
+            return _Runner(m.model, m.lm_head, allowed=ids(adapter.code_ids))
+        return _Runner(m.model, m.lm_head, blocked=ids([*adapter.code_ids, adapter.boi_id, adapter.eoi_id]))
     placeholder = [adapter.image_token_id]
     if family == "janus":
         if task == "gen":
@@ -147,7 +152,10 @@ def _prompt_and_plan(example: Example, adapter: Adapter, task: str) -> tuple[Exa
     )
     if task == "und":
         return prompt, None
-    block = example.input_ids[start:] == adapter.image_token_id
+    if adapter.family == "vqlm":  # the image's codes are in the sequence itself
+        block = torch.isin(example.input_ids[start:], torch.tensor(adapter.code_ids))
+    else:
+        block = example.input_ids[start:] == adapter.image_token_id
     n = int(block.long().cumprod(0).sum())  # length of the placeholder run
     return prompt, example.roles[start : start + n]
 
