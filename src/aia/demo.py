@@ -365,24 +365,18 @@ def _run(out: Path, s: DemoSettings, quick: bool, seed: int, device: str, ablati
         "runs": runs,
         "targets": {t: targets.per_layer(t)[0] for t in ("und", "gen")},
         "targets_per_layer": {t: per_layer.per_layer(t)[0] for t in ("und", "gen")},
-        "aia_vs_baseline": {
-            "und_acc": _compare(runs["aia"]["und_acc"], runs["baseline"]["und_acc"], n_und, n_und),
-            "gen_acc": _compare(runs["aia"]["gen_acc"], runs["baseline"]["gen_acc"], n_gen, n_gen),
-        },
     }
+
+    def versus_baseline(name: str) -> dict:
+        return {k: _compare(runs[name][k], runs["baseline"][k], n, n) for k, n in (("und_acc", n_und), ("gen_acc", n_gen))}
+
+    results["aia_vs_baseline"] = versus_baseline("aia")
     verdicts = [results["aia_vs_baseline"][k]["verdict"] for k in ("und_acc", "gen_acc")]
     results["aia_vs_baseline"]["helped"] = "better" in verdicts and "worse" not in verdicts
-    results["ablations_vs_baseline"] = {
-        name: {
-            "und_acc": _compare(runs[name]["und_acc"], runs["baseline"]["und_acc"], n_und, n_und),
-            "gen_acc": _compare(runs[name]["gen_acc"], runs["baseline"]["gen_acc"], n_gen, n_gen),
-        }
-        for name in ("aia_mse", "aia_per_layer")
-        if name in runs
-    }
+    results["ablations_vs_baseline"] = {name: versus_baseline(name) for name in ("aia_mse", "aia_per_layer") if name in runs}
     from .demo_report import write_figures, write_report
 
-    write_figures(out, results, [profiles[k] for k in sorted(profiles, key=_order)], targets, finals, samples)
+    write_figures(out, [profiles[k] for k in sorted(profiles, key=_order)], targets, finals, samples)
     lap()
     results["timing"] = {"wall_s": time.perf_counter() - start, "stages_s": stage_s}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -19,7 +19,7 @@ from .plots import plot_losses, plot_profiles
 __all__ = ["write_figures", "write_report"]
 
 
-def write_figures(out: Path, results: dict, profiles: list, targets, finals: dict, samples: dict) -> None:
+def write_figures(out: Path, profiles: list, targets, finals: dict, samples: dict) -> None:
     """``intensity``, ``losses``, ``losses_aia`` and ``samples`` figures (``.png`` + ``.svg``) in ``out``."""
     labels = [RUNS[p.model][0] for p in profiles]
     plot_profiles(profiles, labels, targets, out / "intensity")

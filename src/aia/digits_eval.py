@@ -21,7 +21,7 @@ from torch import nn
 
 from .adapters.base import Batch
 from .data import load_records
-from .digits import DIGIT_WORDS, GEN_PROMPT, DigitsSplit, DigitsVQ
+from .digits import DIGIT_WORDS, GEN_PROMPT, DigitsSplit
 from .spans import Role
 
 __all__ = ["fit_judge", "heldout_ntp", "sample_codes", "understanding_accuracy"]
@@ -82,7 +82,7 @@ def heldout_ntp(model: nn.Module, adapter, data: str | Path, task: str, batch_si
     return total / max(tokens, 1)
 
 
-def _prefix(adapter, prompt: str, vq: DigitsVQ) -> list[int]:
+def _prefix(adapter, prompt: str) -> list[int]:
     """The adapter's generation sequence for ``prompt`` up to (excluding) the first image code."""
     from .digits import to_image
 
@@ -111,8 +111,9 @@ def sample_codes(
     device = next(model.parameters()).device
     code_ids = torch.tensor(adapter.code_ids, device=device)
     out = []
+    prefix = {d: _prefix(adapter, GEN_PROMPT.format(digit=DIGIT_WORDS[d])) for d in set(digits)}
     for chunk in _chunks(list(digits), batch_size):
-        prefixes = [_prefix(adapter, GEN_PROMPT.format(digit=DIGIT_WORDS[d]), vq) for d in chunk]
+        prefixes = [prefix[d] for d in chunk]
         if len({len(p) for p in prefixes}) != 1:
             raise ValueError("generation prefixes of one batch must have the same length")
         seq = torch.tensor(prefixes, device=device)  # [B, T0]

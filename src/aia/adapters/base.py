@@ -25,6 +25,7 @@ Conventions shared by all families:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -158,6 +159,10 @@ class Adapter(Protocol):
         ...
 
 
+#: tokenizer -> {template text: its ids}; entries go with their tokenizer
+_TEMPLATE_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class SequenceBuilder:
     """Builds ``input_ids`` / ``roles`` / ``labels`` piece by piece.
 
@@ -185,8 +190,14 @@ class SequenceBuilder:
         return self
 
     def template(self, piece: str | list[int]) -> SequenceBuilder:
-        """A TEMPLATE piece: text, or token ids."""
-        return self.text(piece, Role.TEMPLATE) if isinstance(piece, str) else self.tokens(piece, Role.TEMPLATE)
+        """A TEMPLATE piece: text, or token ids. A text's ids are computed once per tokenizer
+        (the chat template's fixed pieces recur in every sample)."""
+        if isinstance(piece, str):
+            known = _TEMPLATE_IDS.setdefault(self.tokenizer, {})
+            if piece not in known:
+                known[piece] = self.tokenizer(piece, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            piece = known[piece]
+        return self.tokens(piece, Role.TEMPLATE)
 
     def dialogue(
         self,

@@ -117,7 +117,7 @@ class Emu3Adapter(AdapterBase):
         """The first question, the image where its ``<image>`` placeholder was."""
         if before:
             b.text(" " + before, Role.PROMPT)
-        b.text(" ", Role.TEMPLATE)
+        b.template(" ")
         self._image(b, grid, supervised=False)
         b.text(after, Role.PROMPT)
 

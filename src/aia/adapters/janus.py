@@ -101,8 +101,8 @@ class JanusAdapter(AdapterBase):
                 dialogue(record), self._question, self.eos_id, user=USER, assistant="\n\n" + ASSISTANT, space=" "
             )
         else:
-            b.text(USER, Role.TEMPLATE).text(" " + generation_prompt(record), Role.PROMPT)
-            b.text("\n\n" + ASSISTANT, Role.TEMPLATE)
+            b.template(USER).text(" " + generation_prompt(record), Role.PROMPT)
+            b.template("\n\n" + ASSISTANT)
             if cfg_blank:  # everything between <bos> and <begin_of_image> becomes padding tokens
                 n = len(b.ids) - 1
                 b.ids[1:] = [self.pad_id] * n
@@ -115,14 +115,14 @@ class JanusAdapter(AdapterBase):
     def _question(self, b: SequenceBuilder, before: str, after: str) -> None:
         """The first question, the understanding image where its ``<image>`` placeholder was."""
         if before:
-            b.text(" " + before, Role.PROMPT).text("\n", Role.TEMPLATE)
+            b.text(" " + before, Role.PROMPT).template("\n")
         else:
-            b.text(" ", Role.TEMPLATE)
+            b.template(" ")
         b.tokens(self.boi_id, Role.IMAGE_MARKER)
         b.tokens([self.image_token_id] * self.num_und_tokens, Role.IMAGE)
         b.tokens(self.eoi_id, Role.IMAGE_MARKER)
         if after:
-            b.text("\n", Role.TEMPLATE).text(after, Role.PROMPT)
+            b.template("\n").text(after, Role.PROMPT)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.language_model

@@ -177,10 +177,10 @@ class ReferenceAdapter:
 
     def _chatml(self, b: SequenceBuilder, turns: list[tuple[str, str]], image_ids: list[int]) -> None:
         if self.system is not None:
-            b.tokens(self.im_start_id, Role.TEMPLATE).text(f"system\n{self.system}", Role.TEMPLATE)
-            b.tokens(self.eos_id, Role.TEMPLATE).text("\n", Role.TEMPLATE)
+            b.tokens(self.im_start_id, Role.TEMPLATE).template(f"system\n{self.system}")
+            b.tokens(self.eos_id, Role.TEMPLATE).template("\n")
         for i, (question, answer) in enumerate(turns):
-            b.tokens(self.im_start_id, Role.TEMPLATE).text("user\n", Role.TEMPLATE)
+            b.tokens(self.im_start_id, Role.TEMPLATE).template("user\n")
             if i == 0:
                 before, after = split_at_image(question)
                 b.text(before, Role.PROMPT)
@@ -188,26 +188,26 @@ class ReferenceAdapter:
                 b.text(after, Role.PROMPT)
             else:
                 b.text(question, Role.PROMPT)
-            b.tokens(self.eos_id, Role.TEMPLATE).text("\n", Role.TEMPLATE)
-            b.tokens(self.im_start_id, Role.TEMPLATE).text("assistant\n", Role.TEMPLATE)
+            b.tokens(self.eos_id, Role.TEMPLATE).template("\n")
+            b.tokens(self.im_start_id, Role.TEMPLATE).template("assistant\n")
             b.text(answer, Role.ANSWER, supervised=True)
-            b.tokens(self.eos_id, Role.TEMPLATE, supervised=True).text("\n", Role.TEMPLATE)
+            b.tokens(self.eos_id, Role.TEMPLATE, supervised=True).template("\n")
 
     def _vicuna(self, b: SequenceBuilder, turns: list[tuple[str, str]], image_ids: list[int]) -> None:
         if self.bos_id is not None:
             b.tokens(self.bos_id, Role.TEMPLATE)
         for i, (question, answer) in enumerate(turns):
-            b.text("USER:", Role.TEMPLATE)
+            b.template("USER:")
             if i == 0:
                 before, after = split_at_image(question)
                 if before:
                     b.text(" " + before, Role.PROMPT)
-                b.text(" ", Role.TEMPLATE)
+                b.template(" ")
                 self._image_block(b, image_ids)
-                b.text("\n", Role.TEMPLATE).text(after, Role.PROMPT)
+                b.template("\n").text(after, Role.PROMPT)
             elif question:
                 b.text(" " + question, Role.PROMPT)
-            b.text(" ASSISTANT:", Role.TEMPLATE)
+            b.template(" ASSISTANT:")
             if answer:
                 b.text(" " + answer, Role.ANSWER, supervised=True)
             b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)

@@ -90,12 +90,6 @@ class VQLMAdapter(AdapterBase):
         self.eoi_id = token_id(tok, processor.image_end_token)
         if tok.bos_token_id is None or tok.eos_token_id is None:
             raise ValueError("the tokenizer needs bos and eos tokens")
-        # the chat template's fixed pieces, tokenized once (encode runs for every sample of every step)
-        self.user_ids = self._ids("user:")
-        self.assistant_ids = self._ids("assistant:")
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def image_token_ids(self, image) -> list[int]:
         """Token ids of an image's codes, in reading order."""
@@ -109,7 +103,7 @@ class VQLMAdapter(AdapterBase):
         b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
         if task == "und":
             question = partial(self._question, codes=codes)
-            b.dialogue(dialogue(record), question, self.eos_id, user=self.user_ids, assistant=self.assistant_ids)
+            b.dialogue(dialogue(record), question, self.eos_id, user="user:", assistant="assistant:")
         else:
             if not cfg_blank:
                 b.text(generation_prompt(record), Role.PROMPT)
