@@ -46,6 +46,7 @@ def test_janus_config_reproduces_released_hyper_parameters():
         ("model.frozen=[1]", "model.frozen[0]"),
         ("nosection.x=1", "nosection.x"),
         ("aia.enabled=maybe", "aia.enabled"),
+        ("data.ratio_und=0", "data.ratio_und"),  # the only task with data would never run
     ],
 )
 def test_bad_values_name_the_key(override, key):

@@ -42,7 +42,7 @@ class ModelConfig:
     path: str = ""
     """Directory of a saved transformers model and its processor (``save_pretrained``)."""
     dtype: str = "float32"
-    """Weights dtype: float32 or bfloat16 (with bfloat16 the optimizer runs in bf16 too; prefer
+    """Weights dtype: float32, bfloat16 or float16 (in half precision the optimizer runs in it too; prefer
     float32 weights + ``train.mixed_precision=bf16`` when memory allows)."""
     frozen: list[str] | None = None
     """Parameter-name substrings to freeze. Default (null): the paper's policy, the VQ
@@ -147,7 +147,8 @@ class TrainConfig:
     seed: int = 0
     """Seed of initialisation-independent randomness: data order, CFG blanking, dropout."""
     mixed_precision: str = "no"
-    """accelerate mixed precision: no, bf16 or fp16."""
+    """accelerate mixed precision: no, bf16 or fp16 (overrides an accelerate launch config's
+    ``mixed_precision``)."""
     log_every: int = 1
     """Log losses every N steps."""
     intensity_every: int = 10
@@ -205,8 +206,8 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError("data.und / data.gen: give at least one data file")
     need(cfg.data.ratio_und >= 0, "data.ratio_und", "must be >= 0")
     need(cfg.data.ratio_gen >= 0, "data.ratio_gen", "must be >= 0")
-    if (cfg.data.und and cfg.data.ratio_und == 0) and (cfg.data.gen and cfg.data.ratio_gen == 0):
-        raise ConfigError("data.ratio_und / data.ratio_gen: both are 0")
+    if not ((cfg.data.und and cfg.data.ratio_und > 0) or (cfg.data.gen and cfg.data.ratio_gen > 0)):
+        raise ConfigError("data.ratio_und / data.ratio_gen: no task with a data file has a ratio > 0")
     need(cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1")
     need(0 <= cfg.data.cfg_drop < 1, "data.cfg_drop", "must be in [0, 1)")
     need(cfg.data.max_length >= 8, "data.max_length", "must be >= 8")

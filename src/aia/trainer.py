@@ -66,7 +66,8 @@ METRIC_KEYS = {
     "loss/aia/gen": "AIA loss of generation micro-batches",
     "intensity/und": "per-layer intensity, mean over enabled samples (every train.intensity_every steps)",
     "intensity/gen": "per-layer intensity of generation samples (same)",
-    "aia_samples/gen": "samples that carried the AIA term (CFG-blanked ones do not)",
+    "aia_samples/und": "understanding samples of the step that carried the AIA term, summed over ranks",
+    "aia_samples/gen": "generation samples that carried the AIA term (CFG-blanked ones do not), summed over ranks",
     "time/step_s": "wall-clock seconds of the step on the main process (data, forward, backward, optimizer)",
 }
 
@@ -223,6 +224,17 @@ def _save_checkpoint(accelerator, step_module, processor, out: Path, step: int, 
     return final
 
 
+def _lora_targets(model: nn.Module, processor, names: list[str]) -> list[str]:
+    """Full names of the language model's modules whose last name part is in ``names``
+    (LoRA goes on the language model only: never the vision tower or the VQ)."""
+    lm = get_adapter(model, processor).language_model(model)
+    lm_name = next(n for n, m in model.named_modules() if m is lm)
+    found = [f"{lm_name}.{n}" if lm_name else n for n, _ in lm.named_modules() if n.rsplit(".", 1)[-1] in names]
+    if not found:
+        raise ValueError(f"lora.target_modules={names} matches no module of the language model")
+    return found
+
+
 def _save_model(accelerator, step_module, processor, path: Path) -> None:
     model = accelerator.unwrap_model(step_module).model
     # PEFT models save their LoRA adapter (load with peft.AutoPeftModel); others the full model
@@ -276,9 +288,11 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
+            target_modules=_lora_targets(model, processor, cfg.lora.target_modules),
         )
         model = get_peft_model(model, lora)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     spans = SpanConfig(cfg.aia.image_markers_are_image, cfg.aia.question_in_query, cfg.aia.predictive)
     adapter = get_adapter(model, processor, span_config=spans, padding_side=cfg.data.padding_side)
     show = cfg.train.progress and accelerator.is_main_process
@@ -347,10 +361,16 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
     core = accelerator.unwrap_model(step_module)
     bar = tqdm(total=cfg.train.max_steps, initial=start, desc="aia train", disable=not show, file=sys.stderr)
     rank, world = accelerator.process_index, accelerator.num_processes
+
+    def _save_if_due(step: int) -> None:
+        if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.max_steps:
+            _save_checkpoint(accelerator, step_module, processor, out, step + 1, cfg)
+
     for step in range(start, cfg.train.max_steps):
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=accelerator.device))
         counts: dict[str, int] = defaultdict(int)
-        curves: dict[str, list[torch.Tensor]] = defaultdict(list)
+        # per task: sum over enabled samples of their per-layer intensity (0, then [L])
+        curves: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=accelerator.device))
         grad_norm = torch.zeros((), device=accelerator.device)
         lr = scheduler.get_last_lr()[0]
         t0 = time.perf_counter()
@@ -371,7 +391,7 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
             if cfg.aia.enabled:
                 sums[f"loss/aia/{task}"] += res["aia"].detach().float()
                 sums[f"aia_samples/{task}"] += res["aia_samples"].detach()
-                curves[task].append(res["intensity"].detach().float())
+                curves[task] = curves[task] + res["intensity"].detach().float() * res["aia_samples"].detach()
         scheduler.step()
         step_time = time.perf_counter() - t0
         bar.update(1)
@@ -381,18 +401,23 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
             row_t[f"loss/ntp/{task}"] = sums[f"loss/ntp/{task}"] / n
             if cfg.aia.enabled:
                 row_t[f"loss/aia/{task}"] = sums[f"loss/aia/{task}"] / n
-                row_t[f"aia_samples/{task}"] = sums[f"aia_samples/{task}"]
+        log_intensity = cfg.aia.enabled and cfg.train.intensity_every and (step + 1) % cfg.train.intensity_every == 0
+        if not ((step + 1) % cfg.train.log_every == 0 or log_intensity):
+            _save_if_due(step)
+            continue
+        # the same on every rank: reductions are collective
         keys = sorted(row_t)
         reduced = accelerator.reduce(torch.stack([row_t[k].float() for k in keys]), reduction="mean")
         row: dict = {"step": step + 1, "lr": lr, "time/step_s": step_time}
         row.update({k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)})
-        log_intensity = cfg.aia.enabled and cfg.train.intensity_every and (step + 1) % cfg.train.intensity_every == 0
-        if log_intensity:
-            for task, cs in curves.items():
-                curve = accelerator.reduce(torch.stack(cs).mean(0), reduction="mean")
-                row[f"intensity/{task}"] = [round(float(x), 6) for x in curve]
-        if accelerator.is_main_process and ((step + 1) % cfg.train.log_every == 0 or log_intensity):
-            history.append(row)
+        for task in counts if cfg.aia.enabled else ():
+            # an intensity sum [L] and its sample count per task, summed over ranks
+            total = accelerator.reduce(torch.cat([curves[task], sums[f"aia_samples/{task}"].view(1)]), "sum")
+            row[f"aia_samples/{task}"] = float(total[-1])
+            if log_intensity and total[-1] > 0:
+                row[f"intensity/{task}"] = [round(float(x), 6) for x in total[:-1] / total[-1]]
+        history.append(row)
+        if accelerator.is_main_process:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             for k, v in row.items():
@@ -402,10 +427,7 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
                     for layer, x in enumerate(v):
                         writer.add_scalar(f"{k}/layer_{layer:02d}", x, step + 1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-        elif not accelerator.is_main_process:
-            history.append(row)
-        if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.max_steps:
-            _save_checkpoint(accelerator, step_module, processor, out, step + 1, cfg)
+        _save_if_due(step)
     bar.close()
     if start < cfg.train.max_steps:
         _save_checkpoint(accelerator, step_module, processor, out, cfg.train.max_steps, cfg)
