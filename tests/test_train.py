@@ -134,6 +134,19 @@ def test_resume_continues_with_the_same_losses(tiny_data, tmp_path, monkeypatch)
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
 
 
+def test_resume_false_starts_over(tiny_data, tmp_path):
+    """No checkpoint of an earlier run may outlive (or be mistaken for) the new run's."""
+    out = tmp_path / "run"
+    model, processor = TINY_MODELS["janus"](seed=0)
+    train(make_cfg(tiny_data, out, "train.max_steps=4", "train.save_every=1", "train.save_total_limit=3"), model, processor)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    model, processor = TINY_MODELS["janus"](seed=0)
+    train(make_cfg(tiny_data, out, "train.max_steps=2", "train.save_every=1", "train.resume=false"), model, processor)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (out / "latest").read_text().strip() == "checkpoint-2"
+    assert [r["step"] for r in rows(out)] == [1, 2]
+
+
 def test_checkpoint_never_half_written(tiny_data, tmp_path, monkeypatch):
     """A crash while writing checkpoint-4 leaves `latest` on the complete checkpoint-2."""
     model, processor = TINY_MODELS["janus"](seed=0)
@@ -169,6 +182,12 @@ def test_lora_trains_only_adapters(tiny_data, tmp_path):
     assert set(before) == set(base)
     assert [n for n, p in before.items() if not torch.equal(base[n], p)] == []
     assert (tmp_path / "lora" / "final" / "adapter_config.json").is_file()
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "lora" / "final" / "adapter_model.safetensors")
+    assert len(saved) == 2 * len(lora_b)  # lora_A and lora_B of every wrapped module, nothing else
+    for name, weight in lora_b.items():
+        assert torch.equal(saved["base_model.model." + name.replace(".default", "")], weight)
 
 
 @pytest.mark.integration

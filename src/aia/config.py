@@ -158,7 +158,8 @@ class TrainConfig:
     save_total_limit: int = 2
     """Keep this many checkpoints (older ones are deleted)."""
     resume: bool = True
-    """Resume from the latest checkpoint in output_dir if there is one."""
+    """Resume from the latest checkpoint in output_dir if there is one. false starts over:
+    earlier ``checkpoint-*`` folders there are removed."""
     progress: bool = True
     """Show a progress bar."""
 

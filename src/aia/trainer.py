@@ -210,8 +210,8 @@ def _save_checkpoint(accelerator, step_module, processor, out: Path, step: int, 
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    _save_model(accelerator, step_module, processor, tmp / "model")
     if accelerator.is_main_process:
-        _save_model(accelerator, step_module, processor, tmp / "model")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}, indent=1))
         if final.exists():
             shutil.rmtree(final)
@@ -236,9 +236,17 @@ def _lora_targets(model: nn.Module, processor, names: list[str]) -> list[str]:
 
 
 def _save_model(accelerator, step_module, processor, path: Path) -> None:
-    model = accelerator.unwrap_model(step_module).model
-    # PEFT models save their LoRA adapter (load with peft.AutoPeftModel); others the full model
-    model.save_pretrained(path, safe_serialization=True)
+    """``save_pretrained`` the model (and processor) into ``path``; call it on every rank.
+
+    The weights come from ``accelerator.get_state_dict``, which gathers FSDP / ZeRO-3
+    shards on every rank; the main process writes them. PEFT models save their LoRA
+    adapter (load with ``peft.AutoPeftModel``), others the full model.
+    """
+    state = accelerator.get_state_dict(step_module)  # collective under FSDP / ZeRO-3
+    if not accelerator.is_main_process:
+        return
+    state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    accelerator.unwrap_model(step_module).model.save_pretrained(path, state_dict=state, safe_serialization=True)
     if processor is not None:
         processor.save_pretrained(path)
 
@@ -327,11 +335,23 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         num_warmup_steps=math.ceil(cfg.optim.warmup_ratio * cfg.train.max_steps),
         num_training_steps=cfg.train.max_steps,
     )
+    ds = accelerator.state.deepspeed_plugin
+    if ds is not None:  # no dataloader goes through prepare: tell DeepSpeed the micro-batch, accumulation, clipping
+        ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+        ds.deepspeed_config["gradient_accumulation_steps"] = n_micro
+        ds.deepspeed_config["gradient_clipping"] = cfg.optim.max_grad_norm
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us: once per optimizer step
 
     start = 0
     resume_from = _latest(out) if cfg.train.resume else None
+    stale = sorted(out.glob("checkpoint-*")) if not cfg.train.resume else []
+    if stale and accelerator.is_main_process:  # starting over: an old checkpoint must not outlive the new ones
+        print(f"aia train: starting over in {out}: removing {len(stale)} earlier checkpoint(s)", file=sys.stderr)
+        for old in stale:
+            shutil.rmtree(old)
+        (out / "latest").unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         start = json.loads((resume_from / "trainer_state.json").read_text())["step"]
@@ -432,11 +452,12 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
     if start < cfg.train.max_steps:
         _save_checkpoint(accelerator, step_module, processor, out, cfg.train.max_steps, cfg)
     final = out / "final"
+    tmp = out / ".final.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    _save_model(accelerator, step_module, processor, tmp)
     if accelerator.is_main_process:
-        tmp = out / ".final.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        _save_model(accelerator, step_module, processor, tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
