@@ -161,7 +161,6 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     variants = args.variants.split(",") if args.variants else ["sdpa", "aia", "eager"]
     if args.variants is None and args.device.startswith("cuda") and aia.intensity.flex_available(args.device):
         variants.insert(2, "flex")

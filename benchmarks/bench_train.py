@@ -50,9 +50,10 @@ def run(enabled: bool, data: tuple[Path, Path], out: Path, args) -> list[dict]:
         ],
         check_paths=False,
     )
-    if args.device == "cuda":
-        model = model.cuda()
-    return train(cfg, model, processor).history
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=args.mixed_precision)  # as train() builds it
+    return train(cfg, model, processor, accelerator=accelerator).history
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=2, help="samples per task per step")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--mixed-precision", default="no")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
