@@ -107,8 +107,14 @@ def test_targets_and_plot_from_profiles(saved_model, tiny_data, tmp_path, capsys
     )
     targets = TargetProfile.from_yaml(yaml_path)
     assert targets.num_layers == gen.num_layers
-    t_gen, _ = targets.per_layer("gen")
-    assert np.allclose(np.mean(t_gen), np.mean(gen.mean), atol=1e-3)  # stage means average back to the curve mean
+    for task, profile in (("gen", gen), ("und", und)):  # the documented rule, by brute force over the split
+        m, per = np.asarray(profile.mean), np.asarray(profile.per_sample)
+        sse = [((m[:k] - m[:k].mean()) ** 2).sum() + ((m[k:] - m[k:].mean()) ** 2).sum() for k in range(1, len(m))]
+        k = 1 + int(np.argmin(sse))
+        assert [(s.start, s.end) for s in targets.stages(task)] == [(0, k), (k, len(m))]
+        for s, (a, b) in zip(targets.stages(task), [(0, k), (k, len(m))], strict=True):
+            assert s.target == pytest.approx(m[a:b].mean(), abs=1e-9)
+            assert s.delta == pytest.approx(max(0.01, per[:, a:b].std()), abs=1e-9)
     fig = tmp_path / "fig"
     assert main(["plot", "profiles", str(tmp_path / "gen.json"), "--targets", str(yaml_path), "--out", str(fig)]) == 0
     assert (tmp_path / "fig.png").stat().st_size > 0

@@ -84,7 +84,7 @@ def test_baseline_differs_from_aia_only_by_the_aia_term(family, tiny_data, tmp_p
         assert on["loss/ntp"] == pytest.approx(off["loss/ntp"], abs=1e-6)
         assert off["loss"] == pytest.approx(off["loss/ntp"], abs=1e-6)
         # one und and one gen micro-batch per step: loss = mean of (ntp + lambda * aia)
-        extra = (10.0 * on["loss/aia/und"] + 5.0 * on["loss/aia/gen"]) / 2
+        extra = (cfg.aia.weight_und * on["loss/aia/und"] + cfg.aia.weight_gen * on["loss/aia/gen"]) / 2
         assert on["loss"] - off["loss"] == pytest.approx(extra, rel=1e-4, abs=1e-7)
         assert extra > 0
         assert "loss/aia/und" not in off

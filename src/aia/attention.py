@@ -19,8 +19,9 @@ SDPA / FlexAttention. On exit the previous implementation is restored.
 Results are keyed by layer index, so non-reentrant activation checkpointing, which
 calls the attention function again during backward, overwrites a layer's entry with
 an identical recomputation. With activation checkpointing, call ``backward`` *inside*
-the ``with`` block: the recomputation must find the same attention implementation. Reentrant checkpointing runs the forward without autograd
-and cannot give a differentiable statistic: it is refused with a message.
+the ``with`` block: the recomputation must find the same attention implementation.
+Reentrant checkpointing runs the forward without autograd and cannot give a
+differentiable statistic: it is refused with a message.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Routes (all exact, all differentiable):
   SDPA kernel return the mass next to the ordinary output, and the ordinary SDPA
   backward differentiates it. Works on CPU and GPU with any SDPA backend.
 * ``flex``: FlexAttention returns the log-sum-exp over all keys, differentiably
-  (Triton backend, CUDA only). The log-sum-exp over the small key set is a
+  (compiled Triton kernels on CUDA; elsewhere flex's eager forward only, no backward). The log-sum-exp over the small key set is a
   ``|Q| x |K|`` matmul on gathered rows, and ``mass = exp(LSE_K - LSE_all)``.
 
 Everything here is pure tensors in, tensors out.

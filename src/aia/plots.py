@@ -85,7 +85,7 @@ def build_profiles_figure(
     """
     profiles = list(profiles)
     if not profiles:
-        raise ValueError("plot_profiles needs at least one profile")
+        raise ValueError("a profiles figure needs at least one profile")
     if labels is None:
         labels = [f"{p.model} (n={p.n})" for p in profiles]
     labels = list(labels)
@@ -187,7 +187,7 @@ def build_losses_figure(runs: Mapping[str, str | Path], key: str | None = "ntp")
         ValueError: no runs, an unreadable/empty log, or no run logged a matching key.
     """
     if not runs:
-        raise ValueError("plot_losses needs at least one run")
+        raise ValueError("a losses figure needs at least one run")
     logs = {name: read_metrics(path) for name, path in runs.items()}
     keys = sorted({k for recs in logs.values() for r in recs for k in r if _matches(k, key)})
     if not keys:

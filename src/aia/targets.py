@@ -17,10 +17,12 @@ Other depths (relative-depth rule)
     layer ``l`` of the new model takes the (T, delta) of source layer
     ``floor((l + 0.5) * L / L_new)``, i.e. of the source layer containing the
     centre of layer ``l`` on a relative-depth axis. Stages are then recomputed as
-    maximal runs of equal (T, delta). Janus-Pro-1B (24 layers), for instance, gets
-    ``TargetProfile.preset("janus-pro").resize(24)``: stages [0, 8), [8, 16),
-    [16, 20), [20, 24) for understanding. The paper publishes no targets for that
-    depth; this mapping is our choice.
+    maximal runs of equal (T, delta), so neighbouring table rows with equal values
+    merge (a preset itself keeps the table's printed rows). Janus-Pro-1B (24 layers),
+    for instance, gets ``TargetProfile.preset("janus-pro").resize(24)``: stages
+    [0, 8), [8, 20), [20, 24) for generation and [0, 8), [8, 16), [16, 24) for
+    understanding. The paper publishes no targets for that depth; this mapping is our
+    choice.
 
 YAML format (``to_yaml`` / ``from_yaml``)::
 
