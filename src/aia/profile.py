@@ -4,8 +4,8 @@
 :func:`aia.capture` and returns a :class:`~aia.profile_io.Profile` (mean and std across
 samples per layer, and every sample's curve). ``aia profile`` is a thin CLI over it.
 
-Samples whose image is missing or unreadable are skipped and counted; samples whose
-query or key set is empty (no prompt text, no answer) carry no statistic and are
+Records whose image is missing or unreadable, or that are malformed, are skipped and
+counted; samples whose query or key set is empty (no prompt text, no answer) carry no statistic and are
 counted as excluded. Zero usable samples is an error.
 """
 
@@ -145,7 +145,7 @@ def profile_model(
     adapter = get_adapter(model, processor, span_config=span_config)
     device = next(model.parameters()).device
     rows: list[torch.Tensor] = []
-    bad_images, excluded = 0, 0
+    bad, excluded = 0, 0
     examples: list = []
     bar = tqdm(total=samples, desc=f"profile {task}", unit="sample", disable=not progress, file=sys.stderr)
 
@@ -169,7 +169,7 @@ def profile_model(
         try:
             examples.append(adapter.encode(record, task, data.parent))
         except (ImageError, DataError) as err:
-            bad_images += 1
+            bad += 1
             print(f"aia profile: skipped: {err}", file=sys.stderr)
             continue
         if len(examples) >= min(batch_size, samples - len(rows)):
@@ -177,10 +177,10 @@ def profile_model(
     if examples and len(rows) < samples:
         flush()
     bar.close()
-    skipped = bad_images + excluded
+    skipped = bad + excluded
     if skipped:
         print(
-            f"aia profile: {bad_images} sample(s) skipped for missing/unreadable images or bad records, "
+            f"aia profile: {bad} sample(s) skipped for missing/unreadable images or bad records, "
             f"{excluded} excluded for an empty query or key set",
             file=sys.stderr,
         )

@@ -50,7 +50,8 @@ class Profile:
         mean: ``[L]`` mean over samples.
         std: ``[L]`` population std (ddof=0) over samples.
         per_sample: ``[N, L]`` intensity of each sample and layer.
-        skipped: samples that were measured but dropped (e.g. an empty key set).
+        skipped: records passed over: unreadable or missing images, malformed records, and
+            samples with an empty query or key set.
         mode: ``"teacher"`` (teacher-forced sequence) or ``"decode"`` (own samples).
     """
 

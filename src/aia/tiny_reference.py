@@ -9,7 +9,7 @@ processor and image processor classes around a byte-level BPE tokenizer trained 
 Sizes follow :mod:`aia.tiny`: 2 language-model layers, hidden size 64, 4 query and 2
 key/value heads, 32x32 images. Nothing is downloaded; each builds in well under a second.
 
-The Qwen-VL and LLaVA-OneVision processors also hold a video processor, which transformers
+The Qwen-VL processors also hold a video processor, which transformers
 only builds with torchvision; these builders make image-only processors
 (:func:`aia.adapters.reference.image_only_processor`). Save a tiny model with
 :func:`save_reference` (``processor.save_pretrained`` cannot write an image-only processor);

@@ -107,6 +107,13 @@ class ChameleonAdapter(AdapterBase):
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model
 
+    def _code_ids(self, model: nn.Module, device: torch.device) -> torch.Tensor:
+        """The image-code token ids (8192 on the real model) on ``device``, built once per device."""
+        cached = getattr(self, "_code_ids_on", None)
+        if cached is None or cached.device != device:
+            self._code_ids_on = torch.tensor(model.model.vocabulary_mapping.image_tokens, device=device)
+        return self._code_ids_on
+
     def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
         model = unwrap(model)
         vq = model.model.vqmodel
@@ -123,7 +130,7 @@ class ChameleonAdapter(AdapterBase):
         )
         head = model.lm_head
         if batch.task == "und":
-            code_ids = torch.tensor(model.model.vocabulary_mapping.image_tokens, device=input_ids.device)
+            code_ids = self._code_ids(model, input_ids.device)
 
             def head(hidden: torch.Tensor) -> torch.Tensor:  # as the transformers forward: no image codes
                 logits = model.lm_head(hidden)

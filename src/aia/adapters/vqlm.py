@@ -16,9 +16,11 @@ What the processor must provide (:class:`aia.digits.DigitsProcessor` does):
 * ``image_start_token`` / ``image_end_token``: the begin/end-of-image special tokens.
 
 Sequences (``{codes}`` = one token per code, ``{before}``/``{after}`` the question text
-around an ``<image>`` placeholder, see :func:`aia.data.split_at_image`)::
+around an ``<image>`` placeholder, see :func:`aia.data.split_at_image`; every piece is
+tokenized on its own and nothing is inserted between pieces, which suits a word-level
+tokenizer like the digits one)::
 
-    und  <bos>user: {before}<boi>{codes}<eoi>{after} assistant: {A1}<eos>user: {Q2} assistant: {A2}<eos>
+    und  <bos>user:{before}<boi>{codes}<eoi>{after}assistant:{A1}<eos>user:{Q2}assistant:{A2}<eos>
     gen  <bos>{prompt}<boi>{codes}<eoi><eos>
 
 Roles: ``<bos>``, ``user:``, ``assistant:`` and ``<eos>`` are TEMPLATE; question and
