@@ -29,7 +29,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import aia
-from aia.loss import aia_loss
+from aia.core.loss import aia_loss
 
 PRESETS = {
     # The CPU shape: a Llama-style LM, 4 layers, hidden 512, 8 heads.
@@ -162,7 +162,7 @@ def main():
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     variants = args.variants.split(",") if args.variants else ["sdpa", "aia", "eager"]
-    if args.variants is None and args.device.startswith("cuda") and aia.intensity.flex_available(args.device):
+    if args.variants is None and args.device.startswith("cuda") and aia.core.intensity.flex_available(args.device):
         variants.insert(2, "flex")
     times = measure_time(args, variants)
     mem = {v: measure_memory(args, v) for v in variants}

@@ -1,6 +1,6 @@
 """The whole ``aia train`` step, AIA on vs AIA off, side by side in one run.
 
-Runs :func:`aia.trainer.train` twice on the same Janus-family model (random weights)
+Runs :func:`aia.training.trainer.train` twice on the same Janus-family model (random weights)
 and the same data, once with ``aia.enabled=true`` and once with ``false``, and compares
 the median ``time/step_s`` the trainer logs (data encoding, VQ, forward, backward,
 optimizer), skipping the first ``--warmup`` steps. The language model has the core
@@ -19,9 +19,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from aia.config import load_config
-from aia.tiny import tiny_janus, write_tiny_dataset
-from aia.trainer import train
+from aia.testing.tiny import tiny_janus, write_tiny_dataset
+from aia.training.config import load_config
+from aia.training.trainer import train
 
 
 def run(enabled: bool, data: tuple[Path, Path], out: Path, args) -> list[dict]:

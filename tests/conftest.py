@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aia.tiny import TINY_MODELS, write_tiny_dataset
+from aia.testing.tiny import TINY_MODELS, write_tiny_dataset
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
+from aia.measure.profile import IntensityProfile
 from aia.plots import build_losses_figure, plot_losses, plot_profiles
-from aia.profile_io import Profile
-from aia.targets import TargetProfile
+from aia.targets.presets import TargetProfile
 
 
 def profile(task, model, L=30, n=6, seed=0):
     x = np.random.default_rng(seed).random((n, L)) * 0.5
-    return Profile.from_per_sample(model, task, x)
+    return IntensityProfile.from_per_sample(model, task, x)
 
 
 def lines_by_label(ax):

@@ -2,16 +2,24 @@
 
 Measure the layer-wise cross-modal interaction intensity of a transformers model
 exactly (fused attention kernels, no attention maps), turn it into the AIA loss,
-and fine-tune with it.
+and fine-tune with it. Layers of the package, each depending only on those before it:
+``core`` (tensors) <- ``attention`` / ``adapters`` (transformers models) <- ``data``,
+``targets``, ``measure``, ``training`` <- ``plots``, ``demo``, ``cli``.
 """
 
-from .attention import Capture, capture
-from .intensity import span_mass, span_valid
-from .loss import aia_loss, huber, total_loss
-from .spans import Role, SpanConfig, generation_spans, task_spans, understanding_spans
+from aia.attention import Capture, capture
+from aia.core.intensity import span_mass, span_valid
+from aia.core.loss import aia_loss, huber, total_loss
+from aia.core.spans import TASKS, Role, SpanConfig, generation_spans, task_spans, understanding_spans
+from aia.errors import ConfigError, DataError, ImageError, InputError
 
 __all__ = [
+    "TASKS",
     "Capture",
+    "ConfigError",
+    "DataError",
+    "ImageError",
+    "InputError",
     "Role",
     "SpanConfig",
     "aia_loss",
@@ -25,4 +33,4 @@ __all__ = [
     "understanding_spans",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

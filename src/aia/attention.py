@@ -12,7 +12,7 @@ span masks as keyword arguments::
 
 returns the same outputs as plain SDPA and records, per decoder layer, the intensity
 of paper Eq. 1 for every sample. The attention output and the statistic come from one
-fused kernel call (see :mod:`aia.intensity`); no attention map is stored. Without the
+fused kernel call (see :mod:`aia.core.intensity`); no attention map is stored. Without the
 span kwargs (vision towers, cached decoding steps, ``generate``) the function is plain
 SDPA / FlexAttention. On exit the previous implementation is restored.
 
@@ -35,7 +35,7 @@ from transformers.integrations.flex_attention import flex_attention_forward
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask, sdpa_mask
 
-from .intensity import attention_with_mass, flex_attention_with_mass, flex_available, reduce_mass, span_valid
+from aia.core.intensity import attention_with_mass, flex_attention_with_mass, flex_available, reduce_mass, span_valid
 
 __all__ = ["ATTN_FLEX", "ATTN_SDPA", "Capture", "capture", "language_model_config"]
 

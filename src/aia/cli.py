@@ -32,9 +32,10 @@ def _dtype(name: str | None):
 
 
 def _cmd_profile(args) -> int:
-    from .profile import load_model, profile_model
-    from .profile_io import save_profile, summary_text
-    from .spans import SpanConfig
+    from aia.adapters import load_model
+    from aia.core.spans import SpanConfig
+    from aia.measure.profile import save_profile, summary_text
+    from aia.measure.teacher import profile_model
 
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"--data: no such file: {args.data}")
@@ -50,7 +51,7 @@ def _cmd_profile(args) -> int:
     )
     common = dict(span_config=spans, method=args.method, model_name=str(args.model_dir), progress=not args.quiet)
     if args.mode == "decode":
-        from .decode import decode_profile
+        from aia.measure.decode import decode_profile
 
         profile = decode_profile(
             model, processor, args.data, args.task, args.samples, max_new_tokens=args.max_new_tokens, **common
@@ -66,9 +67,9 @@ def _cmd_profile(args) -> int:
 
 
 def _cmd_targets(args) -> int:
-    from .profile_io import load_profile
-    from .stages import derive_targets
-    from .targets import TargetProfile
+    from aia.measure.profile import load_profile
+    from aia.targets.presets import TargetProfile
+    from aia.targets.stages import derive_targets
 
     if args.preset:
         if args.profiles:
@@ -113,9 +114,9 @@ def _labels(raw: str | None, n: int) -> list[str] | None:
 
 
 def _cmd_plot(args) -> int:
-    from .plots import plot_losses, plot_profiles
-    from .profile_io import load_profile
-    from .targets import PRESETS, TargetProfile
+    from aia.measure.profile import load_profile
+    from aia.plots import plot_losses, plot_profiles
+    from aia.targets.presets import PRESETS, TargetProfile
 
     if args.what == "profiles":
         profiles = [load_profile(p) for p in args.inputs]
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
-    from .config import config_help, load_config
+    from aia.training.config import config_help, load_config
 
     if args.help_config:
         print(config_help())
@@ -217,7 +218,7 @@ def _cmd_train(args) -> int:
     if args.config is None:
         raise ValueError("give a config file (see configs/), or --help-config")
     cfg = load_config(args.config, args.overrides)
-    from .trainer import train
+    from aia.training.trainer import train
 
     result = train(cfg)
     print(f"wrote {result.final_dir}")
@@ -225,7 +226,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from aia.demo.pipeline import run_demo
 
     results = run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, ablations=args.ablations)
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")

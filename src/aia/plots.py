@@ -23,8 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from aia.profile_io import Profile
-from aia.targets import TargetProfile
+from aia.measure.profile import IntensityProfile
+from aia.targets.presets import TargetProfile
 
 __all__ = [
     "PlotResult",
@@ -71,7 +71,7 @@ def _save(fig: Figure, out: str | Path) -> list[Path]:
 
 
 def build_profiles_figure(
-    profiles: Sequence[Profile], labels: Sequence[str] | None = None, targets: TargetProfile | None = None
+    profiles: Sequence[IntensityProfile], labels: Sequence[str] | None = None, targets: TargetProfile | None = None
 ) -> Figure:
     """One subplot per task; per profile the mean curve with a +-std band; targets as steps +-delta.
 
@@ -125,7 +125,7 @@ def build_profiles_figure(
 
 
 def plot_profiles(
-    profiles: Sequence[Profile],
+    profiles: Sequence[IntensityProfile],
     labels: Sequence[str] | None,
     targets: TargetProfile | None,
     out: str | Path,

@@ -3,20 +3,24 @@ and its token roles, and the training forward that hands the AIA span masks to t
 language model's attention.
 
 One adapter per family, all with the shape of :class:`~aia.adapters.base.Adapter`;
-:func:`get_adapter` picks it from the model's class name.
+:func:`get_adapter` picks it from the model's class name, :func:`load_model` loads a saved
+model with its processor. A new family is one new file here plus its line in
+:data:`ADAPTERS` (or a :func:`register_adapter` call from the package that defines it,
+as the digits demo does for its VQ-LM family).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from ..spans import SpanConfig
-from .base import IGNORE_INDEX, Adapter, AdapterOutput, Batch, Example, unwrap
-from .chameleon import ChameleonAdapter
-from .emu3 import Emu3Adapter
-from .janus import JanusAdapter
-from .reference import ReferenceAdapter
-from .vqlm import VQLMAdapter
+from aia.adapters.base import IGNORE_INDEX, Adapter, AdapterOutput, Batch, DecodeRunner, Example, unwrap
+from aia.adapters.chameleon import ChameleonAdapter
+from aia.adapters.emu3 import Emu3Adapter
+from aia.adapters.janus import JanusAdapter
+from aia.adapters.loading import load_model
+from aia.adapters.understanding import UnderstandingAdapter
+from aia.core.spans import SpanConfig
+from aia.errors import InputError
 
 __all__ = [
     "ADAPTERS",
@@ -25,12 +29,16 @@ __all__ = [
     "AdapterOutput",
     "Batch",
     "ChameleonAdapter",
+    "DecodeRunner",
     "Emu3Adapter",
     "Example",
     "JanusAdapter",
-    "ReferenceAdapter",
-    "VQLMAdapter",
+    "UnderstandingAdapter",
+    "adapter_class",
     "get_adapter",
+    "load_model",
+    "register_adapter",
+    "unwrap",
 ]
 
 #: transformers model class name -> adapter class
@@ -38,13 +46,28 @@ ADAPTERS: dict[str, type] = {
     "JanusForConditionalGeneration": JanusAdapter,
     "Emu3ForConditionalGeneration": Emu3Adapter,
     "ChameleonForConditionalGeneration": ChameleonAdapter,
-    "Qwen2VLForConditionalGeneration": ReferenceAdapter,
-    "Qwen2_5_VLForConditionalGeneration": ReferenceAdapter,
-    "Qwen3VLForConditionalGeneration": ReferenceAdapter,
-    "LlavaForConditionalGeneration": ReferenceAdapter,
-    "LlavaNextForConditionalGeneration": ReferenceAdapter,
-    "LlamaForCausalLM": VQLMAdapter,  # needs a processor with an image tokenizer (aia.digits)
+    "Qwen2VLForConditionalGeneration": UnderstandingAdapter,
+    "Qwen2_5_VLForConditionalGeneration": UnderstandingAdapter,
+    "Qwen3VLForConditionalGeneration": UnderstandingAdapter,
+    "LlavaForConditionalGeneration": UnderstandingAdapter,
+    "LlavaNextForConditionalGeneration": UnderstandingAdapter,
 }
+
+
+def register_adapter(model_class: str, adapter: type) -> None:
+    """Use ``adapter`` for models of the transformers class named ``model_class``."""
+    ADAPTERS[model_class] = adapter
+
+
+def adapter_class(model_class: str) -> type:
+    """The adapter class for the transformers model class named ``model_class``.
+
+    Raises:
+        InputError: no adapter handles that class; the message lists the supported ones.
+    """
+    if model_class not in ADAPTERS:
+        raise InputError(f"no adapter for {model_class}; supported: {', '.join(ADAPTERS)}")
+    return ADAPTERS[model_class]
 
 
 def get_adapter(
@@ -58,9 +81,7 @@ def get_adapter(
         span_config: choices of the AIA query/key sets.
         padding_side: ``"right"`` or ``"left"``.
     """
-    name = type(unwrap(model)).__name__
-    if name not in ADAPTERS:
-        raise ValueError(f"no adapter for {name}; supported: {', '.join(ADAPTERS)}")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    return ADAPTERS[name](model, processor, span_config=span_config, padding_side=padding_side)
+    return adapter_class(type(unwrap(model)).__name__)(model, processor, span_config=span_config,
+                                                       padding_side=padding_side)

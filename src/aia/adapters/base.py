@@ -1,9 +1,9 @@
 """The common shape of a model-family adapter, and the pieces every family shares.
 
 An adapter turns one data record into the language model's input sequence, its
-next-token labels and one :class:`~aia.spans.Role` per position (:meth:`encode`),
+next-token labels and one :class:`~aia.core.spans.Role` per position (:meth:`encode`),
 pads a list of them into a batch whose AIA span masks come from
-:func:`aia.spans.task_spans` (:meth:`collate`), and runs the training forward that
+:func:`aia.core.spans.task_spans` (:meth:`collate`), and runs the training forward that
 returns the NTP loss while handing the span masks to every attention call of the
 language model (:meth:`forward`).
 
@@ -35,14 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import split_at_image
-from ..spans import Role, SpanConfig, task_spans
+from aia.core.spans import Role, SpanConfig, check_task, task_spans
+from aia.data.records import split_at_image
 
 __all__ = [
     "IGNORE_INDEX",
     "Adapter",
     "AdapterBase",
     "AdapterOutput",
+    "DecodeRunner",
     "Batch",
     "Example",
     "SequenceBuilder",
@@ -52,9 +53,6 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
-TASKS = ("gen", "und")
-
-
 @dataclass
 class Example:
     """One encoded sample (no batch dimension).
@@ -134,6 +132,29 @@ class AdapterOutput:
     num_tokens: int
 
 
+@dataclass
+class DecodeRunner:
+    """How one family's model is called for decode-time profiling (:mod:`aia.measure.decode`).
+
+    ``base`` is called as ``base(**inputs, attention_mask=, position_ids=, past_key_values=,
+    use_cache=True, aia_query_mask=, aia_key_mask=)`` and returns ``last_hidden_state``.
+    """
+
+    base: nn.Module
+    head: Callable  #: hidden [B, D] -> logits [B, V]
+    prefill_keys: tuple[str, ...] | None = ("input_ids",)  #: batch inputs the prefill takes (None: all)
+    embed_prefill: Callable | None = None  #: input_ids [B, T] -> inputs_embeds [B, T, D] (None: pass ids)
+    embed_step: Callable | None = None  #: like embed_prefill, for the decoded tokens
+    allowed: torch.Tensor | None = None  #: ids the choice may pick (None: all but ``blocked``)
+    blocked: torch.Tensor | None = None
+    forced: dict[int, int] | None = None  #: role -> token id decoded without a choice
+
+
+def id_tensor(ids, device: torch.device) -> torch.Tensor:
+    """Sorted unique token ids as a long tensor on ``device``."""
+    return torch.tensor(sorted({int(i) for i in ids}), dtype=torch.long, device=device)
+
+
 class Adapter(Protocol):
     """What the trainer and the profiler need from a model family."""
 
@@ -156,6 +177,19 @@ class Adapter(Protocol):
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder stack whose attention AIA observes."""
+        ...
+
+    @classmethod
+    def load_processor(cls, model_dir: Path):
+        """Read the family's processor saved beside a model in ``model_dir``."""
+        ...
+
+    def decode_runner(self, model: nn.Module, task: str) -> DecodeRunner:
+        """How to call ``model`` to decode ``task`` one token at a time."""
+        ...
+
+    def image_block(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[T]`` bool: which of ``input_ids`` are image tokens to generate (placeholders or codes)."""
         ...
 
 
@@ -250,9 +284,9 @@ def token_id(tokenizer, token: str) -> int:
     return idx
 
 
-def check_task(task: str, cfg_blank: bool) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task must be 'gen' or 'und', got {task!r}")
+def check_encode_args(task: str, cfg_blank: bool) -> None:
+    """Raise a ValueError for an unknown ``task`` or ``cfg_blank`` on an understanding sample."""
+    check_task(task)
     if cfg_blank and task != "gen":
         raise ValueError("cfg_blank only applies to generation samples")
 
@@ -332,6 +366,17 @@ class AdapterBase:
     def collate(self, examples: list[Example]) -> Batch:
         """Pad examples of one task into a :class:`Batch` with its AIA span masks."""
         return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
+
+    @classmethod
+    def load_processor(cls, model_dir: Path):
+        """The processor saved in ``model_dir`` (``AutoProcessor``, offline)."""
+        import transformers
+
+        return transformers.AutoProcessor.from_pretrained(model_dir)
+
+    def image_block(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[T]`` bool: the image placeholder positions of ``input_ids``."""
+        return input_ids == self.image_token_id
 
 
 def aia_kwargs(batch: Batch) -> dict[str, torch.Tensor]:

@@ -34,22 +34,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import dialogue, generation_prompt, image_path, load_image
-from ..spans import Role, SpanConfig
-from .base import (
+from aia.adapters.base import (
     AdapterBase,
     AdapterOutput,
     Batch,
+    DecodeRunner,
     Example,
     SequenceBuilder,
     aia_kwargs,
-    check_task,
+    check_encode_args,
     fill_image_tokens,
+    id_tensor,
     module_dtype,
     next_token_loss,
     token_id,
     unwrap,
 )
+from aia.core.spans import Role, SpanConfig
+from aia.data.records import dialogue, generation_prompt, image_path, load_image
 
 __all__ = ["ChameleonAdapter"]
 
@@ -76,7 +78,7 @@ class ChameleonAdapter(AdapterBase):
         self.vq_factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
 
     def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
-        check_task(task, cfg_blank)
+        check_encode_args(task, cfg_blank)
         if image is None:
             image = load_image(image_path(record, base_dir))
         pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
@@ -113,6 +115,16 @@ class ChameleonAdapter(AdapterBase):
         if cached is None or cached.device != device:
             self._code_ids_on = torch.tensor(model.model.vocabulary_mapping.image_tokens, device=device)
         return self._code_ids_on
+
+    def decode_runner(self, model: nn.Module, task: str) -> DecodeRunner:
+        """Generation: ``lm_head`` restricted to the image codes; understanding: never an image code
+        or the placeholder (Chameleon's forward masks the codes too)."""
+        m = unwrap(model)
+        vocab = m.model.vocabulary_mapping
+        if task == "gen":
+            return DecodeRunner(m.model, m.lm_head, allowed=id_tensor(vocab.image_tokens, m.device))
+        blocked = id_tensor([self.image_token_id, *vocab.image_tokens], m.device)
+        return DecodeRunner(m.model, m.lm_head, ("input_ids", "pixel_values"), blocked=blocked)
 
     def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
         model = unwrap(model)

@@ -42,22 +42,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import dialogue, generation_prompt, image_path, load_image
-from ..spans import Role, SpanConfig
-from .base import (
+from aia.adapters.base import (
     AdapterBase,
     AdapterOutput,
     Batch,
+    DecodeRunner,
     Example,
     SequenceBuilder,
     aia_kwargs,
-    check_task,
+    check_encode_args,
     fill_image_tokens,
+    id_tensor,
     module_dtype,
     next_token_loss,
     token_id,
     unwrap,
 )
+from aia.core.spans import Role, SpanConfig
+from aia.data.records import dialogue, generation_prompt, image_path, load_image
 
 __all__ = ["Emu3Adapter"]
 
@@ -89,7 +91,7 @@ class Emu3Adapter(AdapterBase):
         self.vq_factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
 
     def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
-        check_task(task, cfg_blank)
+        check_encode_args(task, cfg_blank)
         if image is None:
             image = load_image(image_path(record, base_dir))
         processed = self.processor.image_processor(image, return_tensors="pt")
@@ -148,6 +150,17 @@ class Emu3Adapter(AdapterBase):
             for i, t in zip(idx, tokens.view(len(idx), -1), strict=True):
                 per_image[i] = t
         return torch.cat(per_image)
+
+    def decode_runner(self, model: nn.Module, task: str) -> DecodeRunner:
+        """Generation: ``lm_head`` restricted to the image codes, end-of-line forced at row ends (as
+        Emu3's generation constraint does); understanding: never the image placeholder."""
+        m = unwrap(model)
+        vocab = m.model.vocabulary_mapping
+        if task == "gen":
+            forced = {int(Role.IMAGE_MARKER): vocab.eol_token_id}
+            return DecodeRunner(m.model, m.lm_head, allowed=id_tensor(vocab.image_tokens, m.device), forced=forced)
+        blocked = id_tensor([self.image_token_id], m.device)
+        return DecodeRunner(m.model, m.lm_head, ("input_ids", "pixel_values", "image_sizes"), blocked=blocked)
 
     def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
         model = unwrap(model)

@@ -45,22 +45,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import dialogue, generation_prompt, image_path, load_image
-from ..spans import Role, SpanConfig
-from .base import (
+from aia.adapters.base import (
     AdapterBase,
     AdapterOutput,
     Batch,
+    DecodeRunner,
     Example,
     SequenceBuilder,
     aia_kwargs,
-    check_task,
+    check_encode_args,
     fill_image_tokens,
+    id_tensor,
     module_dtype,
     next_token_loss,
     token_id,
     unwrap,
 )
+from aia.core.spans import Role, SpanConfig
+from aia.data.records import dialogue, generation_prompt, image_path, load_image
 
 __all__ = ["JanusAdapter"]
 
@@ -91,7 +93,7 @@ class JanusAdapter(AdapterBase):
         self.vq_factor = 2 ** (len(config.vq_config.channel_multiplier) - 1)
 
     def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
-        check_task(task, cfg_blank)
+        check_encode_args(task, cfg_blank)
         if image is None:
             image = load_image(image_path(record, base_dir))
         pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
@@ -126,6 +128,20 @@ class JanusAdapter(AdapterBase):
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.language_model
+
+    def decode_runner(self, model: nn.Module, task: str) -> DecodeRunner:
+        """Generation: the generation head over the codebook, codes fed back through the generation
+        embedding; understanding: ``lm_head``, never the image placeholder."""
+        m = unwrap(model)
+        if task == "gen":
+            return DecodeRunner(
+                m.model.language_model,
+                m.model.generation_head,
+                embed_prefill=m.get_input_embeddings(),
+                embed_step=m.prepare_embeddings_for_image_generation,
+            )
+        blocked = id_tensor([self.image_token_id], m.device)
+        return DecodeRunner(m.model, m.lm_head, ("input_ids", "pixel_values"), blocked=blocked)
 
     def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
         model = unwrap(model)

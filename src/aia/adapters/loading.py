@@ -1,0 +1,52 @@
+"""Loading a saved model and its processor, offline, with the adapter of its family.
+
+The model class comes from ``config.json``'s ``architectures``; the processor is read by
+the family's adapter (:meth:`load_processor`), which owns its loading quirks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from aia.errors import InputError
+
+__all__ = ["load_model"]
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """Load a saved unified (or understanding-only) model and its processor from a directory.
+
+    Args:
+        model_dir: a directory written by ``save_pretrained`` (model and processor).
+        dtype: weights dtype (default: as saved).
+        device: where to put the model.
+
+    Returns:
+        ``(model, processor)``, the model in eval mode on ``device``.
+
+    Raises:
+        InputError: the directory holds no ``config.json``, or names a model class without an adapter.
+    """
+    import transformers
+
+    from aia.adapters import adapter_class
+
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise InputError("no config.json; expected a directory written by save_pretrained", path=model_dir)
+    try:
+        architectures = json.loads(config_path.read_text()).get("architectures") or []
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON: {e.msg}", path=config_path, record=f"line {e.lineno}") from None
+    if not architectures or not hasattr(transformers, architectures[0]):
+        raise InputError(f"names no transformers model class: {architectures}", path=config_path,
+                         field="architectures")
+    adapter = adapter_class(architectures[0])
+    cls = getattr(transformers, architectures[0])
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs).to(device).eval()
+    return model, adapter.load_processor(model_dir)

@@ -1,0 +1,127 @@
+"""Query/key spans of the AIA statistic, built from per-position token roles.
+
+Every adapter labels each position of the language model's sequence with a
+:class:`Role`. The spans of paper Eq. 1 are then pure functions of those labels:
+
+========================  =============================  ==========================
+task                      queries Q                      keys K
+========================  =============================  ==========================
+generation (text->image)  image tokens (being predicted)  the prompt's text tokens
+understanding (image->text) answer tokens (every turn)    image tokens
+========================  =============================  ==========================
+
+Open choices of the paper are explicit fields of :class:`SpanConfig` (defaults
+follow the paper's released code, without its off-by-one slips): image markers
+(``<begin_of_image>``, end-of-line, ``<end_of_image>``) are not image tokens, the
+question is not part of the understanding query set, and chat-template tokens
+never belong to a span. Padding never belongs to a span. A generation sample whose
+prompt was blanked for classifier-free guidance has no ``PROMPT`` positions, so its
+key set is empty and it carries no AIA term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+
+__all__ = ["TASKS", "Role", "SpanConfig", "check_task", "generation_spans", "understanding_spans", "task_spans"]
+
+#: the two tasks: understanding (image -> text) and generation (text -> image)
+TASKS: tuple[str, ...] = ("und", "gen")
+
+
+def check_task(task: str) -> str:
+    """``task`` if it is one of :data:`TASKS`, else a ValueError naming it."""
+    if task not in TASKS:
+        raise ValueError(f"task must be 'und' or 'gen', got {task!r}")
+    return task
+
+
+class Role(IntEnum):
+    """What one sequence position holds."""
+
+    PAD = 0  #: padding (never in a span)
+    TEMPLATE = 1  #: BOS, chat-template and role tokens, separators, EOS
+    PROMPT = 2  #: user text: the generation prompt or the understanding question
+    IMAGE = 3  #: one image token (a VQ code or a vision-encoder feature slot)
+    IMAGE_MARKER = 4  #: begin/end-of-image, end-of-line and similar image framing tokens
+    ANSWER = 5  #: assistant answer text (the supervised tokens)
+
+
+@dataclass(frozen=True)
+class SpanConfig:
+    """Choices the paper leaves open.
+
+    Attributes:
+        image_markers_are_image: count image framing tokens (begin/end of image,
+            end-of-line) as image tokens, in Q for generation and in K for
+            understanding.
+        question_in_query: understanding only: the question's tokens join the
+            answer tokens in Q.
+        predictive: use as queries the positions that *predict* the span tokens
+            (one to the left, as in cached decoding, where the query of image token
+            i is token i-1) instead of the positions holding them.
+    """
+
+    image_markers_are_image: bool = False
+    question_in_query: bool = False
+    predictive: bool = False
+
+
+def _image_mask(roles: torch.Tensor, cfg: SpanConfig) -> torch.Tensor:
+    mask = roles == Role.IMAGE
+    if cfg.image_markers_are_image:
+        mask = mask | (roles == Role.IMAGE_MARKER)
+    return mask
+
+
+def _shift_left(mask: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
+    """Positions one to the left of ``mask``, never on padding."""
+    out = torch.zeros_like(mask)
+    out[:, :-1] = mask[:, 1:]
+    return out & (roles != Role.PAD)
+
+
+def generation_spans(roles: torch.Tensor, cfg: SpanConfig = SpanConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spans of the generation task.
+
+    Args:
+        roles: ``[B, T]`` integer tensor of :class:`Role` values.
+        cfg: span choices.
+
+    Returns:
+        ``(query_mask, key_mask)``, bool ``[B, T]``: Q = image tokens, K = the
+        prompt's text tokens.
+    """
+    query = _image_mask(roles, cfg)
+    if cfg.predictive:
+        query = _shift_left(query, roles)
+    key = roles == Role.PROMPT
+    return query, key
+
+
+def understanding_spans(roles: torch.Tensor, cfg: SpanConfig = SpanConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spans of the understanding task.
+
+    Args:
+        roles: ``[B, T]`` integer tensor of :class:`Role` values.
+        cfg: span choices.
+
+    Returns:
+        ``(query_mask, key_mask)``, bool ``[B, T]``: Q = answer tokens (plus the
+        question if ``cfg.question_in_query``), K = image tokens.
+    """
+    query = roles == Role.ANSWER
+    if cfg.question_in_query:
+        query = query | (roles == Role.PROMPT)
+    if cfg.predictive:
+        query = _shift_left(query, roles)
+    key = _image_mask(roles, cfg)
+    return query, key
+
+
+def task_spans(task: str, roles: torch.Tensor, cfg: SpanConfig = SpanConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spans for ``task`` (``"gen"`` or ``"und"``)."""
+    return generation_spans(roles, cfg) if check_task(task) == "gen" else understanding_spans(roles, cfg)

@@ -1,0 +1,15 @@
+"""``aia demo``: the paper's pipeline at micro scale on scikit-learn's digits.
+
+Importing this package registers the demo's model family (a plain causal LM whose
+processor carries a VQ image tokenizer, :mod:`.vqlm`) with :mod:`aia.adapters`, so
+``aia profile`` / ``aia train`` read the models the demo saves.
+"""
+
+from aia.adapters import register_adapter
+from aia.demo.vqlm import VQLMAdapter
+
+register_adapter("LlamaForCausalLM", VQLMAdapter)
+
+from aia.demo.pipeline import run_demo  # noqa: E402  (after the registration it relies on)
+
+__all__ = ["VQLMAdapter", "run_demo"]

@@ -1,0 +1,162 @@
+"""Adapter for a plain decoder LM whose processor carries an external VQ image tokenizer.
+
+The simplest purely unified model, of Emu3's kind: a transformers causal LM (e.g.
+``LlamaForCausalLM``) whose vocabulary holds one token per VQ code, so images are read
+and written as ordinary tokens. Unlike Emu3, the image tokenizer is not part of the
+model but of the processor, so :meth:`VQLMAdapter.encode` writes the code tokens
+straight into ``input_ids`` (no placeholder to fill in the forward; ``pixel_values``
+stay ``None``), still without the model's weights.
+
+What the processor must provide (:class:`aia.demo.digits.DigitsProcessor` does):
+
+* ``tokenizer``: with ``bos``/``eos`` tokens (``pad``, else ``eos`` pads);
+* ``image_tokenizer``: ``encode_image(PIL image) -> codes`` in reading order, and
+  ``num_codes``;
+* ``image_code_token_ids``: the token id of each code;
+* ``image_start_token`` / ``image_end_token``: the begin/end-of-image special tokens.
+
+Sequences (``{codes}`` = one token per code, ``{before}``/``{after}`` the question text
+around an ``<image>`` placeholder, see :func:`aia.data.split_at_image`; every piece is
+tokenized on its own and nothing is inserted between pieces, which suits a word-level
+tokenizer like the digits one)::
+
+    und  <bos>user:{before}<boi>{codes}<eoi>{after}assistant:{A1}<eos>user:{Q2}assistant:{A2}<eos>
+    gen  <bos>{prompt}<boi>{codes}<eoi><eos>
+
+Roles: ``<bos>``, ``user:``, ``assistant:`` and ``<eos>`` are TEMPLATE; question and
+prompt PROMPT; answers ANSWER; codes IMAGE; ``<boi>``/``<eoi>`` IMAGE_MARKER.
+
+Labels: understanding supervises the answers and the ``<eos>`` after each; generation
+supervises the codes and ``<eoi>`` (``<boi>`` is what a generation prompt ends with).
+
+CFG blanking: the prompt is left out (``<bos><boi>{codes}...``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aia.adapters.base import (
+    AdapterBase,
+    AdapterOutput,
+    Batch,
+    DecodeRunner,
+    Example,
+    SequenceBuilder,
+    aia_kwargs,
+    check_encode_args,
+    id_tensor,
+    next_token_loss,
+    token_id,
+    unwrap,
+)
+from aia.core.spans import Role, SpanConfig
+from aia.data.records import dialogue, generation_prompt, image_path, load_image
+
+__all__ = ["VQLMAdapter"]
+
+_CONTRACT = "tokenizer, image_tokenizer, image_code_token_ids, image_start_token, image_end_token"
+
+
+class VQLMAdapter(AdapterBase):
+    """A decoder LM over text and VQ-code tokens; the VQ lives in the processor."""
+
+    family = "vqlm"
+
+    def __init__(
+        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+    ):
+        name = type(unwrap(model)).__name__
+        if getattr(processor, "image_tokenizer", None) is None:
+            raise ValueError(
+                f"{name} is a unified model only with a processor that carries an image tokenizer "
+                f"(processor.image_tokenizer; e.g. aia.demo.digits.DigitsProcessor), got {type(processor).__name__}; "
+                f"the processor must provide: {_CONTRACT}"
+            )
+        missing = [a for a in _CONTRACT.split(", ") if getattr(processor, a, None) is None]
+        if missing:
+            raise ValueError(f"the processor of {name} lacks {', '.join(missing)} (needs: {_CONTRACT})")
+        super().__init__(processor, span_config, padding_side)
+        tok = self.tokenizer
+        self.image_tokenizer = processor.image_tokenizer
+        self.code_ids = list(processor.image_code_token_ids)
+        if len(self.code_ids) != self.image_tokenizer.num_codes:
+            raise ValueError(
+                f"image_code_token_ids has {len(self.code_ids)} ids for {self.image_tokenizer.num_codes} codes"
+            )
+        vocab = unwrap(model).config.get_text_config().vocab_size
+        if max(self.code_ids) >= vocab:
+            raise ValueError(f"code token id {max(self.code_ids)} is outside the model's vocabulary ({vocab})")
+        self.boi_id = token_id(tok, processor.image_start_token)
+        self.eoi_id = token_id(tok, processor.image_end_token)
+        if tok.bos_token_id is None or tok.eos_token_id is None:
+            raise ValueError("the tokenizer needs bos and eos tokens")
+
+    def image_token_ids(self, image) -> list[int]:
+        """Token ids of an image's codes, in reading order."""
+        return [self.code_ids[int(c)] for c in self.image_tokenizer.encode_image(image)]
+
+    def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
+        check_encode_args(task, cfg_blank)
+        if image is None:
+            image = load_image(image_path(record, base_dir))
+        codes = self.image_token_ids(image)
+        b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
+        if task == "und":
+            question = partial(self._question, codes=codes)
+            b.dialogue(dialogue(record), question, self.eos_id, user="user:", assistant="assistant:")
+        else:
+            if not cfg_blank:
+                b.text(generation_prompt(record), Role.PROMPT)
+            self._image(b, codes, supervised=True)
+            b.tokens(self.eos_id, Role.TEMPLATE)
+        return b.build(task)
+
+    def _question(self, b: SequenceBuilder, before: str, after: str, codes: list[int]) -> None:
+        """The first question, the image where its ``<image>`` placeholder was."""
+        b.text(before, Role.PROMPT)
+        self._image(b, codes, supervised=False)
+        b.text(after, Role.PROMPT)
+
+    def _image(self, b: SequenceBuilder, codes: list[int], supervised: bool) -> None:
+        b.tokens(self.boi_id, Role.IMAGE_MARKER)
+        b.tokens(codes, Role.IMAGE, supervised)
+        b.tokens(self.eoi_id, Role.IMAGE_MARKER, supervised)
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return unwrap(model).model
+
+    @classmethod
+    def load_processor(cls, model_dir: Path):
+        """The digits processor (tokenizer + VQ codebook) saved in ``model_dir``."""
+        from aia.demo.digits import DigitsProcessor
+
+        return DigitsProcessor.from_pretrained(model_dir)
+
+    def image_block(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[T]`` bool: the code tokens of ``input_ids`` (the image is in the sequence itself)."""
+        return torch.isin(input_ids, torch.tensor(self.code_ids))
+
+    def decode_runner(self, model: nn.Module, task: str) -> DecodeRunner:
+        """Generation: ``lm_head`` restricted to the code tokens; understanding: never a code or an
+        image marker."""
+        m = unwrap(model)
+        if task == "gen":
+            return DecodeRunner(m.model, m.lm_head, allowed=id_tensor(self.code_ids, m.device))
+        blocked = id_tensor([*self.code_ids, self.boi_id, self.eoi_id], m.device)
+        return DecodeRunner(m.model, m.lm_head, blocked=blocked)
+
+    def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
+        model = unwrap(model)
+        out = model.model(
+            input_ids=batch.inputs["input_ids"],
+            attention_mask=batch.attention_mask,
+            position_ids=batch.inputs["position_ids"],
+            use_cache=False,
+            **aia_kwargs(batch),
+        )
+        return next_token_loss(out.last_hidden_state, batch.labels, model.lm_head)

@@ -1,0 +1,17 @@
+"""Measuring a model's layer-wise interaction intensity on a data file: teacher forcing
+(:mod:`.teacher`), while decoding (:mod:`.decode`), and the profile file format
+(:mod:`.profile`)."""
+
+from aia.measure.decode import decode_example, decode_profile
+from aia.measure.profile import IntensityProfile, load_profile, save_profile, summary_text
+from aia.measure.teacher import profile_model
+
+__all__ = [
+    "IntensityProfile",
+    "decode_example",
+    "decode_profile",
+    "load_profile",
+    "profile_model",
+    "save_profile",
+    "summary_text",
+]

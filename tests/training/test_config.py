@@ -1,0 +1,77 @@
+"""Run configs: typed, validated, failing early with the key's name."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aia.cli import main
+from aia.training.config import ConfigError, RunConfig, config_help, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", ["janus-pro-1b", "janus-pro-7b", "emu3", "chameleon"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml", check_paths=False)
+    assert isinstance(cfg, RunConfig) and cfg.aia.enabled
+    assert cfg.model.path.startswith(str(CONFIGS))  # relative paths resolve against the file
+    with pytest.raises(ConfigError, match="model.path"):
+        load_config(CONFIGS / f"{name}.yaml")  # the checkpoint is the user's to provide
+
+
+def test_janus_config_reproduces_released_hyper_parameters():
+    cfg = load_config(CONFIGS / "janus-pro-7b.yaml", check_paths=False)
+    o = cfg.optim
+    assert (o.lr, o.betas, o.eps, o.weight_decay, o.scheduler, o.warmup_ratio) == (
+        2e-5,
+        [0.9, 0.95],
+        1e-6,
+        0.05,
+        "cosine",
+        0.1,
+    )
+    assert cfg.data.batch_size == 4 and (cfg.data.ratio_und, cfg.data.ratio_gen) == (1, 1)
+    assert cfg.train.mixed_precision == "bf16" and cfg.data.cfg_drop == 0.1
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("aia.enabeld=false", "aia.enabeld"),
+        ("optim.lr=fast", "optim.lr"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("data.cfg_drop=1.5", "data.cfg_drop"),
+        ("aia.mode=l1", "aia.mode"),
+        ("model.frozen=[1]", "model.frozen[0]"),
+        ("nosection.x=1", "nosection.x"),
+        ("aia.enabled=maybe", "aia.enabled"),
+        ("data.ratio_und=0", "data.ratio_und"),  # the only task with data would never run
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, ["data.und=x.jsonl", override], check_paths=False)
+
+
+def test_overrides_and_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"und": "u.jsonl"}, "aia": {"weight_gen": 2}}))
+    cfg = load_config(path, ["aia.enabled=false", "optim.lr=1e-4", "optim.betas=[0.8, 0.9]"], check_paths=False)
+    assert cfg.aia.enabled is False and cfg.optim.lr == 1e-4 and cfg.optim.betas == [0.8, 0.9]
+    assert cfg.aia.weight_gen == 2.0 and cfg.data.und == str(tmp_path / "u.jsonl")
+    with pytest.raises(ConfigError, match="model.path"):
+        load_config(path, [f"model.path={tmp_path}"])  # no config.json there
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="data.und: no such file"):
+        load_config(path, [f"model.path={tmp_path}"])
+
+
+def test_train_cli_fails_before_loading(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": "nowhere"}, "data": {"gen": "g.jsonl"}, "train": {"bogus": 1}}))
+    assert main(["train", str(path)]) == 2
+    assert "train.bogus: unknown key" in capsys.readouterr().err
+    assert main(["train", "--help-config"]) == 0
+    assert "aia.weight_und" in capsys.readouterr().out
+    assert "aia.enabled (True): Add the AIA loss" in config_help()

@@ -1,0 +1,220 @@
+"""`aia train` end to end on tiny random models of every family."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import aia.training.trainer as trainer_mod
+from aia.testing.tiny import TINY_MODELS
+from aia.training.config import load_config
+from aia.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_cfg(tiny_data, out, *extra):
+    und, gen = tiny_data
+    return load_config(
+        None,
+        [
+            f"data.und={und}",
+            f"data.gen={gen}",
+            f"train.output_dir={out}",
+            "data.batch_size=2",
+            "train.max_steps=3",
+            "train.intensity_every=1",
+            "train.progress=false",
+            "optim.lr=1e-3",
+            "optim.warmup_ratio=0",
+            "optim.scheduler=constant",
+            *extra,
+        ],
+        check_paths=False,
+    )
+
+
+def rows(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_end_to_end(family, tiny_data, tmp_path):
+    model, processor = TINY_MODELS[family](seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = train(make_cfg(tiny_data, tmp_path / "run"), model, processor)
+
+    logged = rows(tmp_path / "run")
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    layers = model.config.get_text_config().num_hidden_layers
+    for r in logged:
+        for key in ("loss", "loss/ntp", "loss/ntp/und", "loss/ntp/gen", "loss/aia/und", "loss/aia/gen", "lr"):
+            assert torch.isfinite(torch.tensor(r[key])), key
+        assert len(r["intensity/und"]) == layers and len(r["intensity/gen"]) == layers
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    frozen = {n for n in before if "vqmodel" in n or "vision_model" in n}
+    assert frozen and not (changed & frozen), "frozen parameters moved"
+    lm_weights = [n for n in before if ("layers.0." in n and "proj" in n) and n not in frozen]
+    assert lm_weights and all(n in changed for n in lm_weights), "language-model weights did not train"
+
+    # the final model reloads with plain transformers
+    cls = getattr(transformers, type(model).__name__)
+    reloaded = cls.from_pretrained(result.final_dir)
+    transformers.AutoProcessor.from_pretrained(result.final_dir)
+    name = lm_weights[0]
+    torch.testing.assert_close(dict(reloaded.named_parameters())[name], dict(model.named_parameters())[name])
+    assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-3"
+
+
+@pytest.mark.parametrize("family", ["janus"])
+def test_baseline_differs_from_aia_only_by_the_aia_term(family, tiny_data, tmp_path):
+    runs = {}
+    for enabled in (True, False):
+        model, processor = TINY_MODELS[family](seed=0)
+        cfg = make_cfg(tiny_data, tmp_path / str(enabled), f"aia.enabled={str(enabled).lower()}", "optim.lr=0")
+        train(cfg, model, processor)
+        runs[enabled] = rows(tmp_path / str(enabled))
+    for on, off in zip(runs[True], runs[False], strict=True):
+        assert on["loss/ntp"] == pytest.approx(off["loss/ntp"], abs=1e-6)
+        assert off["loss"] == pytest.approx(off["loss/ntp"], abs=1e-6)
+        # one und and one gen micro-batch per step: loss = mean of (ntp + lambda * aia)
+        extra = (cfg.aia.weight_und * on["loss/aia/und"] + cfg.aia.weight_gen * on["loss/aia/gen"]) / 2
+        assert on["loss"] - off["loss"] == pytest.approx(extra, rel=1e-4, abs=1e-7)
+        assert extra > 0
+        assert "loss/aia/und" not in off
+
+
+@pytest.mark.parametrize("family", ["emu3"])
+def test_activation_checkpointing_gives_the_same_run(family, tiny_data, tmp_path):
+    runs = []
+    for ckpt in (False, True):
+        model, processor = TINY_MODELS[family](seed=0)
+        train(
+            make_cfg(tiny_data, tmp_path / str(ckpt), f"model.gradient_checkpointing={str(ckpt).lower()}"),
+            model,
+            processor,
+        )
+        runs.append(rows(tmp_path / str(ckpt)))
+    for a, b in zip(*runs, strict=True):
+        for key in ("loss", "loss/aia/und", "loss/aia/gen", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_resume_continues_with_the_same_losses(tiny_data, tmp_path, monkeypatch):
+    extra = ("train.max_steps=4", "train.save_every=2", "data.cfg_drop=0.5")
+    model, processor = TINY_MODELS["janus"](seed=0)
+    train(make_cfg(tiny_data, tmp_path / "straight", *extra), model, processor)
+    straight = rows(tmp_path / "straight")
+
+    real = trainer_mod.step_schedule
+
+    def killed_at_step_3(step, *args):
+        if step == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real(step, *args)
+
+    model, processor = TINY_MODELS["janus"](seed=0)
+    monkeypatch.setattr(trainer_mod, "step_schedule", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(tiny_data, tmp_path / "resumed", *extra), model, processor)
+    assert (tmp_path / "resumed" / "latest").read_text().strip() == "checkpoint-2"
+    monkeypatch.setattr(trainer_mod, "step_schedule", real)
+    model, processor = TINY_MODELS["janus"](seed=1)  # different init: everything must come from the checkpoint
+    train(make_cfg(tiny_data, tmp_path / "resumed", *extra), model, processor)
+    resumed = rows(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(straight, resumed, strict=True):
+        for key in ("loss", "loss/ntp/und", "loss/ntp/gen", "loss/aia/und", "loss/aia/gen", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
+
+def test_resume_false_starts_over(tiny_data, tmp_path):
+    """No checkpoint of an earlier run may outlive (or be mistaken for) the new run's."""
+    out = tmp_path / "run"
+    model, processor = TINY_MODELS["janus"](seed=0)
+    train(make_cfg(tiny_data, out, "train.max_steps=4", "train.save_every=1", "train.save_total_limit=3"), model, processor)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    model, processor = TINY_MODELS["janus"](seed=0)
+    train(make_cfg(tiny_data, out, "train.max_steps=2", "train.save_every=1", "train.resume=false"), model, processor)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (out / "latest").read_text().strip() == "checkpoint-2"
+    assert [r["step"] for r in rows(out)] == [1, 2]
+
+
+def test_checkpoint_never_half_written(tiny_data, tmp_path, monkeypatch):
+    """A crash while writing checkpoint-4 leaves `latest` on the complete checkpoint-2."""
+    model, processor = TINY_MODELS["janus"](seed=0)
+    real = trainer_mod._save_model
+    calls = []
+
+    def crash_second_time(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(trainer_mod, "_save_model", crash_second_time)
+    with pytest.raises(OSError):
+        train(make_cfg(tiny_data, tmp_path / "run", "train.max_steps=4", "train.save_every=2"), model, processor)
+    assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-2"
+    assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (tmp_path / "run" / "checkpoint-4").exists()
+
+
+def test_lora_trains_only_adapters(tiny_data, tmp_path):
+    model, processor = TINY_MODELS["emu3"](seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(make_cfg(tiny_data, tmp_path / "lora", "lora.enabled=true", "lora.r=4"), model, processor)
+    after = {n: p.detach() for n, p in model.named_parameters()}
+    lora_b = {n: p for n, p in after.items() if "lora_B" in n}
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # lora_B starts at zero: all trained
+    # adapters on the language model's attention projections only (not the VQ's attention)
+    lm = "model.text_model." if any(".text_model." in n for n in lora_b) else "model.model."
+    assert all(lm in n for n in lora_b), [n for n in lora_b if lm not in n]
+    # every base weight, wrapped (".base_layer.") or not, is unchanged
+    base = {n.replace(".base_layer.", "."): p for n, p in after.items() if "lora_" not in n}
+    assert set(before) == set(base)
+    assert [n for n, p in before.items() if not torch.equal(base[n], p)] == []
+    assert (tmp_path / "lora" / "final" / "adapter_config.json").is_file()
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "lora" / "final" / "adapter_model.safetensors")
+    assert len(saved) == 2 * len(lora_b)  # lora_A and lora_B of every wrapped module, nothing else
+    for name, weight in lora_b.items():
+        assert torch.equal(saved["base_model.model." + name.replace(".default", "")], weight)
+
+
+@pytest.mark.integration
+def test_two_processes_see_the_same_losses(tiny_data, tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from aia.training.config import load_config\n"
+        "from aia.testing.tiny import tiny_janus\n"
+        "from aia.training.trainer import train\n"
+        "cfg = load_config(None, sys.argv[2:], check_paths=False)\n"
+        "model, processor = tiny_janus(seed=0)\n"
+        "res = train(cfg, model, processor)\n"
+        "json.dump(res.history, open(f\"{sys.argv[1]}/rank{os.environ['RANK']}.json\", 'w'))\n"
+    )
+    und, gen = tiny_data
+    args = [f"data.und={und}", f"data.gen={gen}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2"]
+    args += ["data.batch_size=2", "train.progress=false", "train.intensity_every=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(script)]
+    proc = subprocess.run([*cmd, str(tmp_path), *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert len(r0) == len(r1) == 2
+    for a, b in zip(r0, r1, strict=True):
+        a.pop("time/step_s"), b.pop("time/step_s")  # wall clock differs per rank
+        assert a == b
+    logged = rows(tmp_path / "run")
+    assert [r["loss"] for r in logged] == [r["loss"] for r in r0]
