@@ -13,7 +13,6 @@ in loss figures one line per run labelled with the run's name.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,13 @@ from matplotlib.ticker import MaxNLocator
 
 from aia.measure.profile import IntensityProfile
 from aia.targets.presets import TargetProfile
+from aia.training.metrics import read_metrics
 
 __all__ = [
     "PlotResult",
     "TASK_TITLES",
     "build_profiles_figure",
     "plot_profiles",
-    "read_metrics",
     "build_losses_figure",
     "plot_losses",
 ]
@@ -136,36 +135,6 @@ def plot_profiles(
 
 
 # -- loss curves ------------------------------------------------------------------------------
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """Records of a ``metrics.jsonl`` training log (or of the one in directory ``path``).
-
-    Lines without a ``"step"`` (e.g. run summaries) are ignored; blank lines too.
-
-    Raises:
-        ValueError: the file is missing, a line is not a JSON object, or no line has a step.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not path.is_file():
-        raise ValueError(f"{path}: no such metrics file")
-    records = []
-    for no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{no}: not valid JSON: {e}") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{no}: expected a JSON object per line")
-        if "step" in rec:
-            records.append(rec)
-    if not records:
-        raise ValueError(f"{path}: no logged steps (no line with a 'step')")
-    return records
 
 
 def _matches(name: str, key: str | None) -> bool:

@@ -192,7 +192,7 @@ def _run_config(out: Path, name: str, s: DemoSettings, seed: int, progress: bool
 
 
 def _final_ntp(run_dir: Path, task: str) -> float:
-    from aia.plots import read_metrics
+    from aia.training.metrics import read_metrics
 
     values = [r[f"loss/ntp/{task}"] for r in read_metrics(run_dir) if f"loss/ntp/{task}" in r]
     tail = values[-max(1, len(values) // 10) :]
