@@ -15,6 +15,7 @@ non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -44,11 +45,7 @@ def _cmd_profile(args) -> int:
     if args.mode == "decode" and args.batch_size != 1:
         raise ValueError("--batch-size: --mode decode runs one sample at a time")
     model, processor = load_model(args.model_dir, dtype=_dtype(args.dtype), device=args.device)
-    spans = SpanConfig(
-        image_markers_are_image=args.image_markers,
-        question_in_query=args.question_in_query,
-        predictive=args.predictive,
-    )
+    spans = SpanConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SpanConfig)})
     common = dict(span_config=spans, method=args.method, model_name=str(args.model_dir), progress=not args.quiet)
     if args.mode == "decode":
         from aia.measure.decode import decode_profile
@@ -134,6 +131,21 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+#: shorter spellings of span flags documented before the flags were generated
+_SPAN_FLAG_ALIASES = {"image_markers_are_image": ["--image-markers"]}
+
+
+def _add_span_flags(parser: argparse.ArgumentParser) -> None:
+    """One boolean flag per :class:`~aia.core.spans.SpanConfig` field, its help the field's doc."""
+    from aia.core.spans import SpanConfig
+    from aia.fields import field_docs
+
+    docs = field_docs(SpanConfig)
+    for f in dataclasses.fields(SpanConfig):
+        flags = ["--" + f.name.replace("_", "-"), *_SPAN_FLAG_ALIASES.get(f.name, [])]
+        parser.add_argument(*flags, dest=f.name, action="store_true", default=f.default, help=docs[f.name])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aia", description="Attention Interaction Alignment toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,11 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
     p.add_argument("--method", default="auto", choices=["auto", "sdpa", "flex"], help="intensity route")
-    p.add_argument("--image-markers", action="store_true", help="count begin/end-of-image tokens as image tokens")
-    p.add_argument("--question-in-query", action="store_true", help="und: the question joins the answer in Q")
-    p.add_argument(
-        "--predictive", action="store_true", help="queries are the positions predicting the span (implied by decode)"
-    )
+    _add_span_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_profile)
 

@@ -52,22 +52,16 @@ class Role(IntEnum):
 
 @dataclass(frozen=True)
 class SpanConfig:
-    """Choices the paper leaves open.
-
-    Attributes:
-        image_markers_are_image: count image framing tokens (begin/end of image,
-            end-of-line) as image tokens, in Q for generation and in K for
-            understanding.
-        question_in_query: understanding only: the question's tokens join the
-            answer tokens in Q.
-        predictive: use as queries the positions that *predict* the span tokens
-            (one to the left, as in cached decoding, where the query of image token
-            i is token i-1) instead of the positions holding them.
-    """
+    """Choices the paper leaves open (each field's text is also its CLI and config help)."""
 
     image_markers_are_image: bool = False
+    """Count image framing tokens (begin/end of image, end-of-line) as image tokens, in Q for
+    generation and in K for understanding."""
     question_in_query: bool = False
+    """Understanding only: the question's tokens join the answer tokens in Q."""
     predictive: bool = False
+    """Use as queries the positions that predict the span tokens (one to the left, as in cached
+    decoding, where the query of image token i is token i-1) instead of the positions holding them."""
 
 
 def _image_mask(roles: torch.Tensor, cfg: SpanConfig) -> torch.Tensor:
