@@ -136,14 +136,18 @@ _SPAN_FLAG_ALIASES = {"image_markers_are_image": ["--image-markers"]}
 
 
 def _add_span_flags(parser: argparse.ArgumentParser) -> None:
-    """One boolean flag per :class:`~aia.core.spans.SpanConfig` field, its help the field's doc."""
-    from aia.core.spans import SpanConfig
+    """One flag per :class:`~aia.core.spans.SpanConfig` field, its help the field's doc."""
+    from aia.core.spans import GEN_KEYS, SpanConfig
     from aia.fields import field_docs
 
     docs = field_docs(SpanConfig)
+    choices = {"gen_keys": GEN_KEYS}
     for f in dataclasses.fields(SpanConfig):
         flags = ["--" + f.name.replace("_", "-"), *_SPAN_FLAG_ALIASES.get(f.name, [])]
-        parser.add_argument(*flags, dest=f.name, action="store_true", default=f.default, help=docs[f.name])
+        if f.name in choices:
+            parser.add_argument(*flags, dest=f.name, choices=choices[f.name], default=f.default, help=docs[f.name])
+        else:
+            parser.add_argument(*flags, dest=f.name, action="store_true", default=f.default, help=docs[f.name])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,8 @@ class Example:
         pixel_values: ``[C, H, W]`` the processed image, or None.
         image_sizes: ``[2]`` (height, width) in pixels of the image inside
             ``pixel_values`` (Emu3, whose images keep their aspect ratio), or None.
+        cfg_blank: a generation sample whose prompt was blanked for classifier-free
+            guidance: it carries no AIA term (its query set is emptied at collation).
     """
 
     task: str
@@ -73,6 +75,7 @@ class Example:
     labels: torch.Tensor
     pixel_values: torch.Tensor | None = None
     image_sizes: torch.Tensor | None = None
+    cfg_blank: bool = False
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -337,6 +340,8 @@ def collate_examples(examples: list[Example], pad_token_id: int, padding_side: s
             inputs["image_sizes"] = torch.stack([ex.image_sizes for ex in examples])
 
     query_mask, key_mask = task_spans(task, roles, span_config)
+    carries_term = torch.tensor([not ex.cfg_blank for ex in examples])  # [B]
+    query_mask = query_mask & carries_term[:, None]
     return Batch(
         task=task,
         inputs=inputs,

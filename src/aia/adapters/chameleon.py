@@ -93,7 +93,7 @@ class ChameleonAdapter(AdapterBase):
             b.tokens(self.sep_id, Role.TEMPLATE)
             self._image(b, num_codes, supervised=True)
             b.tokens(self.eos_id, Role.TEMPLATE)
-        return b.build(task, pixel_values=pixel_values)
+        return b.build(task, pixel_values=pixel_values, cfg_blank=cfg_blank)
 
     def _question(self, b: SequenceBuilder, before: str, after: str, num_codes: int) -> None:
         """The first question, the image where its ``<image>`` placeholder was."""

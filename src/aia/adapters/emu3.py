@@ -113,7 +113,7 @@ class Emu3Adapter(AdapterBase):
                 b.text(generation_prompt(record), Role.PROMPT)
             self._image(b, grid, supervised=True)
             b.tokens(self.eos_id, Role.TEMPLATE)
-        return b.build(task, pixel_values=pixel_values, image_sizes=image_sizes.long())
+        return b.build(task, pixel_values=pixel_values, image_sizes=image_sizes.long(), cfg_blank=cfg_blank)
 
     def _question(self, b: SequenceBuilder, before: str, after: str, grid: tuple[int, int]) -> None:
         """The first question, the image where its ``<image>`` placeholder was."""

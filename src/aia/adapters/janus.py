@@ -112,7 +112,7 @@ class JanusAdapter(AdapterBase):
             num_codes = (pixel_values.shape[-2] // self.vq_factor) * (pixel_values.shape[-1] // self.vq_factor)
             b.tokens(self.boi_id, Role.IMAGE_MARKER)
             b.tokens([self.image_token_id] * num_codes, Role.IMAGE, supervised=True)
-        return b.build(task, pixel_values=pixel_values)
+        return b.build(task, pixel_values=pixel_values, cfg_blank=cfg_blank)
 
     def _question(self, b: SequenceBuilder, before: str, after: str) -> None:
         """The first question, the understanding image where its ``<image>`` placeholder was."""

@@ -3,20 +3,34 @@
 Every adapter labels each position of the language model's sequence with a
 :class:`Role`. The spans of paper Eq. 1 are then pure functions of those labels:
 
-========================  =============================  ==========================
-task                      queries Q                      keys K
-========================  =============================  ==========================
-generation (text->image)  image tokens (being predicted)  the prompt's text tokens
-understanding (image->text) answer tokens (every turn)    image tokens
-========================  =============================  ==========================
+==========================  ==============================  ======================================
+task                        queries Q                       keys K
+==========================  ==============================  ======================================
+generation (text->image)    image tokens (being predicted)  every text position before the image
+                                                            (BOS, chat template, prompt)
+understanding (image->text) answer tokens (every turn)      image tokens
+==========================  ==============================  ======================================
 
-Open choices of the paper are explicit fields of :class:`SpanConfig` (defaults
-follow the paper's released code, without its off-by-one slips): image markers
-(``<begin_of_image>``, end-of-line, ``<end_of_image>``) are not image tokens, the
-question is not part of the understanding query set, and chat-template tokens
-never belong to a span. Padding never belongs to a span. A generation sample whose
-prompt was blanked for classifier-free guidance has no ``PROMPT`` positions, so its
-key set is empty and it carries no AIA term.
+Each choice the paper leaves open is a field of :class:`SpanConfig`; the defaults follow
+the released training code (``trainer/trainer_t2i.py``; see ``docs/FIDELITY.md`` for the
+lines), without its off-by-one slips at the span edges:
+
+* generation keys (``gen_keys``): the released code slices the keys as every position
+  before ``<begin_of_image>`` (BOS, template and prompt); the paper's text says "all text
+  tokens". ``text+boi`` adds ``<begin_of_image>`` as the released plot script does;
+  ``prompt`` keeps the prompt's own text only;
+* image framing tokens (``<begin_of_image>``, end-of-line, ``<end_of_image>``) are not
+  image tokens (``image_markers_are_image`` makes them so, in Q for generation and in K
+  for understanding);
+* the understanding query set is the answers only (released code), not the question
+  (``question_in_query``);
+* queries are the positions that hold the span's tokens (``predictive`` shifts them one
+  to the left).
+
+Padding never belongs to a span. Whether a sample carries an AIA term at all is not a
+span question: a generation sample whose prompt was blanked for classifier-free guidance
+is flagged by its adapter (``Example.cfg_blank``) and its query set is emptied at
+collation, whatever its key set.
 """
 
 from __future__ import annotations
@@ -26,7 +40,7 @@ from enum import IntEnum
 
 import torch
 
-__all__ = ["TASKS", "Role", "SpanConfig", "check_task", "generation_spans", "understanding_spans", "task_spans"]
+__all__ = ["GEN_KEYS", "TASKS", "Role", "SpanConfig", "check_task", "generation_spans", "understanding_spans", "task_spans"]
 
 #: the two tasks: understanding (image -> text) and generation (text -> image)
 TASKS: tuple[str, ...] = ("und", "gen")
@@ -62,6 +76,18 @@ class SpanConfig:
     predictive: bool = False
     """Use as queries the positions that predict the span tokens (one to the left, as in cached
     decoding, where the query of image token i is token i-1) instead of the positions holding them."""
+    gen_keys: str = "prompt"  # TEMPORARY during a refactor check; flips to "text"
+    """Generation key set: ``text`` = every real text position before the image's first token
+    (BOS, chat template, prompt), as the released training code slices it; ``text+boi`` = that
+    and the begin-of-image token, as the released plot script does; ``prompt`` = the prompt's
+    own text only."""
+
+    def __post_init__(self):
+        if self.gen_keys not in GEN_KEYS:
+            raise ValueError(f"gen_keys must be one of {', '.join(GEN_KEYS)}; got {self.gen_keys!r}")
+
+
+GEN_KEYS = ("text", "text+boi", "prompt")
 
 
 def _image_mask(roles: torch.Tensor, cfg: SpanConfig) -> torch.Tensor:
@@ -92,7 +118,14 @@ def generation_spans(roles: torch.Tensor, cfg: SpanConfig = SpanConfig()) -> tup
     query = _image_mask(roles, cfg)
     if cfg.predictive:
         query = _shift_left(query, roles)
-    key = roles == Role.PROMPT
+    if cfg.gen_keys == "prompt":
+        return query, roles == Role.PROMPT
+    image_like = (roles == Role.IMAGE) | (roles == Role.IMAGE_MARKER)
+    before_image = image_like.long().cumsum(-1) == 0  # [B, T]: up to the image's first token
+    key = before_image & ((roles == Role.TEMPLATE) | (roles == Role.PROMPT))
+    if cfg.gen_keys == "text+boi":
+        first = image_like & (image_like.long().cumsum(-1) == 1)
+        key = key | (first & (roles == Role.IMAGE_MARKER))
     return query, key
 
 

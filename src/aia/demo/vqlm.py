@@ -114,7 +114,7 @@ class VQLMAdapter(AdapterBase):
                 b.text(generation_prompt(record), Role.PROMPT)
             self._image(b, codes, supervised=True)
             b.tokens(self.eos_id, Role.TEMPLATE)
-        return b.build(task)
+        return b.build(task, cfg_blank=cfg_blank)
 
     def _question(self, b: SequenceBuilder, before: str, after: str, codes: list[int]) -> None:
         """The first question, the image where its ``<image>`` placeholder was."""
