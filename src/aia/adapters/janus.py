@@ -32,7 +32,8 @@ VQ-token families.
 
 CFG blanking replaces every token between ``<bos>`` and ``<begin_of_image>`` by the pad
 token, as Janus' generation code builds its unconditional branch; those positions are
-real (attended) tokens with role TEMPLATE, so the key set is empty.
+real (attended) tokens with role TEMPLATE. The sample is flagged ``cfg_blank`` and carries
+no AIA term (its query set is emptied at collation), whatever the key set.
 
 The generation image is the processor's output (resized, padded to a square, scaled
 to [-1, 1] for Janus-Pro's processor config), which is what the VQ expects.
