@@ -1,12 +1,25 @@
-"""Shared fixtures: tiny random models of every supported family and a tiny data set."""
+"""Shared fixtures: tiny random models of every supported family and a tiny data set; the
+``gpu`` marker skips its tests where CUDA is unavailable."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from aia.testing.tiny import TINY_MODELS, write_tiny_dataset
+from tests.helpers import save_model
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped, with the reason "needs CUDA", where CUDA is unavailable."""
+    if torch.cuda.is_available():
+        return
+    needs_cuda = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(needs_cuda)
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +38,20 @@ def family(request) -> str:
 def tiny_model(family):
     """A fresh ``(model, processor)`` of ``family`` (seed 0, eval mode)."""
     return TINY_MODELS[family](seed=0)
+
+
+@pytest.fixture
+def saved_model(tmp_path, family):
+    """``(directory, model, processor)``: a fresh tiny model of ``family`` saved in ``tmp_path / "model"``."""
+    model, processor = TINY_MODELS[family](seed=0)
+    return save_model(model, processor, tmp_path / "model"), model, processor
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: tiny models gain nothing from more, whose
+    spin-waits make them slow on a busy CPU. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

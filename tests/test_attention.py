@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 import aia
 from aia.attention import ATTN_SDPA
+from tests.helpers import eager_attentions, softmax_maps, span_intensity, tiny_llama
 
 
 def eager_full_precision(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -15,33 +16,14 @@ def eager_full_precision(module, query, key, value, attention_mask, scaling, dro
     transformers' own eager path takes the softmax in fp32, which caps an fp64 reference
     at ~1e-8; this one keeps fp64 maps fp64.
     """
-    rep = module.num_key_value_groups
-    k = key.repeat_interleave(rep, 1)
-    v = value.repeat_interleave(rep, 1)
-    weights = query @ k.transpose(2, 3) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask[:, :, :, : k.shape[-2]]
-    weights = torch.softmax(weights, dim=-1)
+    mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
+    weights = softmax_maps(query, key, mask, scaling)
+    v = value.repeat_interleave(module.num_key_value_groups, 1)
     return (weights @ v).transpose(1, 2).contiguous(), weights
 
 
 AttentionInterface.register("eager_full_precision", eager_full_precision)
 AttentionMaskInterface.register("eager_full_precision", eager_mask)
-
-
-def tiny_llama(dtype=torch.float64, layers=3, seed=0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=layers,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
 def batch(pad_side="right", b=3, t=29, seed=1):
@@ -56,32 +38,18 @@ def batch(pad_side="right", b=3, t=29, seed=1):
 
 
 def eager_intensity(model, ids, attn, qmask, kmask):
-    """Released-code style: eager attention, output_attentions, slice the maps.
+    """Released-code style: eager attention, output_attentions, slice the maps. ``[L, B]``.
 
     The mask is passed in 4D with padding rows attending to themselves: transformers' eager
     path otherwise turns fully masked padding rows into NaN in fp64, which then leak into
     later layers' maps through 0 * NaN.
     """
-    t = ids.shape[1]
-    keep = attn.bool()
-    allowed = torch.ones(t, t, dtype=torch.bool).tril()[None] & keep[:, None, :] | torch.eye(t, dtype=torch.bool)
-    dtype = model.dtype
-    mask4d = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    model.set_attn_implementation("eager_full_precision")
-    try:
-        out = model(input_ids=ids, attention_mask=mask4d, output_attentions=True)
-    finally:
-        model.set_attn_implementation("sdpa")
-    rows = []
-    for a in out.attentions:  # [B, H, T, T]
-        per = []
-        for i in range(ids.shape[0]):
-            if not qmask[i].any() or not kmask[i].any():
-                per.append(torch.zeros((), dtype=a.dtype))
-                continue
-            per.append(a[i][:, qmask[i]][:, :, kmask[i]].sum(-1).mean())
-        rows.append(torch.stack(per))
-    return torch.stack(rows), out.logits
+    t, device, dtype = ids.shape[1], ids.device, model.dtype
+    causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+    allowed = causal[None] & attn.bool()[:, None, :] | torch.eye(t, dtype=torch.bool, device=device)
+    mask4d = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    maps = eager_attentions(model, "eager_full_precision", input_ids=ids, attention_mask=mask4d)
+    return span_intensity(maps, qmask, kmask)
 
 
 @pytest.mark.parametrize("pad_side", ["left", "right"])
@@ -89,7 +57,7 @@ def test_capture_matches_eager_maps_fp64(pad_side):
     model = tiny_llama()
     ids, attn, q, k = batch(pad_side)
     q[1] = False  # an empty query set
-    want, _ = eager_intensity(model, ids, attn, q, k)
+    want = eager_intensity(model, ids, attn, q, k)
     with aia.capture(model) as cap:
         out = model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
         got = cap.intensity
@@ -104,7 +72,7 @@ def test_capture_matches_eager_maps_fp64(pad_side):
 def test_capture_fp32_outputs_equal_sdpa():
     model = tiny_llama(torch.float32)
     ids, attn, q, k = batch("left")
-    want, _ = eager_intensity(model, ids, attn, q, k)
+    want = eager_intensity(model, ids, attn, q, k)
     ref = model(input_ids=ids, attention_mask=attn).logits
     with aia.capture(model) as cap:
         out = model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
@@ -133,7 +101,7 @@ def test_gradients_wrt_projections_match_eager():
     for route in ("eager", "aia"):
         model = tiny_llama()
         if route == "eager":
-            got, _ = eager_intensity(model, ids, attn, q, k)
+            got = eager_intensity(model, ids, attn, q, k)
         else:
             with aia.capture(model) as cap:
                 model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
@@ -197,13 +165,12 @@ def test_nested_capture_refused():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", ["sdpa", "flex"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_capture_on_gpu_matches_eager(method, dtype):
     model = tiny_llama(torch.float64).cuda()
     ids, attn, q, k = (x.cuda() for x in batch("left", t=150))
-    want, _ = eager_intensity(model, ids, attn, q, k)
+    want = eager_intensity(model, ids, attn, q, k)
     model = model.to(dtype)
     ref = model(input_ids=ids, attention_mask=attn).logits
     with aia.capture(model, method=method) as cap:
@@ -222,7 +189,7 @@ def test_flex_capture_forward_on_cpu_matches_eager(pad_side):
     """The flex route through transformers' own BlockMask (padding + causal mask_mod), forward only."""
     model = tiny_llama(torch.float32)
     ids, attn, q, k = batch(pad_side, t=40)
-    want, _ = eager_intensity(model, ids, attn, q, k)
+    want = eager_intensity(model, ids, attn, q, k)
     with pytest.warns(UserWarning, match="unfused"):
         cap = aia.capture(model, method="flex")
     with torch.no_grad(), cap:

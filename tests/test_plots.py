@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from aia.measure.profile import IntensityProfile
 from aia.plots import build_losses_figure, plot_losses, plot_profiles
 from aia.targets.presets import TargetProfile
+from tests.helpers import random_profile, write_jsonl
 
 
 def profile(task, model, L=30, n=6, seed=0):
-    x = np.random.default_rng(seed).random((n, L)) * 0.5
-    return IntensityProfile.from_per_sample(model, task, x)
+    return random_profile(task, model, layers=L, n=n, seed=seed)
 
 
 def lines_by_label(ax):
@@ -80,19 +77,13 @@ def test_plot_profiles_errors(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def write_log(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
 def test_plot_losses_data(tmp_path):
     base = [{"step": s, "loss/ntp": 3.0 - 0.1 * s, "loss/ntp/und": 2.0 - 0.1 * s} for s in range(1, 6)]
     aia = [{"step": s, "loss/ntp": 3.1 - 0.1 * s, "loss/aia/und": 0.5 / s} for s in range(1, 6)]
     aia[2]["loss/ntp/gen"] = 4.0  # logged at one step only
     aia.append({"summary": True, "loss/ntp": 0.0})  # no step: ignored
-    runs = {"baseline": write_log(tmp_path / "b" / "metrics.jsonl", base), "aia": tmp_path / "a"}
-    write_log(tmp_path / "a" / "metrics.jsonl", aia)
+    runs = {"baseline": write_jsonl(tmp_path / "b" / "metrics.jsonl", base), "aia": tmp_path / "a"}
+    write_jsonl(tmp_path / "a" / "metrics.jsonl", aia)
 
     res = plot_losses(runs, tmp_path / "loss", key="ntp")
     assert [p.name for p in res.paths] == ["loss.png", "loss.svg"] and all(p.exists() for p in res.paths)
@@ -119,7 +110,7 @@ def test_plot_losses_errors(tmp_path):
     empty.write_text("")
     with pytest.raises(ValueError, match=f"{empty}: no logged steps"):
         plot_losses({"e": empty}, tmp_path / "x")
-    nostep = write_log(tmp_path / "nostep.jsonl", [{"loss/ntp": 1.0}])
+    nostep = write_jsonl(tmp_path / "nostep.jsonl", [{"loss/ntp": 1.0}])
     with pytest.raises(ValueError, match=f"{nostep}: no logged steps"):
         build_losses_figure({"n": nostep})
     broken = tmp_path / "broken.jsonl"
@@ -128,6 +119,6 @@ def test_plot_losses_errors(tmp_path):
         build_losses_figure({"b": broken})
     with pytest.raises(ValueError, match="no such metrics file"):
         build_losses_figure({"m": tmp_path / "missing"})
-    ok = write_log(tmp_path / "ok.jsonl", [{"step": 1, "loss/ntp": 1.0}])
+    ok = write_jsonl(tmp_path / "ok.jsonl", [{"step": 1, "loss/ntp": 1.0}])
     with pytest.raises(ValueError, match=r"no run logged a loss key matching 'aia'; loss keys present: \['loss/ntp'\]"):
         build_losses_figure({"ok": ok}, key="aia")

@@ -14,31 +14,13 @@ from aia.adapters import IGNORE_INDEX, get_adapter
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import infer_task, read_records
 from aia.testing.tiny import TINY_MODELS
+from tests.helpers import GEN, UND, gen_record, save_model, und_record
 
-UND = {
-    "image": "unused.png",
-    "conversations": [
-        {"from": "human", "value": "<image>\nwhat color is the circle?"},
-        {"from": "gpt", "value": "red"},
-        {"from": "human", "value": "where is it?"},
-        {"from": "gpt", "value": "at the top"},
-    ],
-}
-GEN = {
-    "conversations": [
-        {"from": "human", "value": "a red circle on a blue background"},
-        {"from": "gpt", "value": "<image>"},
-    ],
-    "image": "unused.png",
-}
-# shorter and longer variants, so that the hand-made samples above get padded in a batch
-SHORT_UND = {**UND, "conversations": [{"from": "human", "value": "what?"}, {"from": "gpt", "value": "red"}]}
-SHORT_GEN = {**GEN, "conversations": [{"from": "human", "value": "red"}, GEN["conversations"][1]]}
+# shorter and longer variants, so that the hand-made samples UND and GEN get padded in a batch
+SHORT_UND = und_record(("what?", "red"))
+SHORT_GEN = gen_record("red")
 LONG_UND = {**UND, "conversations": UND["conversations"] + UND["conversations"][2:]}
-LONG_GEN = {
-    **GEN,
-    "conversations": [{"from": "human", "value": "a red circle on a blue background " * 3}, GEN["conversations"][1]],
-}
+LONG_GEN = gen_record("a red circle on a blue background " * 3)
 IMAGE = Image.new("RGB", (32, 32), (200, 20, 20))
 GRID = 4  # 32x32 pixels, downsampling 8 -> 4x4 image tokens in every tiny family
 
@@ -47,13 +29,7 @@ GRID = 4  # 32x32 pixels, downsampling 8 -> 4x4 image tokens in every tiny famil
 ROLE = {"T": Role.TEMPLATE, "P": Role.PROMPT, "I": Role.IMAGE, "M": Role.IMAGE_MARKER, "A": Role.ANSWER}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, whose spin-waits make them very slow on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def expected_pieces(family: str, task: str, cfg_blank: bool = False) -> list[tuple[str, str, bool]]:
@@ -222,7 +198,8 @@ def test_cfg_blank_has_no_key(tiny_model, family):
     assert ((blank.labels != IGNORE_INDEX) == supervised).all()
     batch = adapter.collate([blank, adapter.encode(GEN, "gen", None, image=IMAGE)])
     assert not batch.key_mask[0].any() and batch.key_mask[1].any()
-    assert batch.query_mask[0].sum() == batch.query_mask[1].sum() == GRID * GRID
+    # the cfg_blank flag empties the query set too: the blanked sample carries no AIA term
+    assert not batch.query_mask[0].any() and batch.query_mask[1].sum() == GRID * GRID
     assert torch.isfinite(adapter.forward(model, batch).loss)
     with pytest.raises(ValueError, match="cfg_blank"):
         adapter.encode(UND, "und", None, image=IMAGE, cfg_blank=True)
@@ -405,8 +382,7 @@ def test_aia_kwargs_reach_every_language_model_layer(family, task, tiny_data):
 
 def test_save_load_round_trip(tiny_model, family, tmp_path):
     model, processor = tiny_model
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
+    save_model(model, processor, tmp_path)
     loaded_processor = AutoProcessor.from_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path)
     assert type(loaded_processor) is type(processor)

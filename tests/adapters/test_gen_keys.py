@@ -8,8 +8,9 @@ import aia
 from aia.adapters import get_adapter
 from aia.core.intensity import span_valid
 from aia.core.spans import Role, SpanConfig
+from tests.helpers import gen_record
 
-GEN = {"conversations": [{"from": "human", "value": "a red square"}, {"from": "gpt", "value": "<image>"}]}
+GEN = gen_record("a red square")
 IMAGE = Image.new("RGB", (32, 32), (200, 20, 20))
 
 
@@ -21,7 +22,7 @@ def _first_image_position(roles: torch.Tensor) -> int:
 def test_text_keys_hold_bos_template_and_prompt(tiny_model, family, padding_side):
     model, processor = tiny_model
     adapter = get_adapter(model, processor, span_config=SpanConfig(gen_keys="text"), padding_side=padding_side)
-    short = {"conversations": [{"from": "human", "value": "red"}, {"from": "gpt", "value": "<image>"}]}
+    short = gen_record("red")
     batch = adapter.collate([adapter.encode(GEN, "gen", None, image=IMAGE), adapter.encode(short, "gen", None, image=IMAGE)])
     for row in range(2):
         roles, ids = batch.roles[row], batch.inputs["input_ids"][row]

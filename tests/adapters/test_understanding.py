@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,26 +19,11 @@ from aia.measure.decode import decode_example
 from aia.measure.profile import load_profile
 from aia.measure.teacher import profile_model
 from aia.testing.tiny_understanding import TINY_UNDERSTANDING_MODELS, save_understanding_model
+from tests.helpers import eager_attentions, span_intensity, teacher_forced_intensity, und_record, with_decoded_answer
 
 NAMES = sorted(TINY_UNDERSTANDING_MODELS)
-RECORD = {
-    "image": "unused.png",
-    "conversations": [
-        {"from": "human", "value": "look at this <image> and tell me: what color is the square?"},
-        {"from": "gpt", "value": "red"},
-        {"from": "human", "value": "where is it?"},
-        {"from": "gpt", "value": "at the top"},
-    ],
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, whose spin-waits make them slow on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+RECORD = und_record(("look at this <image> and tell me: what color is the square?", "red"), ("where is it?", "at the top"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(params=NAMES)
@@ -84,23 +68,13 @@ def test_sequence_roles_and_labels(reference, tiny_data):
         adapter.forward(model, adapter.collate([ex]))
 
 
-def eager_intensity(model, adapter, batch) -> torch.Tensor:
+def eager_intensity(model, batch) -> torch.Tensor:
     """Released-code style: eager attention with output_attentions, maps sliced by the span masks. ``[L, B]``."""
-    inputs = dict(batch.inputs)
-    model.set_attn_implementation({"text_config": "eager"})
-    try:
-        with torch.no_grad():
-            out = model.model(**inputs, attention_mask=batch.attention_mask, output_attentions=True)
-    finally:
-        model.set_attn_implementation({"text_config": "sdpa"})
-    rows = []
-    for a in out.attentions:  # [B, H, T, T]
-        rows.append(
-            torch.stack(
-                [a[i][:, batch.query_mask[i]][:, :, batch.key_mask[i]].sum(-1).mean() for i in range(batch.batch_size)]
-            )
+    with torch.no_grad():
+        maps = eager_attentions(
+            model, {"text_config": "eager"}, call=model.model, **batch.inputs, attention_mask=batch.attention_mask
         )
-    return torch.stack(rows)
+    return span_intensity(maps, batch.query_mask, batch.key_mask)
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
@@ -109,7 +83,7 @@ def test_capture_matches_eager_maps(reference, tiny_data, padding_side):
     adapter = get_adapter(model, processor, padding_side=padding_side)
     batch = adapter.collate(encode_all(adapter, tiny_data[0], 4))  # mixed lengths and image sizes
     assert (batch.attention_mask == 0).any()
-    want = eager_intensity(model, adapter, batch)
+    want = eager_intensity(model, batch)
     with torch.no_grad():
         ref = model.model(**batch.inputs, attention_mask=batch.attention_mask).last_hidden_state
         with aia.capture(model) as cap:
@@ -143,7 +117,7 @@ def test_llava_next_mixed_tile_counts(tiny_data):
     assert batch.inputs["pixel_values"].shape[:2] == (2, 3) and not batch.inputs["pixel_values"][1, 2].any()
     with torch.no_grad(), aia.capture(model) as cap:
         adapter.forward(model, batch)
-    torch.testing.assert_close(cap.intensity, eager_intensity(model, adapter, batch), rtol=0, atol=1e-5)
+    torch.testing.assert_close(cap.intensity, eager_intensity(model, batch), rtol=0, atol=1e-5)
 
 
 def test_decode_matches_teacher_forcing_and_generate(reference, tiny_data):
@@ -153,16 +127,8 @@ def test_decode_matches_teacher_forcing_and_generate(reference, tiny_data):
         decoded = decode_example(model, adapter, ex, max_new_tokens=5)
         assert decoded.steps == 5
         # teacher forcing on the model's own answer, predictive queries
-        ids = torch.cat([decoded.prompt.input_ids, decoded.tokens])
-        full = replace(
-            decoded.prompt,
-            input_ids=ids,
-            roles=torch.cat([decoded.prompt.roles, decoded.roles]),
-            labels=torch.full_like(ids, IGNORE_INDEX),
-        )
-        with torch.no_grad(), aia.capture(model) as cap:
-            adapter.forward(model, adapter.collate([full]))
-        torch.testing.assert_close(decoded.intensity, cap.intensity[:, 0].double(), rtol=0, atol=1e-5)
+        want = teacher_forced_intensity(model, adapter, with_decoded_answer(decoded))
+        torch.testing.assert_close(decoded.intensity, want, rtol=0, atol=1e-5)
         # the tokens are transformers' own greedy decoding (its positions, M-RoPE included)
         batch = adapter.collate([decoded.prompt])
         generated = model.generate(

@@ -1,4 +1,4 @@
-"""`aia profile` / `aia targets` / `aia plot` end to end on saved tiny models and images written here."""
+"""`aia profile` end to end on saved tiny models and images written here."""
 
 import json
 
@@ -11,17 +11,7 @@ from aia.adapters import get_adapter
 from aia.cli import main
 from aia.data.records import read_records
 from aia.measure.profile import load_profile
-from aia.measure.teacher import profile_model
-from aia.targets.presets import TargetProfile
-from aia.testing.tiny import TINY_MODELS
-
-
-@pytest.fixture
-def saved_model(tmp_path, family):
-    model, processor = TINY_MODELS[family](seed=0)
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
-    return tmp_path / "model", model, processor
+from tests.helpers import write_jsonl
 
 
 @pytest.mark.parametrize("task", ["und", "gen"])
@@ -55,8 +45,7 @@ def test_profile_skips_missing_and_corrupt_images(saved_model, tiny_data, tmp_pa
     records[0]["image"] = "images/does_not_exist.png"
     (tiny_data[1].parent / "images" / "corrupt.png").write_bytes(b"not a png")
     records[1]["image"] = "images/corrupt.png"
-    data = tiny_data[1].parent / "gen_bad.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = write_jsonl(tiny_data[1].parent / "gen_bad.jsonl", records)
     out = tmp_path / "gen.json"
     assert (
         main(["profile", str(model_dir), "--data", str(data), "--task", "gen", "--samples", "4", "--out", str(out)])
@@ -73,59 +62,8 @@ def test_profile_with_no_usable_sample_fails(saved_model, tiny_data, tmp_path, c
     records = read_records(tiny_data[1])[:2]
     for r in records:
         r["image"] = "images/missing.png"
-    data = tiny_data[1].parent / "all_bad.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = write_jsonl(tiny_data[1].parent / "all_bad.jsonl", records)
     code = main(["profile", str(model_dir), "--data", str(data), "--task", "gen", "--out", str(tmp_path / "x.json")])
     assert code != 0
     assert "could be measured" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
-
-
-@pytest.mark.parametrize("family", ["janus"])
-def test_targets_and_plot_from_profiles(saved_model, tiny_data, tmp_path, capsys):
-    _, model, processor = saved_model
-    gen = profile_model(model, processor, tiny_data[1], "gen", samples=4, batch_size=2, progress=False)
-    und = profile_model(model, processor, tiny_data[0], "und", samples=4, batch_size=2, progress=False)
-    from aia.measure.profile import save_profile
-
-    save_profile(gen, tmp_path / "gen.json")
-    save_profile(und, tmp_path / "und.json")
-    yaml_path = tmp_path / "targets.yaml"
-    assert (
-        main(
-            [
-                "targets",
-                str(tmp_path / "gen.json"),
-                str(tmp_path / "und.json"),
-                "--stages",
-                "2",
-                "--out",
-                str(yaml_path),
-            ]
-        )
-        == 0
-    )
-    targets = TargetProfile.from_yaml(yaml_path)
-    assert targets.num_layers == gen.num_layers
-    for task, profile in (("gen", gen), ("und", und)):  # the documented rule, by brute force over the split
-        m, per = np.asarray(profile.mean), np.asarray(profile.per_sample)
-        sse = [((m[:k] - m[:k].mean()) ** 2).sum() + ((m[k:] - m[k:].mean()) ** 2).sum() for k in range(1, len(m))]
-        k = 1 + int(np.argmin(sse))
-        assert [(s.start, s.end) for s in targets.stages(task)] == [(0, k), (k, len(m))]
-        for s, (a, b) in zip(targets.stages(task), [(0, k), (k, len(m))], strict=True):
-            assert s.target == pytest.approx(m[a:b].mean(), abs=1e-9)
-            assert s.delta == pytest.approx(max(0.01, per[:, a:b].std()), abs=1e-9)
-    fig = tmp_path / "fig"
-    assert main(["plot", "profiles", str(tmp_path / "gen.json"), "--targets", str(yaml_path), "--out", str(fig)]) == 0
-    assert (tmp_path / "fig.png").stat().st_size > 0
-
-
-def test_targets_preset_render_and_bad_inputs(tmp_path, capsys):
-    assert main(["targets", "--preset", "janus-pro", "--layers", "24"]) == 0
-    text = capsys.readouterr().out
-    assert "num_layers: 24" in text
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"model": "m", "task": "gen"}))
-    assert main(["targets", str(bad)]) != 0
-    assert "bad.json" in capsys.readouterr().err
-    assert main(["plot", "losses", str(tmp_path), "--out", str(tmp_path / "l")]) != 0

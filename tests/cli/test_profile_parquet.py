@@ -8,14 +8,12 @@ import pytest
 
 from aia.cli import main
 from aia.data import read_records
-from aia.testing.tiny import tiny_janus
 
 
+@pytest.mark.parametrize("family", ["janus"])
 @pytest.mark.parametrize("task", ["und", "gen"])
-def test_profile_reads_parquet_like_jsonl(tiny_data, task, tmp_path):
-    model, processor = tiny_janus(seed=0)
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
+def test_profile_reads_parquet_like_jsonl(saved_model, tiny_data, task, tmp_path):
+    model_dir, _, _ = saved_model
     src = tiny_data[0] if task == "und" else tiny_data[1]
     folder = tmp_path / "data"
     shutil.copytree(src.parent, folder)
@@ -27,7 +25,7 @@ def test_profile_reads_parquet_like_jsonl(tiny_data, task, tmp_path):
     outs = {}
     for name, data in (("jsonl", jsonl), ("parquet", parquet)):
         outs[name] = tmp_path / f"{name}.json"
-        argv = ["profile", str(tmp_path / "model"), "--data", str(data), "--task", task, "--samples", "3"]
+        argv = ["profile", str(model_dir), "--data", str(data), "--task", task, "--samples", "3"]
         assert main([*argv, "--out", str(outs[name]), "--quiet"]) == 0
     a, b = (json.loads(outs[k].read_text()) for k in ("jsonl", "parquet"))
     assert a["per_sample"] == b["per_sample"] and a["n"] == b["n"] == 3

@@ -4,24 +4,13 @@ import pytest
 import torch
 
 from aia.core.intensity import attention_with_mass, mass_reference, span_mass, span_valid
+from tests.helpers import softmax_maps, span_intensity
 
 
 def naive_intensity(q, k, qmask, kmask, allowed, scale):
-    """Eq. 1 with loops over samples, written independently of the package. fp64."""
-    b, h, t, _ = q.shape
-    rep = h // k.shape[1]
-    out = torch.zeros(b, dtype=torch.float64)
-    for i in range(b):
-        if not qmask[i].any() or not kmask[i].any():
-            continue
-        total = 0.0
-        for hh in range(h):
-            s = (q[i, hh].double() @ k[i, hh // rep].double().T) * scale
-            s = s.masked_fill(~allowed[i], float("-inf"))
-            p = torch.softmax(s, -1).nan_to_num(0.0)
-            total += p[qmask[i]][:, kmask[i]].sum()
-        out[i] = total / (h * qmask[i].sum())
-    return out
+    """Eq. 1 from explicit fp64 softmax(QK^T) maps (the shared reference of tests.helpers). ``[B]``."""
+    maps = softmax_maps(q.double(), k.double(), allowed[:, None], scale)
+    return span_intensity([maps], qmask, kmask)[0]
 
 
 def make_case(b=3, h=4, hkv=2, t=23, d=16, dtype=torch.float64, seed=0, pad="right"):
@@ -129,7 +118,6 @@ def test_flex_falls_back_on_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_flex_route_on_gpu_matches_reference(dtype):
     q, k, qmask, kmask, allowed, _ = make_case(b=3, h=8, hkv=2, t=300, d=64, dtype=torch.float32, seed=3)

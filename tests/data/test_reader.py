@@ -6,8 +6,9 @@ import pytest
 
 from aia.data import read_records, task_records
 from aia.errors import DataError
+from tests.helpers import und_record
 
-REC = {"image": "a.png", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+REC = und_record(("q", "a"), image="a.png")
 
 
 def test_utf8_bom_is_accepted(tmp_path):

@@ -18,20 +18,10 @@ from aia.data.records import (
     read_records,
     split_at_image,
 )
+from tests.helpers import gen_record, und_record
 
-GEN = {
-    "conversations": [{"from": "human", "value": " a red cube "}, {"from": "gpt", "value": "<image>"}],
-    "image": "a.png",
-}
-UND = {
-    "image": "b.png",
-    "conversations": [
-        {"from": "human", "value": "<image>\nwhat is it?"},
-        {"from": "gpt", "value": "a cube"},
-        {"from": "human", "value": "color?"},
-        {"from": "gpt", "value": " red "},
-    ],
-}
+GEN = gen_record(" a red cube ", image="a.png")
+UND = und_record(("<image>\nwhat is it?", "a cube"), ("color?", " red "), image="b.png")
 
 
 def test_load_json_list_and_jsonl(tmp_path):

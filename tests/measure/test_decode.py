@@ -8,18 +8,16 @@ so the two intensities must agree to fp32 rounding.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache
 
 import aia
 from aia.adapters import get_adapter
-from aia.adapters.base import IGNORE_INDEX
 from aia.cli import main
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import read_records
@@ -27,17 +25,12 @@ from aia.errors import DataError as NoUsableSamples
 from aia.measure.decode import DEFAULT_MAX_NEW_TOKENS, decode_example, decode_profile
 from aia.measure.profile import load_profile
 from aia.testing.tiny import TINY_MODELS
+from tests.helpers import eager_attentions, span_intensity, teacher_forced_intensity, tiny_llama, with_decoded_answer
 
 PREDICTIVE = SpanConfig(predictive=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, whose spin-waits make them slow on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def teacher_intensity(model, adapter, example, decoded) -> torch.Tensor:
@@ -48,14 +41,7 @@ def teacher_intensity(model, adapter, example, decoded) -> torch.Tensor:
     the decoded tokens instead, so the sequence is prompt + the model's own image.
     """
     if example.task == "und":
-        prompt = decoded.prompt
-        ids = torch.cat([prompt.input_ids, decoded.tokens])
-        example = replace(
-            prompt,
-            input_ids=ids,
-            roles=torch.cat([prompt.roles, decoded.roles]),
-            labels=torch.full_like(ids, IGNORE_INDEX),
-        )
+        example = with_decoded_answer(decoded)
     else:
         tokens = decoded.tokens
         if adapter.family == "janus":
@@ -64,11 +50,7 @@ def teacher_intensity(model, adapter, example, decoded) -> torch.Tensor:
             adapter._image_tokens = lambda model, pixels, sizes: tokens
         else:
             model.model.get_image_tokens = lambda pixels: tokens[None]
-    batch = adapter.collate([example])
-    with torch.no_grad(), aia.capture(model) as cap:
-        adapter.forward(model, batch)
-        assert bool(cap.valid[0])
-        return cap.intensity[:, 0].double()
+    return teacher_forced_intensity(model, adapter, example)
 
 
 @pytest.mark.parametrize("task", ["und", "gen"])
@@ -167,17 +149,7 @@ def test_generation_prefix_and_image_markers(tiny_data):
 
 def test_cached_single_query_matches_eager_rows():
     """aia.capture on a q_len = 1 step over a cache (masks [B, kv_len]), with left padding, vs eager maps."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(torch.float32, layers=2)
     ids = torch.randint(1, 97, (2, 12))
     attn = torch.ones(2, 12, dtype=torch.long)
     attn[1, :4] = 0  # left padding
@@ -188,7 +160,7 @@ def test_cached_single_query_matches_eager_rows():
     query = torch.zeros(2, 12, dtype=torch.bool)
     query[:, -1] = True
     with torch.no_grad():
-        cache = DynamicCache(config=cfg)
+        cache = DynamicCache(config=model.config)
         model(
             input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=position_ids[:, :-1], past_key_values=cache
         )
@@ -201,19 +173,14 @@ def test_cached_single_query_matches_eager_rows():
                 aia_query_mask=query,
                 aia_key_mask=keys,
             )
-        model.set_attn_implementation("eager")
-        eager = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, output_attentions=True)
-    last_rows = [a[:, :, -1] for a in eager.attentions]  # [B, H, T] per layer
-    want = torch.stack([(rows * keys[:, None]).sum(-1).mean(-1) for rows in last_rows])  # [L, B]
-    torch.testing.assert_close(cap.intensity, want, rtol=0, atol=1e-6)
+        maps = eager_attentions(model, input_ids=ids, attention_mask=attn, position_ids=position_ids)
+    torch.testing.assert_close(cap.intensity, span_intensity(maps, query, keys), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["janus"])
-def test_profile_cli_decode_mode(family, tiny_data, tmp_path, capsys):
-    model, processor = TINY_MODELS[family](seed=0)
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
-    args = ["profile", str(tmp_path / "model"), "--data", str(tiny_data[0]), "--task", "und", "--samples", "2"]
+def test_profile_cli_decode_mode(saved_model, tiny_data, tmp_path, capsys):
+    model_dir, model, processor = saved_model
+    args = ["profile", str(model_dir), "--data", str(tiny_data[0]), "--task", "und", "--samples", "2"]
     out = tmp_path / "und.json"
     assert main([*args, "--out", str(out), "--mode", "decode", "--max-new-tokens", "4", "--quiet"]) == 0
     stdout = capsys.readouterr().out

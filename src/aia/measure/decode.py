@@ -25,7 +25,7 @@ the token it produces belongs to the query set (an image token for generation, a
 token for understanding; a forced end-of-line counts only with
 ``image_markers_are_image``). A sample's intensity is the mean over its counted steps, so it
 equals the teacher-forced intensity with ``SpanConfig(predictive=True)`` on the prompt
-followed by the model's own output (``tests/test_decode.py`` checks exactly that).
+followed by the model's own output (``tests/measure/test_decode.py`` checks exactly that).
 ``span_config.predictive`` is therefore implied in this mode; its other fields apply.
 
 Decoding runs one sample at a time (no padding inside the cache). Greedy decoding without
@@ -41,7 +41,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from aia.adapters import get_adapter
 from aia.adapters.base import IGNORE_INDEX, Adapter, DecodeRunner, Example, unwrap
@@ -49,7 +48,8 @@ from aia.attention import capture
 from aia.core.spans import Role, SpanConfig, task_spans
 from aia.data.records import task_records
 from aia.errors import DataError, ImageError
-from aia.measure.profile import IntensityProfile, check_samples, stack_samples
+from aia.measure.profile import IntensityProfile
+from aia.measure.samples import SampleTally
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "Decoded", "decode_example", "decode_profile"]
 
@@ -141,80 +141,107 @@ def decode_example(
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     prompt, plan = _prompt_and_plan(example, adapter, task)
-    run = adapter.decode_runner(model, task)
-    m = unwrap(model)
-    device = next(m.parameters()).device
-    dtype = next(m.parameters()).dtype
+    steps = min(len(plan) if plan is not None else DEFAULT_MAX_NEW_TOKENS, max_new_tokens or sys.maxsize)
     stops = _stop_ids(model, adapter) if task == "und" else set()
-    steps = len(plan) if plan is not None else DEFAULT_MAX_NEW_TOKENS
-    if max_new_tokens is not None:
-        steps = min(steps, max_new_tokens)
+    run = adapter.decode_runner(model, task)
     span_cfg = replace(adapter.span_config, predictive=False)
+    sequence, inputs = _prefill(model, adapter, run, prompt, span_cfg)
+    tokens: list[int] = []
+    roles: list[int] = []
+    counted: list[torch.Tensor] = []  # fp64 [L] per counted step
+    keys_ok = True
+    with capture(model, method=method) as cap:
+        hidden = sequence.forward(inputs)
+        for t in range(steps):
+            token, role = _choose(run, hidden, int(plan[t]) if plan is not None else None, stops)
+            tokens.append(token)
+            roles.append(role)
+            if _in_query_set(task, role, span_cfg):
+                counted.append(cap.intensity[:, 0].double().cpu())
+                keys_ok &= bool(cap.valid[0])
+            if t == steps - 1 or token in stops:
+                break
+            hidden = sequence.feed(token, role)
+    return Decoded(
+        prompt=prompt,
+        tokens=torch.tensor(tokens, dtype=torch.long),
+        roles=torch.tensor(roles, dtype=torch.long),
+        intensity=sum(counted) / len(counted) if counted and keys_ok else None,
+        steps=len(counted),
+    )
 
-    batch = adapter.collate([prompt]).to(device)
-    inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
+
+@dataclass
+class _Sequence:
+    """The one sequence being decoded: its roles, attention mask, positions and KV cache so far.
+
+    Every model call queries the last position only (``aia_query_mask``) against the key set
+    of the roles so far (``aia_key_mask``), both ``[1, kv_len]``.
+    """
+
+    run: DecodeRunner
+    task: str
+    span_cfg: SpanConfig  # ``predictive`` off: the query is the position being decoded
+    roles: torch.Tensor  # [1, T]
+    attention_mask: torch.Tensor  # [1, T]
+    positions: torch.Tensor  # [1, T], or [3, 1, T] (M-RoPE)
+    cache: object = None
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        """Run ``inputs`` (the positions not in the cache yet); the last position's hidden state ``[1, D]``."""
+        qmask = torch.zeros_like(self.roles, dtype=torch.bool)
+        qmask[:, -1] = True  # the position being decoded
+        _, kmask = task_spans(self.task, self.roles, self.span_cfg)
+        out = self.run.base(
+            **inputs,
+            attention_mask=self.attention_mask,
+            position_ids=self.positions[..., -_length(inputs) :],
+            past_key_values=self.cache,
+            use_cache=True,
+            aia_query_mask=qmask,
+            aia_key_mask=kmask,
+        )
+        self.cache = out.past_key_values
+        return out.last_hidden_state[:, -1]
+
+    def feed(self, token: int, role: int) -> torch.Tensor:
+        """Append the decoded ``token`` (of ``role``): it becomes the position being decoded."""
+        device = self.roles.device
+        new = torch.tensor([[token]], device=device)
+        self.roles = torch.cat([self.roles, torch.tensor([[role]], device=device)], 1)
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(1, 1)], 1)
+        self.positions = torch.cat([self.positions, self.positions[..., -1:] + 1], -1)
+        embed = self.run.embed_step
+        return self.forward({"inputs_embeds": embed(new)} if embed is not None else {"input_ids": new})
+
+
+def _prefill(
+    model: nn.Module, adapter: Adapter, run: DecodeRunner, prompt: Example, span_cfg: SpanConfig
+) -> tuple[_Sequence, dict]:
+    """The prompt's :class:`_Sequence` (empty cache) and the inputs of its prefill call."""
+    param = next(unwrap(model).parameters())
+    batch = adapter.collate([prompt]).to(param.device)
+    inputs = {k: v.to(param.dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
     positions = _position_ids(run.base, inputs, batch.attention_mask)
     if run.embed_prefill is not None:
         inputs = {"inputs_embeds": run.embed_prefill(inputs["input_ids"])}
     elif run.prefill_keys is not None:
         inputs = {k: v for k, v in inputs.items() if k in run.prefill_keys}
     inputs.pop("position_ids", None)
-    roles = batch.roles  # [1, T]
-    attention_mask = batch.attention_mask
+    sequence = _Sequence(run, prompt.task, span_cfg, batch.roles, batch.attention_mask, positions)
+    return sequence, inputs
 
-    def call(step_inputs: dict, cache):
-        qmask = torch.zeros_like(roles, dtype=torch.bool)
-        qmask[:, -1] = True  # the position being decoded
-        _, kmask = task_spans(task, roles, span_cfg)
-        out = run.base(
-            **step_inputs,
-            attention_mask=attention_mask,
-            position_ids=positions[..., -_length(step_inputs) :],
-            past_key_values=cache,
-            use_cache=True,
-            aia_query_mask=qmask,
-            aia_key_mask=kmask,
-        )
-        return out.last_hidden_state[:, -1], out.past_key_values  # [1, D]
 
-    tokens: list[int] = []
-    out_roles: list[int] = []
-    total: torch.Tensor | float = 0.0  # becomes fp64 [L]
-    counted, keys_ok = 0, True
-    with capture(model, method=method) as cap:
-        hidden, cache = call(inputs, None)
-        for t in range(steps):
-            intensity, valid = cap.intensity[:, 0].double().cpu(), bool(cap.valid[0])
-            role = int(plan[t]) if plan is not None else None
-            if run.forced and role in run.forced:
-                token = run.forced[role]
-            else:
-                token = _argmax(run, hidden)
-            if role is None:
-                role = int(Role.TEMPLATE) if token in stops else int(Role.ANSWER)
-            if _in_query_set(task, role, span_cfg):
-                total = total + intensity
-                counted += 1
-                keys_ok &= valid
-            tokens.append(token)
-            out_roles.append(role)
-            if t == steps - 1 or token in stops:
-                break
-            # feed the token: it becomes the position being decoded
-            new = torch.tensor([[token]], device=device)
-            roles = torch.cat([roles, torch.tensor([[role]], device=device)], 1)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(1, 1)], 1)
-            positions = torch.cat([positions, positions[..., -1:] + 1], -1)
-            step_inputs = {"inputs_embeds": run.embed_step(new)} if run.embed_step is not None else {"input_ids": new}
-            hidden, cache = call(step_inputs, cache)
-    intensity = total / counted if counted and keys_ok else None
-    return Decoded(
-        prompt=prompt,
-        tokens=torch.tensor(tokens, dtype=torch.long),
-        roles=torch.tensor(out_roles, dtype=torch.long),
-        intensity=intensity,
-        steps=counted,
-    )
+def _choose(run: DecodeRunner, hidden: torch.Tensor, planned: int | None, stops: set[int]) -> tuple[int, int]:
+    """One step's token and its role. Generation (``planned``: the role of the image slot): the
+    family's forced token for that role, else the greedy choice. Understanding (``planned`` is
+    None): the greedy choice, an ANSWER token unless it ends the turn (TEMPLATE)."""
+    if run.forced and planned in run.forced:
+        return run.forced[planned], planned
+    token = _argmax(run, hidden)
+    if planned is not None:
+        return token, planned
+    return token, int(Role.TEMPLATE) if token in stops else int(Role.ANSWER)
 
 
 def _length(inputs: dict) -> int:
@@ -267,35 +294,18 @@ def decode_profile(
     Raises:
         DataError: if not one sample could be measured.
     """
-    check_samples(samples)
     data = Path(data)
     records = task_records(data, task)
     adapter = get_adapter(model, processor, span_config=span_config)
-    rows: list[torch.Tensor] = []
-    bad, excluded = 0, 0
-    bar = tqdm(total=samples, desc=f"decode {task}", unit="sample", disable=not progress, file=sys.stderr)
+    tally = SampleTally(task, samples, "decode", progress, " (e.g. an immediate end of turn)")
     for record in records:
-        if len(rows) >= samples:
+        if tally.full:
             break
         try:
             example = adapter.encode(record, task, data.parent)
             decoded = decode_example(model, adapter, example, max_new_tokens=max_new_tokens, method=method)
         except (ImageError, DataError) as err:
-            bad += 1
-            print(f"aia profile: skipped: {err}", file=sys.stderr)
+            tally.skip(err)
             continue
-        if decoded.intensity is None:
-            excluded += 1
-            continue
-        rows.append(decoded.intensity)
-        bar.update(1)
-    bar.close()
-    if bad or excluded:
-        print(
-            f"aia profile: {bad} sample(s) skipped for missing/unreadable images or bad records, "
-            f"{excluded} excluded for an empty query or key set (e.g. an immediate end of turn)",
-            file=sys.stderr,
-        )
-    per_sample = stack_samples(rows, data, len(records), task, samples)  # [N, L]
-    name = model_name or getattr(unwrap(model).config, "name_or_path", "") or type(unwrap(model)).__name__
-    return IntensityProfile.from_per_sample(name, task, per_sample, skipped=bad + excluded, mode="decode")
+        tally.add(decoded.intensity)
+    return tally.profile(model, model_name, data, len(records))

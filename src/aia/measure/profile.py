@@ -23,7 +23,6 @@ averaged over layers), and it stays defined for N = 1.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,8 @@ from typing import Any
 import numpy as np
 
 from aia.core.spans import TASKS
-from aia.errors import DataError
 
-__all__ = ["check_samples", "stack_samples", "PROFILE_MODES", "IntensityProfile", "save_profile", "load_profile", "summary_text"]
+__all__ = ["PROFILE_MODES", "IntensityProfile", "save_profile", "load_profile", "summary_text"]
 
 PROFILE_MODES = ("teacher", "decode")
 _KEYS = {"model", "task", "num_layers", "n", "mean", "std", "per_sample", "skipped", "mode"}
@@ -204,23 +202,3 @@ def summary_text(profile: IntensityProfile, per_line: int = 10) -> str:
     )
     lines.append(f"std across samples, averaged over layers (paper Table 1): {p.std_over_layers:.4f}")
     return "\n".join(lines)
-
-
-def check_samples(samples: int) -> None:
-    """Raise a ValueError unless ``samples`` (how many samples to measure) is >= 1."""
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-
-
-def stack_samples(rows: list, data: str | Path, n_records: int, task: str, samples: int) -> np.ndarray:
-    """The measured samples' curves ``[N, L]`` (``rows``: N tensors ``[L]``), with a warning on
-    stderr when fewer than ``samples`` could be measured.
-
-    Raises:
-        DataError: ``rows`` is empty (none of the ``n_records`` records of ``data`` could be measured).
-    """
-    if not rows:
-        raise DataError(f"none of the {n_records} {task!r} records could be measured", path=data)
-    if len(rows) < samples:
-        print(f"aia profile: only {len(rows)} usable {task!r} samples (asked for {samples})", file=sys.stderr)
-    return np.stack([np.asarray(r, dtype=np.float64) for r in rows])

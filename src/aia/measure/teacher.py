@@ -11,29 +11,21 @@ counted as excluded. Zero usable samples is an error.
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from aia.adapters import get_adapter
+from aia.adapters.base import Adapter, Example
 from aia.attention import capture
 from aia.core.spans import SpanConfig
 from aia.data.records import task_records
 from aia.errors import DataError, ImageError
-from aia.measure.profile import IntensityProfile, check_samples, stack_samples
+from aia.measure.profile import IntensityProfile
+from aia.measure.samples import SampleTally
 
 __all__ = ["profile_model"]
-
-log = logging.getLogger(__name__)
-
-
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 @torch.no_grad()
@@ -69,51 +61,33 @@ def profile_model(
     Raises:
         DataError: if not one sample could be measured.
     """
-    check_samples(samples)
     data = Path(data)
     records = task_records(data, task)
     adapter = get_adapter(model, processor, span_config=span_config)
-    device = next(model.parameters()).device
-    rows: list[torch.Tensor] = []
-    bad, excluded = 0, 0
-    examples: list = []
-    bar = tqdm(total=samples, desc=f"profile {task}", unit="sample", disable=not progress, file=sys.stderr)
-
-    def flush():
-        nonlocal excluded
-        batch = adapter.collate(examples).to(device)
-        with capture(model, method=method) as cap:
-            adapter.forward(model, batch)
-            intensity, valid = cap.intensity.float().cpu(), cap.valid.cpu()  # [L, B], [B]
-        for b in range(intensity.shape[1]):
-            if valid[b] and len(rows) < samples:
-                rows.append(intensity[:, b])
-                bar.update(1)
-            elif not valid[b]:
-                excluded += 1
-        examples.clear()
-
+    tally = SampleTally(task, samples, "teacher", progress)
+    examples: list[Example] = []
     for record in records:
-        if len(rows) >= samples:
+        if tally.full:
             break
         try:
             examples.append(adapter.encode(record, task, data.parent))
         except (ImageError, DataError) as err:
-            bad += 1
-            print(f"aia profile: skipped: {err}", file=sys.stderr)
+            tally.skip(err)
             continue
-        if len(examples) >= min(batch_size, samples - len(rows)):
-            flush()
-    if examples and len(rows) < samples:
-        flush()
-    bar.close()
-    skipped = bad + excluded
-    if skipped:
-        print(
-            f"aia profile: {bad} sample(s) skipped for missing/unreadable images or bad records, "
-            f"{excluded} excluded for an empty query or key set",
-            file=sys.stderr,
-        )
-    per_sample = stack_samples(rows, data, len(records), task, samples)  # [N, L]
-    name = model_name or getattr(model.config, "name_or_path", "") or type(model).__name__
-    return IntensityProfile.from_per_sample(name, task, per_sample, skipped=skipped, mode="teacher")
+        if len(examples) >= min(batch_size, tally.missing):
+            _measure_batch(model, adapter, examples, method, tally)
+            examples = []
+    if examples and not tally.full:
+        _measure_batch(model, adapter, examples, method, tally)
+    return tally.profile(model, model_name, data, len(records))
+
+
+def _measure_batch(model: nn.Module, adapter: Adapter, examples: list[Example], method: str, tally: SampleTally):
+    """One forward pass over ``examples`` inside :func:`aia.capture`; every sample's curve (None
+    where its query or key set is empty) goes to ``tally``."""
+    batch = adapter.collate(examples).to(next(model.parameters()).device)
+    with capture(model, method=method) as cap:
+        adapter.forward(model, batch)
+        intensity, valid = cap.intensity.float().cpu(), cap.valid.cpu()  # [L, B], [B]
+    for b in range(intensity.shape[1]):
+        tally.add(intensity[:, b] if valid[b] else None)
