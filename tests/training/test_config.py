@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from aia.cli import main
+from aia.core.spans import SpanConfig
 from aia.training.config import ConfigError, RunConfig, config_help, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -47,6 +48,10 @@ def test_janus_config_reproduces_released_hyper_parameters():
         ("nosection.x=1", "nosection.x"),
         ("aia.enabled=maybe", "aia.enabled"),
         ("data.ratio_und=0", "data.ratio_und"),  # the only task with data would never run
+        ("aia.predictive=true", "aia.predictive"),  # span choices live in their own section
+        ("spans.predictve=true", "spans.predictve"),
+        ("spans.question_in_query=1", "spans.question_in_query"),
+        ("spans.gen_keys=all", "spans.gen_keys"),  # SpanConfig's own check, named
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -67,6 +72,19 @@ def test_overrides_and_yaml(tmp_path):
         load_config(path, [f"model.path={tmp_path}"])
 
 
+def test_spans_section_is_the_span_config(tmp_path):
+    cfg = load_config(None, ["data.und=x.jsonl", "spans.question_in_query=true"], check_paths=False)
+    assert cfg.spans == SpanConfig(question_in_query=True)
+    assert cfg.to_dict()["spans"]["question_in_query"] is True
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"und": "u.jsonl"}, "spans": {"predictive": True}}))
+    cfg = load_config(path, ["spans.image_markers_are_image=true"], check_paths=False)
+    assert cfg.spans == SpanConfig(image_markers_are_image=True, predictive=True)
+    assert load_config(None, ["data.und=x.jsonl"], check_paths=False).spans == SpanConfig()
+    with pytest.raises(ConfigError, match=r"aia\.predictive: unknown key"):
+        load_config(None, ["data.und=x.jsonl", "aia.predictive=true"], check_paths=False)
+
+
 def test_train_cli_fails_before_loading(tmp_path, capsys):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"model": {"path": "nowhere"}, "data": {"gen": "g.jsonl"}, "train": {"bogus": 1}}))
@@ -75,3 +93,4 @@ def test_train_cli_fails_before_loading(tmp_path, capsys):
     assert main(["train", "--help-config"]) == 0
     assert "aia.weight_und" in capsys.readouterr().out
     assert "aia.enabled (True): Add the AIA loss" in config_help()
+    assert "spans.question_in_query (False): Understanding only: the question's tokens join" in config_help()

@@ -10,7 +10,8 @@ import pytest
 import torch
 import transformers
 
-import aia.training.trainer as trainer_mod
+import aia.training.checkpoint as checkpoint_mod
+import aia.training.step as step_mod
 from aia.testing.tiny import TINY_MODELS
 from aia.training.config import load_config
 from aia.training.trainer import train
@@ -112,7 +113,7 @@ def test_resume_continues_with_the_same_losses(tiny_data, tmp_path, monkeypatch)
     train(make_cfg(tiny_data, tmp_path / "straight", *extra), model, processor)
     straight = rows(tmp_path / "straight")
 
-    real = trainer_mod.step_schedule
+    real = step_mod.step_schedule
 
     def killed_at_step_3(step, *args):
         if step == 2:
@@ -120,11 +121,11 @@ def test_resume_continues_with_the_same_losses(tiny_data, tmp_path, monkeypatch)
         return real(step, *args)
 
     model, processor = TINY_MODELS["janus"](seed=0)
-    monkeypatch.setattr(trainer_mod, "step_schedule", killed_at_step_3)
+    monkeypatch.setattr(step_mod, "step_schedule", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(tiny_data, tmp_path / "resumed", *extra), model, processor)
     assert (tmp_path / "resumed" / "latest").read_text().strip() == "checkpoint-2"
-    monkeypatch.setattr(trainer_mod, "step_schedule", real)
+    monkeypatch.setattr(step_mod, "step_schedule", real)
     model, processor = TINY_MODELS["janus"](seed=1)  # different init: everything must come from the checkpoint
     train(make_cfg(tiny_data, tmp_path / "resumed", *extra), model, processor)
     resumed = rows(tmp_path / "resumed")
@@ -150,7 +151,7 @@ def test_resume_false_starts_over(tiny_data, tmp_path):
 def test_checkpoint_never_half_written(tiny_data, tmp_path, monkeypatch):
     """A crash while writing checkpoint-4 leaves `latest` on the complete checkpoint-2."""
     model, processor = TINY_MODELS["janus"](seed=0)
-    real = trainer_mod._save_model
+    real = checkpoint_mod.save_model
     calls = []
 
     def crash_second_time(*args):
@@ -159,7 +160,7 @@ def test_checkpoint_never_half_written(tiny_data, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(*args)
 
-    monkeypatch.setattr(trainer_mod, "_save_model", crash_second_time)
+    monkeypatch.setattr(checkpoint_mod, "save_model", crash_second_time)
     with pytest.raises(OSError):
         train(make_cfg(tiny_data, tmp_path / "run", "train.max_steps=4", "train.save_every=2"), model, processor)
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-2"

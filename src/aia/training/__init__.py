@@ -1,5 +1,7 @@
 """``aia train``: the typed run config (:mod:`.config`), the per-task sample streams
-(:mod:`.streams`) and the accelerate trainer (:mod:`.trainer`)."""
+(:mod:`.streams`), run set-up (:mod:`.setup`), one optimizer step (:mod:`.step`),
+checkpoints and the final save (:mod:`.checkpoint`), the metrics log (:mod:`.metrics`)
+and the loop that ties them together (:mod:`.trainer`)."""
 
 from aia.training.config import RunConfig, config_help, load_config
 from aia.training.trainer import TrainResult, train

@@ -1,10 +1,11 @@
 """Typed run configuration of ``aia train``: one dataclass per concern, read from YAML.
 
 A config file mirrors the dataclasses below (sections ``model``, ``lora``, ``data``,
-``aia``, ``optim``, ``train``); command-line overrides use dotted keys
-(``aia.enabled=false train.max_steps=100``), their values parsed as YAML scalars.
+``aia``, ``spans``, ``optim``, ``train``); command-line overrides use dotted keys
+(``aia.enabled=false spans.predictive=true``), their values parsed as YAML scalars.
 Unknown keys and values of the wrong type or out of range fail at load, with a message
-that names the key, before any model is loaded. Each field is documented once, here;
+that names the key, before any model is loaded. Each field is documented once, where it
+is defined (the ``spans`` section is :class:`aia.core.spans.SpanConfig` itself);
 ``aia train --help-config`` prints these texts.
 """
 
@@ -19,7 +20,9 @@ from typing import Any
 
 import yaml
 
+from aia.core.spans import SpanConfig
 from aia.errors import ConfigError
+from aia.fields import field_docs
 
 __all__ = [
     "AIAConfig",
@@ -29,6 +32,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
+    "SpanConfig",
     "TrainConfig",
     "config_help",
     "load_config",
@@ -43,9 +47,9 @@ class ModelConfig:
     """Weights dtype: float32, bfloat16 or float16 (in half precision the optimizer runs in it too; prefer
     float32 weights + ``train.mixed_precision=bf16`` when memory allows)."""
     frozen: list[str] | None = None
-    """Parameter-name substrings to freeze. Default (null): the paper's policy, the VQ
-    tokenizer and the understanding vision tower frozen (``vqmodel``, ``vision_model``);
-    the LLM, aligners and generation embedding/head trained."""
+    """Parameter-name substrings to freeze. Default (null): the released AIA code's frozen set,
+    the VQ tokenizer and the understanding vision tower (``vqmodel``, ``vision_model``); the
+    LLM, aligners and generation embedding/head trained."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing of the decoder layers."""
     attn_method: str = "auto"
@@ -108,12 +112,6 @@ class AIAConfig:
     """lambda for generation batches (released Janus-Pro code: 5)."""
     mode: str = "huber"
     """huber (paper) or mse (the paper's w/o-Huber ablation)."""
-    image_markers_are_image: bool = False
-    """Count begin/end-of-image and end-of-line tokens as image tokens in the spans."""
-    question_in_query: bool = False
-    """Understanding: the question joins the answer tokens in the query set."""
-    predictive: bool = False
-    """Queries are the positions that predict the span tokens (one to the left)."""
 
 
 @dataclass
@@ -168,6 +166,8 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     aia: AIAConfig = field(default_factory=AIAConfig)
+    spans: SpanConfig = field(default_factory=SpanConfig)
+    """Query/key span choices of the AIA statistic (:class:`aia.core.spans.SpanConfig`)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -303,10 +303,13 @@ def _section(cls, data: Any, prefix: str):
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
-    values = {}
-    for name, value in data.items():
-        values[name] = _coerce(value, fields[name].type, f"{prefix}.{name}")
-    return cls(**values)
+    values = {name: _coerce(value, fields[name].type, f"{prefix}.{name}") for name, value in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as err:  # the section's own check (e.g. SpanConfig's)
+        named = [name for name in values if name in str(err)]
+        key = f"{prefix}.{named[0]}" if named else prefix
+        raise ConfigError(f"{key}: {err}") from None
 
 
 _SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
@@ -363,18 +366,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), check
 
 def config_help() -> str:
     """Every field with its documentation, as ``section.field (default): text``."""
-    import ast
-    import inspect
-
     lines = []
     for name, factory in _SECTIONS.items():
         cls = type(factory())
-        docs = {}
-        tree = ast.parse(inspect.getsource(cls))
-        body = tree.body[0].body
-        for node, nxt in zip(body, body[1:], strict=False):
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+        docs = field_docs(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"{name}.{f.name} ({default!r}): {docs.get(f.name, '')}")

@@ -11,7 +11,68 @@ from pathlib import Path
 
 from aia.errors import InputError
 
-__all__ = ["read_metrics"]
+__all__ = ["METRIC_KEYS", "MetricsWriter", "read_metrics"]
+
+#: keys of a metrics.jsonl row (task-specific keys only for tasks in the step)
+METRIC_KEYS = {
+    "step": "optimizer step (1-based)",
+    "lr": "learning rate used by this step",
+    "grad_norm": "gradient norm before clipping",
+    "loss": "total loss: mean over micro-batches of NTP + lambda_task * AIA",
+    "loss/ntp": "mean NTP loss over the step's micro-batches",
+    "loss/ntp/und": "NTP loss of understanding micro-batches",
+    "loss/ntp/gen": "NTP loss of generation micro-batches",
+    "loss/aia/und": "AIA loss (Eq. 2, before lambda) of understanding micro-batches",
+    "loss/aia/gen": "AIA loss of generation micro-batches",
+    "intensity/und": "per-layer intensity, mean over enabled samples (every train.intensity_every steps)",
+    "intensity/gen": "per-layer intensity of generation samples (same)",
+    "aia_samples/und": "understanding samples of the step that carried the AIA term, summed over ranks",
+    "aia_samples/gen": "generation samples that carried the AIA term (CFG-blanked ones do not), summed over ranks",
+    "time/step_s": "wall-clock seconds of the step on the main process (data, forward, backward, optimizer)",
+}
+
+
+class MetricsWriter:
+    """Appends rows to ``<out>/metrics.jsonl`` and their scalars to ``<out>/tensorboard/``.
+
+    A run that resumes after step ``start`` first drops the rows the interrupted run logged
+    past ``start`` (they are logged again), and TensorBoard purges its events past it too.
+    With ``enabled=False`` (every process but the main one) nothing is written.
+    """
+
+    def __init__(self, out: str | Path, start: int = 0, enabled: bool = True):
+        self.path = Path(out) / "metrics.jsonl"
+        self.writer = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # keep what the resumed-from run logged up to its checkpoint
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
+        elif start:
+            self.path.touch()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=start + 1 if start else None)
+
+    def write(self, row: dict) -> None:
+        """Log one row (keys in :data:`METRIC_KEYS`): a JSON line, and a scalar per float
+        (a list, the per-layer intensity, as one ``<key>/layer_<l>`` scalar per layer)."""
+        if self.writer is None:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        step = row["step"]
+        for k, v in row.items():
+            if isinstance(v, float) and k != "step":
+                self.writer.add_scalar(k, v, step)
+            elif isinstance(v, list):
+                for layer, x in enumerate(v):
+                    self.writer.add_scalar(f"{k}/layer_{layer:02d}", x, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -42,5 +103,3 @@ def read_metrics(path: str | Path) -> list[dict]:
     if not records:
         raise InputError("no logged steps (no line with a 'step')", path=path)
     return records
-
-

@@ -1,0 +1,251 @@
+"""Everything a run needs before its first step, built in a fixed order (:func:`setup`).
+
+The order matters for reproducibility: the seed is set before anything draws random
+numbers (LoRA initialisation, dropout), and a resumed run reloads the same pieces.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aia.adapters import get_adapter
+from aia.adapters.base import unwrap
+from aia.targets.presets import TargetProfile
+from aia.training.config import RunConfig
+from aia.training.step import UnifiedStep
+from aia.training.streams import TaskStream
+
+__all__ = [
+    "DEFAULT_FROZEN",
+    "Run",
+    "add_lora",
+    "describe",
+    "freeze",
+    "make_accelerator",
+    "make_optimizer",
+    "setup",
+    "task_ratios",
+]
+
+DEFAULT_FROZEN = ("vqmodel", "vision_model")
+
+
+@dataclass
+class Run:
+    """A prepared run: what :func:`aia.training.trainer.train` and
+    :func:`aia.training.step.optimizer_step` work with."""
+
+    cfg: RunConfig
+    accelerator: object
+    step_module: nn.Module
+    """The :class:`UnifiedStep`, as ``accelerator.prepare`` wrapped it (DDP, FSDP, DeepSpeed)."""
+    core: UnifiedStep
+    """The same module unwrapped."""
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    """The LR scheduler, stepped once per optimizer step (registered for checkpointing)."""
+    processor: object
+    streams: dict[str, TaskStream]
+    ratio: dict[str, int]
+    """Micro-batches per accumulation round, per task with data."""
+    trainable: int
+    frozen: int
+
+    @functools.cached_property
+    def params(self) -> list[nn.Parameter]:
+        """The trainable parameters (clipped together), listed at first use (after a resume's load)."""
+        return [p for p in self.step_module.parameters() if p.requires_grad]
+
+    @property
+    def progress(self) -> bool:
+        """Whether this process shows progress bars."""
+        return self.cfg.train.progress and self.accelerator.is_main_process
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+
+def freeze(model: nn.Module, patterns: list[str] | tuple[str, ...] | None) -> tuple[int, int]:
+    """Freeze parameters whose name contains one of ``patterns`` (default: :data:`DEFAULT_FROZEN`,
+    the frozen set of the released AIA code: the VQ tokenizer and the understanding vision tower).
+
+    Returns:
+        ``(trainable, frozen)`` parameter counts.
+    """
+    patterns = DEFAULT_FROZEN if patterns is None else tuple(patterns)
+    trainable = frozen = 0
+    for name, p in model.named_parameters():
+        if any(s in name for s in patterns):
+            p.requires_grad_(False)
+            frozen += p.numel()
+        else:
+            trainable += p.numel() if p.requires_grad else 0
+    return trainable, frozen
+
+
+def task_ratios(cfg: RunConfig) -> dict[str, int]:
+    """``{task: micro-batches per accumulation round}`` of the tasks that have data and a ratio > 0."""
+    tasks = [t for t in ("und", "gen") if getattr(cfg.data, t) and getattr(cfg.data, f"ratio_{t}") > 0]
+    return {t: getattr(cfg.data, f"ratio_{t}") for t in tasks}
+
+
+def make_accelerator(cfg: RunConfig, micro_batches: int):
+    """The run's ``accelerate.Accelerator``, accumulating over ``micro_batches`` per optimizer step."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Each micro-batch is one task and leaves the other task's parts (generation head,
+    # understanding aligner) without gradients: DDP must be told to expect that.
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=micro_batches,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        cpu=not torch.cuda.is_available(),  # under torchrun on CPU-only machines: gloo, not a silent single process
+    )
+
+
+def _lora_targets(model: nn.Module, processor, names: list[str]) -> list[str]:
+    """Full names of the language model's modules whose last name part is in ``names``
+    (LoRA goes on the language model only: never the vision tower or the VQ)."""
+    lm = get_adapter(model, processor).language_model(model)
+    lm_name = next(n for n, m in model.named_modules() if m is lm)
+    found = [f"{lm_name}.{n}" if lm_name else n for n, _ in lm.named_modules() if n.rsplit(".", 1)[-1] in names]
+    if not found:
+        raise ValueError(f"lora.target_modules={names} matches no module of the language model")
+    return found
+
+
+def add_lora(model: nn.Module, processor, cfg: RunConfig) -> nn.Module:
+    """``model`` with PEFT LoRA adapters on its language model (``cfg.lora``)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=_lora_targets(model, processor, cfg.lora.target_modules),
+    )
+    return get_peft_model(model, lora)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(module: nn.Module, cfg: RunConfig):
+    """AdamW over ``module``'s trainable parameters (weight decay on matrices only) and its LR scheduler."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(
+        _param_groups(module, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+    )
+    scheduler = get_scheduler(
+        cfg.optim.scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.optim.warmup_ratio * cfg.train.max_steps),
+        num_training_steps=cfg.train.max_steps,
+    )
+    return optimizer, scheduler
+
+
+def _configure_deepspeed(accelerator, cfg: RunConfig, micro_batches: int) -> None:
+    ds = accelerator.state.deepspeed_plugin
+    if ds is not None:  # no dataloader goes through prepare: tell DeepSpeed the micro-batch, accumulation, clipping
+        ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+        ds.deepspeed_config["gradient_accumulation_steps"] = micro_batches
+        ds.deepspeed_config["gradient_clipping"] = cfg.optim.max_grad_norm
+
+
+def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accelerator=None) -> Run:
+    """Build and ``accelerator.prepare`` everything a run needs, in this order: accelerator,
+    seed, model (loaded from ``cfg.model.path`` unless given), frozen parameters, activation
+    checkpointing, LoRA, adapter, data streams, targets, step module, optimizer, scheduler.
+    """
+    from accelerate.utils import set_seed
+
+    from aia.adapters import load_model
+
+    ratio = task_ratios(cfg)
+    micro_batches = cfg.train.grad_accum * sum(ratio.values())
+    accelerator = accelerator or make_accelerator(cfg, micro_batches)
+    accelerator.gradient_accumulation_steps = micro_batches
+    set_seed(cfg.train.seed)
+    if model is None:
+        model, processor = load_model(cfg.model.path, dtype=getattr(torch, cfg.model.dtype))
+    model.train()
+    trainable, frozen = freeze(model, cfg.model.frozen)
+    if cfg.model.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        model = add_lora(model, processor, cfg)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    adapter = get_adapter(model, processor, span_config=cfg.spans, padding_side=cfg.data.padding_side)
+    show = cfg.train.progress and accelerator.is_main_process
+    streams = {t: _stream(cfg, t, adapter, progress=show) for t in ratio}
+    targets = None
+    if cfg.aia.enabled:
+        depth = unwrap(model).config.get_text_config().num_hidden_layers
+        targets = TargetProfile.load(cfg.aia.targets, num_layers=depth)
+    step_module = UnifiedStep(model, adapter, targets, cfg)
+    optimizer, scheduler = make_optimizer(step_module, cfg)
+    _configure_deepspeed(accelerator, cfg, micro_batches)
+    step_module, optimizer = accelerator.prepare(step_module, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us: once per optimizer step
+    return Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        step_module=step_module,
+        core=accelerator.unwrap_model(step_module),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        processor=processor,
+        streams=streams,
+        ratio=ratio,
+        trainable=trainable,
+        frozen=frozen,
+    )
+
+
+def _stream(cfg: RunConfig, task: str, adapter, progress: bool) -> TaskStream:
+    """The validated sample stream of ``task``'s data file."""
+    return TaskStream(
+        getattr(cfg.data, task),
+        task,
+        adapter,
+        cfg.data.max_length,
+        cfg.data.max_bad_fraction,
+        cfg.train.seed,
+        cfg.data.cfg_drop,
+        progress=progress,
+        cache=cfg.data.cache_examples,
+    )
+
+
+def describe(run: Run, resumed_from: Path | None) -> str:
+    """One line on what the run trains, for the log."""
+    cfg = run.cfg
+    return (
+        f"aia train: {run.trainable / 1e6:.2f}M trainable, {run.frozen / 1e6:.2f}M frozen parameters; tasks "
+        f"{', '.join(f'{t} ({len(s)} samples)' for t, s in run.streams.items())}; AIA "
+        f"{'on' if cfg.aia.enabled else 'off'}; {run.world} process(es)"
+        + (f"; resumed from {resumed_from.name}" if resumed_from else "")
+    )

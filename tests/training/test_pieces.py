@@ -1,0 +1,93 @@
+"""The trainer's pieces on their own: metrics log, atomic saves, a step's sums."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from aia.training.checkpoint import latest_checkpoint, written_atomically
+from aia.training.metrics import MetricsWriter, read_metrics
+from aia.training.step import StepSums
+
+SINGLE = SimpleNamespace(
+    is_main_process=True,
+    wait_for_everyone=lambda: None,
+    reduce=lambda t, reduction="mean": t,  # one process: reductions are the identity
+)
+
+
+def test_metrics_writer_truncates_on_resume(tmp_path):
+    writer = MetricsWriter(tmp_path, start=0)
+    for step in (1, 2, 3):
+        writer.write({"step": step, "loss": 1.0 / step, "intensity/und": [0.1, 0.2]})
+    writer.close()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+    resumed = MetricsWriter(tmp_path, start=2)  # steps after the checkpoint are logged again
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    resumed.write({"step": 3, "loss": 0.5})
+    resumed.close()
+    assert [r["loss"] for r in read_metrics(tmp_path)] == [1.0, 0.5, 0.5]
+
+
+def test_metrics_writer_off_the_main_process_writes_nothing(tmp_path):
+    writer = MetricsWriter(tmp_path / "run", start=0, enabled=False)
+    writer.write({"step": 1, "loss": 1.0})
+    writer.close()
+    assert not (tmp_path / "run").exists()
+
+
+def test_written_atomically_replaces_only_when_complete(tmp_path):
+    target = tmp_path / "final"
+    with written_atomically(SINGLE, target) as tmp:
+        tmp.mkdir()
+        (tmp / "a").write_text("1")
+    assert (target / "a").read_text() == "1" and not tmp.exists()
+
+    with pytest.raises(OSError), written_atomically(SINGLE, target) as tmp:
+        tmp.mkdir()
+        (tmp / "a").write_text("2")
+        raise OSError("disk full")
+    assert (target / "a").read_text() == "1"  # the complete one stays
+
+    with written_atomically(SINGLE, target) as tmp:
+        assert not tmp.exists()  # the crash's leftover is cleared first
+        tmp.mkdir()
+        (tmp / "b").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+
+
+def test_latest_checkpoint_needs_a_complete_one(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "latest").write_text("checkpoint-2\n")
+    assert latest_checkpoint(tmp_path) is None  # no trainer_state.json: not complete
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+def test_step_sums_row_averages_per_task():
+    sums = StepSums(torch.device("cpu"), aia=True)
+
+    def res(loss, ntp, aia, curve, n):
+        return {
+            "loss": torch.tensor(loss),
+            "ntp": torch.tensor(ntp),
+            "aia": torch.tensor(aia),
+            "intensity": torch.tensor(curve),
+            "aia_samples": torch.tensor(float(n)),
+        }
+
+    sums.add("und", res(3.0, 1.0, 0.2, [1.0, 2.0], 2))
+    sums.add("gen", res(5.0, 2.0, 0.6, [3.0, 0.0], 1))
+    sums.add("gen", res(7.0, 4.0, 0.6, [0.0, 3.0], 1))
+    sums.grad_norm = torch.tensor(0.5)
+    row = sums.row(SINGLE, step=7, lr=1e-3, step_time=0.1, intensity=True)
+    assert list(row)[:3] == ["step", "lr", "time/step_s"] and row["step"] == 7
+    assert row["loss"] == pytest.approx(5.0) and row["loss/ntp"] == pytest.approx(7 / 3)
+    assert row["loss/ntp/und"] == pytest.approx(1.0) and row["loss/ntp/gen"] == pytest.approx(3.0)
+    assert row["loss/aia/gen"] == pytest.approx(0.6) and row["grad_norm"] == pytest.approx(0.5)
+    assert row["aia_samples/gen"] == 2.0
+    assert row["intensity/und"] == [1.0, 2.0] and row["intensity/gen"] == [1.5, 1.5]
+    assert "intensity/und" not in sums.row(SINGLE, step=8, lr=1e-3, step_time=0.1, intensity=False)
