@@ -40,19 +40,21 @@ def _cmd_profile(args) -> int:
 
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"--data: no such file: {args.data}")
-    if args.mode == "teacher" and args.max_new_tokens is not None:
-        raise ValueError("--max-new-tokens applies to --mode decode only")
+    if args.mode == "teacher":
+        for flag in ("max_new_tokens", "cfg_weight", "temperature", "seed"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} applies to --mode decode only")
     if args.mode == "decode" and args.batch_size != 1:
         raise ValueError("--batch-size: --mode decode runs one sample at a time")
     model, processor = load_model(args.model_dir, dtype=_dtype(args.dtype), device=args.device)
     spans = SpanConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SpanConfig)})
     common = dict(span_config=spans, method=args.method, model_name=str(args.model_dir), progress=not args.quiet)
     if args.mode == "decode":
-        from aia.measure.decode import decode_profile
+        from aia.measure.decode import DecodeSettings, decode_profile
 
-        profile = decode_profile(
-            model, processor, args.data, args.task, args.samples, max_new_tokens=args.max_new_tokens, **common
-        )
+        given = {k: getattr(args, k) for k in ("max_new_tokens", "cfg_weight", "temperature", "seed")}
+        settings = DecodeSettings(**{k: v for k, v in given.items() if v is not None})
+        profile = decode_profile(model, processor, args.data, args.task, args.samples, settings, **common)
     else:
         profile = profile_model(
             model, processor, args.data, args.task, samples=args.samples, batch_size=args.batch_size, **common
@@ -164,14 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         default="teacher",
         choices=["teacher", "decode"],
-        help="teacher: one forward over the data's own tokens; decode: while the model generates (greedy, KV cache)",
+        help="teacher: one forward over the data's own tokens; decode: while the model generates (KV cache), "
+        "by default as the released plot scripts do (gen: CFG 5, sampling at temperature 1; und: greedy, 512 tokens)",
     )
     p.add_argument(
         "--max-new-tokens",
         type=int,
         default=None,
-        help="decode: und answer length cap (default 64); gen: decode only this many image tokens (default all)",
+        help="decode: und answer length cap (default 512); gen: decode only this many image tokens (default all)",
     )
+    p.add_argument("--cfg-weight", type=float, default=None, help="decode, gen: CFG weight (default 5; 1 = no CFG)")
+    p.add_argument(
+        "--temperature", type=float, default=None, help="decode, gen: sampling temperature (default 1; 0 = greedy)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="decode, gen: sampling seed (default 0)")
     p.add_argument("--batch-size", type=int, default=1, help="teacher mode: samples per forward pass")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")

@@ -15,7 +15,7 @@ from aia.adapters.base import IGNORE_INDEX
 from aia.cli import main
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import read_records
-from aia.measure.decode import decode_example
+from aia.measure.decode import DecodeSettings, decode_example
 from aia.measure.profile import load_profile
 from aia.measure.teacher import profile_model
 from aia.testing.tiny_understanding import TINY_UNDERSTANDING_MODELS, save_understanding_model
@@ -120,13 +120,14 @@ def test_llava_next_mixed_tile_counts(tiny_data):
     torch.testing.assert_close(cap.intensity, eager_intensity(model, batch), rtol=0, atol=1e-5)
 
 
-def test_decode_matches_teacher_forcing_and_generate(reference, tiny_data):
+@pytest.mark.parametrize("predictive", [False, True], ids=["own", "predictive"])
+def test_decode_matches_teacher_forcing_and_generate(reference, tiny_data, predictive):
     name, model, processor = reference
-    adapter = get_adapter(model, processor, span_config=SpanConfig(predictive=True))
+    adapter = get_adapter(model, processor, span_config=SpanConfig(predictive=predictive))
     for ex in encode_all(adapter, tiny_data[0], 2):
-        decoded = decode_example(model, adapter, ex, max_new_tokens=5)
+        decoded = decode_example(model, adapter, ex, DecodeSettings(max_new_tokens=5))
         assert decoded.steps == 5
-        # teacher forcing on the model's own answer, predictive queries
+        # teacher forcing on the model's own answer, the same query positions
         want = teacher_forced_intensity(model, adapter, with_decoded_answer(decoded))
         torch.testing.assert_close(decoded.intensity, want, rtol=0, atol=1e-5)
         # the tokens are transformers' own greedy decoding (its positions, M-RoPE included)

@@ -1,8 +1,10 @@
-"""Decode-time profiling: KV-cached greedy decoding inside aia.capture, against teacher forcing.
+"""Decode-time profiling: KV-cached decoding inside aia.capture, against teacher forcing.
 
-The reference: teacher forcing with ``SpanConfig(predictive=True)`` on the prompt followed by
-the model's own greedy output runs the same attention rows as the cached decoding steps,
-so the two intensities must agree to fp32 rounding.
+The reference: teacher forcing with the same ``SpanConfig`` on the prompt followed by the
+model's own output runs the same attention rows as the cached decoding steps (the tokens'
+own positions by default, the positions predicting them with ``predictive=True``), so the
+two intensities must agree to fp32 rounding, with CFG and sampling too: the statistic is
+the conditional branch's.
 """
 
 from __future__ import annotations
@@ -22,12 +24,21 @@ from aia.cli import main
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import read_records
 from aia.errors import DataError as NoUsableSamples
-from aia.measure.decode import DEFAULT_MAX_NEW_TOKENS, decode_example, decode_profile
+from aia.measure.decode import DEFAULT_MAX_NEW_TOKENS, DecodeSettings, decode_example, decode_profile
 from aia.measure.profile import load_profile
 from aia.testing.tiny import TINY_MODELS
 from tests.helpers import eager_attentions, span_intensity, teacher_forced_intensity, tiny_llama, with_decoded_answer
 
 PREDICTIVE = SpanConfig(predictive=True)
+GREEDY = DecodeSettings(cfg_weight=1.0, temperature=0.0)
+
+
+def decode(model, adapter, record, task, base_dir, settings=DecodeSettings(), **kw):
+    """decode_example on a record, with the unconditional branch that generation with CFG needs."""
+    example = adapter.encode(record, task, base_dir)
+    guided = task == "gen" and settings.cfg_weight != 1
+    uncond = adapter.encode(record, task, base_dir, cfg_blank=True) if guided else None
+    return example, decode_example(model, adapter, example, settings, uncond=uncond, **kw)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,14 +64,15 @@ def teacher_intensity(model, adapter, example, decoded) -> torch.Tensor:
     return teacher_forced_intensity(model, adapter, example)
 
 
+@pytest.mark.parametrize("predictive", [False, True], ids=["own", "predictive"])
 @pytest.mark.parametrize("task", ["und", "gen"])
-def test_decode_equals_teacher_forcing_on_own_output(tiny_model, family, task, tiny_data):
+def test_decode_equals_teacher_forcing_on_own_output(tiny_model, family, task, predictive, tiny_data):
     model, processor = tiny_model
-    adapter = get_adapter(model, processor, span_config=PREDICTIVE)
+    adapter = get_adapter(model, processor, span_config=SpanConfig(predictive=predictive))
     data = tiny_data[0] if task == "und" else tiny_data[1]
-    for record in read_records(data)[:3]:
-        example = adapter.encode(record, task, data.parent)
-        decoded = decode_example(model, adapter, example, max_new_tokens=5 if task == "und" else None)
+    settings = DecodeSettings(max_new_tokens=5 if task == "und" else None)  # gen: CFG 5, sampled
+    for index, record in enumerate(read_records(data)[:3]):
+        example, decoded = decode(model, adapter, record, task, data.parent, settings, sample_index=index)
         n = len(decoded.tokens)
         if task == "und":
             assert decoded.steps == n == 5 and (decoded.roles == Role.ANSWER).all()
@@ -86,11 +98,33 @@ def test_decode_equals_teacher_forcing_on_own_output(tiny_model, family, task, t
         assert ((decoded.intensity > 0) & (decoded.intensity < 1)).all()
 
 
+def test_generation_sampling_is_seeded_and_cfg_changes_the_statistic(tiny_data):
+    model, processor = TINY_MODELS["janus"](seed=0)
+    adapter = get_adapter(model, processor)
+    record = read_records(tiny_data[1])[0]
+    base = tiny_data[1].parent
+    _, a = decode(model, adapter, record, "gen", base, DecodeSettings(seed=3))
+    _, b = decode(model, adapter, record, "gen", base, DecodeSettings(seed=3))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.intensity, b.intensity)  # same seed, same run
+    _, c = decode(model, adapter, record, "gen", base, DecodeSettings(seed=4))
+    assert not torch.equal(a.tokens, c.tokens)  # sampled: another seed, other codes
+    # greedy, so that only the guidance differs (a tiny random model's logits are nearly flat)
+    _, guided = decode(model, adapter, record, "gen", base, DecodeSettings(temperature=0.0))
+    _, plain = decode(model, adapter, record, "gen", base, GREEDY)
+    assert not torch.equal(guided.tokens, plain.tokens)  # the unconditional branch changes the choices ...
+    assert not torch.allclose(guided.intensity, plain.intensity)  # ... and so the measured statistic
+    _, g1 = decode(model, adapter, record, "gen", base, GREEDY)
+    _, g2 = decode(model, adapter, record, "gen", base, DecodeSettings(cfg_weight=1.0, temperature=0.0, seed=9))
+    assert torch.equal(g1.tokens, g2.tokens)  # greedy ignores the seed
+    with pytest.raises(ValueError, match="needs the unconditional example"):
+        decode_example(model, adapter, adapter.encode(record, "gen", base), DecodeSettings())
+
+
 def test_understanding_tokens_equal_transformers_generate(tiny_data):
     model, processor = TINY_MODELS["janus"](seed=0)
     adapter = get_adapter(model, processor)
     record = read_records(tiny_data[0])[0]
-    decoded = decode_example(model, adapter, adapter.encode(record, "und", tiny_data[0].parent), max_new_tokens=6)
+    _, decoded = decode(model, adapter, record, "und", tiny_data[0].parent, DecodeSettings(max_new_tokens=6))
     batch = adapter.collate([decoded.prompt])
     ref = model.generate(
         input_ids=batch.inputs["input_ids"],
@@ -117,15 +151,16 @@ class _EndTurnAfter(nn.Module):
         return logits
 
 
-def test_understanding_stops_at_end_of_turn(tiny_data):
+@pytest.mark.parametrize("spans", [SpanConfig(), PREDICTIVE], ids=["own", "predictive"])
+def test_understanding_stops_at_end_of_turn(tiny_data, spans):
     model, processor = TINY_MODELS["chameleon"](seed=0)
-    adapter = get_adapter(model, processor, span_config=PREDICTIVE)
+    adapter = get_adapter(model, processor, span_config=spans)
     model.lm_head = _EndTurnAfter(model.lm_head, adapter.eos_id, after=3)
     example = adapter.encode(read_records(tiny_data[0])[0], "und", tiny_data[0].parent)
     decoded = decode_example(model, adapter, example)
     assert len(decoded.tokens) == 4 and decoded.tokens[-1] == adapter.eos_id
     assert decoded.roles.tolist() == [Role.ANSWER] * 3 + [Role.TEMPLATE]
-    assert decoded.steps == 3  # the step that predicts the end of turn is not an answer query
+    assert decoded.steps == 3  # the end of turn is not an answer token: no query
     torch.testing.assert_close(
         decoded.intensity, teacher_intensity(model, adapter, example, decoded), rtol=0, atol=1e-5
     )
@@ -139,11 +174,12 @@ def test_understanding_stops_at_end_of_turn(tiny_data):
 def test_generation_prefix_and_image_markers(tiny_data):
     model, processor = TINY_MODELS["emu3"](seed=0)
     record = read_records(tiny_data[1])[0]
+    base = tiny_data[1].parent
     adapter = get_adapter(model, processor)
-    decoded = decode_example(model, adapter, adapter.encode(record, "gen", tiny_data[1].parent), max_new_tokens=7)
+    _, decoded = decode(model, adapter, record, "gen", base, DecodeSettings(max_new_tokens=7))
     assert len(decoded.tokens) == 7 and decoded.steps == 6  # 4 codes, an end-of-line, 2 codes
     markers = get_adapter(model, processor, span_config=SpanConfig(image_markers_are_image=True))
-    decoded = decode_example(model, markers, markers.encode(record, "gen", tiny_data[1].parent))
+    _, decoded = decode(model, markers, record, "gen", base)
     assert decoded.steps == len(decoded.tokens) == 20  # the forced end-of-lines count too
 
 
@@ -187,15 +223,20 @@ def test_profile_cli_decode_mode(saved_model, tiny_data, tmp_path, capsys):
     assert "mode=decode" in stdout and "(paper Table 1)" in stdout  # Table 1 statistic printed
     raw = json.loads(out.read_text())
     assert raw["mode"] == "decode" and raw["n"] == 2
+    assert raw["settings"]["decoding"] == "greedy" and raw["settings"]["max_new_tokens"] == 4
+    assert raw["settings"]["spans"]["predictive"] is False and raw["settings"]["spans"]["gen_keys"]
     # the same numbers from the library
-    adapter = get_adapter(model, processor, span_config=PREDICTIVE)
+    adapter = get_adapter(model, processor)
     records = read_records(tiny_data[0])[:2]
-    rows = [decode_example(model, adapter, adapter.encode(r, "und", tiny_data[0].parent), 4).intensity for r in records]
+    settings = DecodeSettings(max_new_tokens=4)
+    rows = [decode(model, adapter, r, "und", tiny_data[0].parent, settings)[1].intensity for r in records]
     np.testing.assert_allclose(raw["per_sample"], torch.stack(rows).numpy(), atol=1e-6)
     assert load_profile(out).mode == "decode"
 
     assert main([*args, "--out", str(tmp_path / "x.json"), "--max-new-tokens", "4"]) == 2
     assert "--max-new-tokens applies to --mode decode only" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x.json"), "--cfg-weight", "3"]) == 2
+    assert "--cfg-weight applies to --mode decode only" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "x.json"), "--mode", "decode", "--batch-size", "2"]) == 2
     assert "one sample at a time" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
@@ -208,4 +249,6 @@ def test_decode_profile_with_no_usable_sample(tiny_data):
     with pytest.raises(NoUsableSamples, match="could be measured"):
         decode_profile(model, processor, tiny_data[0], "und", samples=2, progress=False)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
-        decode_profile(model, processor, tiny_data[1], "gen", samples=1, max_new_tokens=0, progress=False)
+        DecodeSettings(max_new_tokens=0)
+    with pytest.raises(ValueError, match="cfg_weight must be a finite number"):
+        DecodeSettings(cfg_weight=float("nan"))

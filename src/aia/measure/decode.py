@@ -1,42 +1,45 @@
 """Decode-time profiling: the interaction intensity while the model generates, KV cache on.
 
 Teacher forcing (:mod:`aia.measure.teacher`) measures the intensity on the data's own answer or
-image tokens in one forward pass. The paper's curves come from the model *generating*: at
-every decoding step the query is the one position being decoded and the keys are every
-position so far. :func:`decode_profile` does that:
+image tokens in one forward pass. The paper's curves come from the model *generating*, and
+:func:`decode_profile` follows the released plot scripts (``gen_plot.py``, ``und_plot.py``;
+lines in ``docs/FIDELITY.md``) by default:
 
 1. the family adapter encodes the record and the sequence is cut where generation starts
    (the first supervised position): for generation the prompt up to and including the
    image's framing tokens (``<begin_of_image>``, Emu3's ``h*w`` header), for understanding
    the conversation up to the first answer of the first turn;
-2. a prefill pass fills the cache, then greedy decoding runs one token per step:
-   generation decodes the image's token count (Janus: the generation head over the
-   codebook; Emu3, Chameleon and the VQ-LM of :mod:`aia.demo.vqlm`: ``lm_head``
-   restricted to the image-code tokens, as their generation constraints do, with Emu3's
-   end-of-line tokens forced at row ends); understanding decodes until an end-of-turn
-   token or ``max_new_tokens``, never emitting an image placeholder (nor, for Chameleon
-   and the VQ-LM, an image code: Chameleon's forward masks them too);
+2. a prefill pass fills the cache, then one token per step is chosen by the family's
+   decode runner (:meth:`Adapter.decode_runner`: Janus's generation head over the
+   codebook; ``lm_head`` restricted to the image codes for the VQ-token families, Emu3's
+   end-of-line forced at row ends; understanding never emits an image placeholder):
+
+   * generation is **sampled** (multinomial, ``temperature`` 1) with **classifier-free
+     guidance** (``cfg_weight`` 5): an unconditional branch, the same record encoded with
+     its prompt blanked (``cfg_blank``), runs beside the conditional one and the logits are
+     ``uncond + w * (cond - uncond)``; the intensity is the conditional branch's;
+   * understanding is **greedy**, until an end-of-turn token or ``max_new_tokens`` (512);
+
+   sampling draws from a generator seeded by ``(seed, sample index)``, so a run repeats
+   exactly;
 3. every model call runs inside :func:`aia.capture` with ``aia_query_mask`` = the last
-   position only and ``aia_key_mask`` = the key set (prompt text for generation, image
-   tokens for understanding) over all positions so far, both ``[B, kv_len]``.
+   position and ``aia_key_mask`` = the key set of the roles so far.
 
-The query of a step is the position that *predicts* the next token, so a step counts iff
-the token it produces belongs to the query set (an image token for generation, an answer
-token for understanding; a forced end-of-line counts only with
-``image_markers_are_image``). A sample's intensity is the mean over its counted steps, so it
-equals the teacher-forced intensity with ``SpanConfig(predictive=True)`` on the prompt
-followed by the model's own output (``tests/measure/test_decode.py`` checks exactly that).
-``span_config.predictive`` is therefore implied in this mode; its other fields apply.
+The queries are the generated tokens at **the positions that hold them**, as they are fed
+back (``SpanConfig.predictive=False``, the released protocol): a token's intensity is read in
+the call that takes it as input, and the last token is fed too so that it counts. With
+``predictive=True`` the query of a token is the position that predicted it (the call that
+chose it). Either way a sample's intensity is the mean over its counted tokens, so it
+equals the teacher-forced intensity with the same ``SpanConfig`` on the prompt followed by
+the model's own output (``tests/measure/test_decode.py`` checks exactly that).
 
-Decoding runs one sample at a time (no padding inside the cache). Greedy decoding without
-classifier-free guidance: the conditional branch's attention is what the statistic
-describes, and greedy keeps the profile deterministic.
+Decoding runs one sample at a time (no padding inside the cache).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -51,10 +54,45 @@ from aia.errors import DataError, ImageError
 from aia.measure.profile import IntensityProfile
 from aia.measure.samples import SampleTally
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS", "Decoded", "decode_example", "decode_profile"]
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "DecodeSettings", "Decoded", "decode_example", "decode_profile"]
 
-#: Understanding answers stop here unless the model ends its turn earlier.
-DEFAULT_MAX_NEW_TOKENS = 64
+#: Understanding answers stop here unless the model ends its turn earlier (``und_plot.py``: 512).
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How tokens are chosen in decode mode (defaults: the released plot scripts).
+
+    Attributes:
+        cfg_weight: generation: classifier-free guidance weight; 1 turns the unconditional
+            branch off (``gen_plot.py``: 5).
+        temperature: generation: sampling temperature; 0 decodes greedily (``gen_plot.py``: 1).
+        seed: seed of the sampling generator (per sample: ``(seed, sample index)``).
+        max_new_tokens: understanding: answer length cap (``und_plot.py``: 512); generation:
+            decode only the first this many image tokens (None: the whole image).
+    """
+
+    cfg_weight: float = 5.0
+    temperature: float = 1.0
+    seed: int = 0
+    max_new_tokens: int | None = None
+
+    def __post_init__(self):
+        if not (self.cfg_weight >= 0 and self.cfg_weight < float("inf")):
+            raise ValueError(f"cfg_weight must be a finite number >= 0, got {self.cfg_weight}")
+        if not (self.temperature >= 0 and self.temperature < float("inf")):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def to_dict(self, task: str) -> dict:
+        """The settings that apply to ``task`` (recorded in the profile)."""
+        if task == "und":
+            return {"decoding": "greedy", "max_new_tokens": self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS}
+        decoding = "greedy" if self.temperature == 0 else "multinomial"
+        return {"decoding": decoding, "temperature": self.temperature, "cfg_weight": self.cfg_weight,
+                "seed": self.seed, "max_new_tokens": self.max_new_tokens}
 
 
 @dataclass
@@ -119,56 +157,86 @@ def decode_example(
     model: nn.Module,
     adapter: Adapter,
     example: Example,
-    max_new_tokens: int | None = None,
+    settings: DecodeSettings = DecodeSettings(),
     method: str = "auto",
+    uncond: Example | None = None,
+    sample_index: int = 0,
 ) -> Decoded:
-    """Greedy-decode one encoded record and measure its per-layer intensity at every step.
+    """Decode one encoded record and measure its per-layer intensity at every counted token.
 
     Args:
         model: the model the adapter belongs to (eval mode).
-        adapter: its adapter; its ``span_config`` chooses the sets (``predictive`` is implied).
+        adapter: its adapter; its ``span_config`` chooses the sets and the query positions.
         example: ``adapter.encode(record, task, ...)`` of a whole record; only the part
             before its first supervised position is used.
-        max_new_tokens: understanding: answer length cap (default
-            :data:`DEFAULT_MAX_NEW_TOKENS`); generation: decode only the first this many
-            image tokens (default: the whole image).
+        settings: how tokens are chosen (:class:`DecodeSettings`).
         method: capture route.
+        uncond: generation with CFG: the same record encoded with ``cfg_blank=True``.
+        sample_index: seeds the sampling generator together with ``settings.seed``.
 
     Returns:
         A :class:`Decoded`.
     """
     task = example.task
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     prompt, plan = _prompt_and_plan(example, adapter, task)
-    steps = min(len(plan) if plan is not None else DEFAULT_MAX_NEW_TOKENS, max_new_tokens or sys.maxsize)
+    steps = min(len(plan) if plan is not None else DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens or sys.maxsize)
     stops = _stop_ids(model, adapter) if task == "und" else set()
     run = adapter.decode_runner(model, task)
+    own = not adapter.span_config.predictive  # the query of a token: its own position, or the one predicting it
     span_cfg = replace(adapter.span_config, predictive=False)
-    sequence, inputs = _prefill(model, adapter, run, prompt, span_cfg)
-    tokens: list[int] = []
-    roles: list[int] = []
-    counted: list[torch.Tensor] = []  # fp64 [L] per counted step
-    keys_ok = True
+    picker = _Picker(run, settings, task, sample_index)
+    cond, inputs = _prefill(model, adapter, run, prompt, span_cfg)
+    branch = _unconditional(model, adapter, run, span_cfg, uncond) if picker.guided else None
+    tokens, roles, counted = [], [], []
     with capture(model, method=method) as cap:
-        hidden = sequence.forward(inputs)
+        hidden, reading = cond.forward(inputs), _reading(cap)
+        other = branch[0].forward(branch[1]) if branch else None
         for t in range(steps):
-            token, role = _choose(run, hidden, int(plan[t]) if plan is not None else None, stops)
+            token, role = picker(hidden, other, int(plan[t]) if plan is not None else None, stops)
             tokens.append(token)
             roles.append(role)
-            if _in_query_set(task, role, span_cfg):
-                counted.append(cap.intensity[:, 0].double().cpu())
-                keys_ok &= bool(cap.valid[0])
-            if t == steps - 1 or token in stops:
+            in_query = _in_query_set(task, role, span_cfg)
+            last = t == steps - 1 or token in stops
+            if in_query and not own:
+                counted.append(reading)
+            if last and not (in_query and own):
                 break
-            hidden = sequence.feed(token, role)
+            hidden, reading = cond.feed(token, role), _reading(cap)
+            if in_query and own:
+                counted.append(reading)
+            if last:
+                break
+            other = branch[0].feed(token, role) if branch else None
     return Decoded(
         prompt=prompt,
         tokens=torch.tensor(tokens, dtype=torch.long),
         roles=torch.tensor(roles, dtype=torch.long),
-        intensity=sum(counted) / len(counted) if counted and keys_ok else None,
+        intensity=_mean(counted),
         steps=len(counted),
     )
+
+
+def _reading(cap) -> tuple[torch.Tensor, bool]:
+    """The last call's intensity of the (only) sample, fp64 ``[L]``, and whether its spans were non-empty."""
+    return cap.intensity[:, 0].double().cpu(), bool(cap.valid[0])
+
+
+def _mean(counted: list[tuple[torch.Tensor, bool]]) -> torch.Tensor | None:
+    """Mean over the counted tokens; None when none counted or a key set was empty."""
+    if not counted or not all(valid for _, valid in counted):
+        return None
+    return sum(curve for curve, _ in counted) / len(counted)
+
+
+def _unconditional(model, adapter, run, span_cfg, uncond: Example | None):
+    """The unconditional branch of CFG: its :class:`_Sequence` and prefill inputs."""
+    if uncond is None:
+        raise ValueError(
+            "generation with classifier-free guidance needs the unconditional example "
+            "(adapter.encode(record, 'gen', ..., cfg_blank=True)); or set cfg_weight=1"
+        )
+    prompt, _ = _prompt_and_plan(uncond, adapter, "gen")
+    return _prefill(model, adapter, run, prompt, span_cfg)
 
 
 @dataclass
@@ -232,29 +300,54 @@ def _prefill(
     return sequence, inputs
 
 
-def _choose(run: DecodeRunner, hidden: torch.Tensor, planned: int | None, stops: set[int]) -> tuple[int, int]:
-    """One step's token and its role. Generation (``planned``: the role of the image slot): the
-    family's forced token for that role, else the greedy choice. Understanding (``planned`` is
-    None): the greedy choice, an ANSWER token unless it ends the turn (TEMPLATE)."""
-    if run.forced and planned in run.forced:
-        return run.forced[planned], planned
-    token = _argmax(run, hidden)
-    if planned is not None:
-        return token, planned
-    return token, int(Role.TEMPLATE) if token in stops else int(Role.ANSWER)
+class _Picker:
+    """Chooses each token: forced tokens as planned, else sampling (generation, ``temperature`` >
+    0) or the argmax, over the logits of the family's head restricted to what it may emit, with
+    CFG ``uncond + w * (cond - uncond)`` when an unconditional hidden state is given."""
+
+    def __init__(self, run: DecodeRunner, settings: DecodeSettings, task: str, sample_index: int):
+        self.run = run
+        self.guided = task == "gen" and settings.cfg_weight != 1
+        self.weight = settings.cfg_weight
+        self.temperature = settings.temperature if task == "gen" else 0.0  # understanding: greedy
+        self.generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + sample_index)
+
+    def __call__(
+        self, hidden: torch.Tensor, uncond: torch.Tensor | None, planned: int | None, stops: set[int]
+    ) -> tuple[int, int]:
+        """One step's token and its role. Generation (``planned``: the role of the image slot): the
+        family's forced token for that role, else the chosen code. Understanding (``planned`` is
+        None): an ANSWER token unless it ends the turn (TEMPLATE)."""
+        run = self.run
+        if run.forced and planned in run.forced:
+            return run.forced[planned], planned
+        logits = run.head(hidden).float()[0]  # [V]
+        if uncond is not None:
+            base = run.head(uncond).float()[0]
+            logits = base + self.weight * (logits - base)
+        token = self._pick(self._restrict(logits))
+        if planned is not None:
+            return token, planned
+        return token, int(Role.TEMPLATE) if token in stops else int(Role.ANSWER)
+
+    def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.run.allowed is not None:
+            out = torch.full_like(logits, float("-inf"))
+            out[self.run.allowed] = logits[self.run.allowed]
+            return out
+        if self.run.blocked is not None:
+            return logits.index_fill(0, self.run.blocked, float("-inf"))
+        return logits
+
+    def _pick(self, logits: torch.Tensor) -> int:
+        if self.temperature == 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.cpu() / self.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
 def _length(inputs: dict) -> int:
     return next(v for k, v in inputs.items() if k in ("input_ids", "inputs_embeds")).shape[1]
-
-
-def _argmax(run: DecodeRunner, hidden: torch.Tensor) -> int:
-    logits = run.head(hidden).float()[0]  # [V]
-    if run.allowed is not None:
-        return int(run.allowed[logits[run.allowed].argmax()])
-    if run.blocked is not None:
-        logits = logits.index_fill(0, run.blocked, float("-inf"))
-    return int(logits.argmax())
 
 
 def _in_query_set(task: str, role: int, cfg: SpanConfig) -> bool:
@@ -268,7 +361,7 @@ def decode_profile(
     data: str | Path,
     task: str,
     samples: int = 100,
-    max_new_tokens: int | None = None,
+    settings: DecodeSettings = DecodeSettings(),
     span_config: SpanConfig = SpanConfig(),
     method: str = "auto",
     model_name: str | None = None,
@@ -279,17 +372,18 @@ def decode_profile(
     Args:
         model: a model with an adapter (:func:`aia.adapters.get_adapter`), in eval mode.
         processor: its processor.
-        data: a JSON/JSONL file in the AIA data format (image paths relative to it).
+        data: a data file in the AIA data format (image paths relative to it).
         task: ``"und"`` or ``"gen"``.
         samples: how many usable samples to measure.
-        max_new_tokens: see :func:`decode_example`.
-        span_config: span choices (``predictive`` is implied).
+        settings: how tokens are chosen (:class:`DecodeSettings`; defaults: the released protocol).
+        span_config: span choices; ``predictive`` picks the query positions (see the module docstring).
         method: capture route (``"auto"``, ``"sdpa"``, ``"flex"``).
         model_name: recorded in the profile (default: the model's ``name_or_path``).
         progress: show a progress bar on stderr.
 
     Returns:
-        The :class:`~aia.measure.profile.IntensityProfile` with ``mode="decode"``.
+        The :class:`~aia.measure.profile.IntensityProfile` with ``mode="decode"``; its
+        ``settings`` record the span choices and the decoding protocol.
 
     Raises:
         DataError: if not one sample could be measured.
@@ -297,15 +391,18 @@ def decode_profile(
     data = Path(data)
     records = task_records(data, task)
     adapter = get_adapter(model, processor, span_config=span_config)
+    guided = task == "gen" and settings.cfg_weight != 1
     tally = SampleTally(task, samples, "decode", progress, " (e.g. an immediate end of turn)")
-    for record in records:
+    for index, record in enumerate(records):
         if tally.full:
             break
         try:
             example = adapter.encode(record, task, data.parent)
-            decoded = decode_example(model, adapter, example, max_new_tokens=max_new_tokens, method=method)
+            uncond = adapter.encode(record, task, data.parent, cfg_blank=True) if guided else None
+            decoded = decode_example(model, adapter, example, settings, method, uncond=uncond, sample_index=index)
         except (ImageError, DataError) as err:
             tally.skip(err)
             continue
         tally.add(decoded.intensity)
-    return tally.profile(model, model_name, data, len(records))
+    protocol = {"spans": asdict(span_config), "method": method, **settings.to_dict(task)}
+    return tally.profile(model, model_name, data, len(records), protocol)

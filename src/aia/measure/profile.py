@@ -12,18 +12,20 @@ one task, measured on N samples. JSON layout::
       "std": [L floats],              # population std (ddof=0) over samples, per layer
       "per_sample": [[L floats], ...],  # N rows
       "skipped": 0,                   # optional: samples dropped (e.g. empty span); default 0
-      "mode": "teacher"               # optional: "teacher" (teacher forcing) | "decode"; default "teacher"
+      "mode": "teacher",              # optional: "teacher" (teacher forcing) | "decode"; default "teacher"
+      "settings": {...}               # optional: span choices and decoding protocol it was measured with
     }
 
 ``std`` is the population standard deviation (ddof=0) across the N samples: it
-describes the spread of these samples (paper Table 1 reports exactly this spread,
-averaged over layers), and it stays defined for N = 1.
+describes the spread of these samples, and it stays defined for N = 1. Averaged over
+layers it is this project's reading of the consistency measure of paper Table 1, whose
+text does not define it further (see docs/FIDELITY.md).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from aia.core.spans import TASKS
 __all__ = ["PROFILE_MODES", "IntensityProfile", "save_profile", "load_profile", "summary_text"]
 
 PROFILE_MODES = ("teacher", "decode")
-_KEYS = {"model", "task", "num_layers", "n", "mean", "std", "per_sample", "skipped", "mode"}
+_KEYS = {"model", "task", "num_layers", "n", "mean", "std", "per_sample", "skipped", "mode", "settings"}
 _REQUIRED = ("model", "task", "num_layers", "n", "mean", "std", "per_sample")
 _ATOL = 1e-4  # mean/std in the file vs recomputed from per_sample (float32 writers round)
 
@@ -54,6 +56,8 @@ class IntensityProfile:
         skipped: records passed over: unreadable or missing images, malformed records, and
             samples with an empty query or key set.
         mode: ``"teacher"`` (teacher-forced sequence) or ``"decode"`` (own samples).
+        settings: how it was measured: the span choices and, in decode mode, the decoding
+            protocol (CFG weight, temperature, seed, token limit); a JSON object.
     """
 
     model: str
@@ -65,6 +69,7 @@ class IntensityProfile:
     per_sample: np.ndarray
     skipped: int = 0
     mode: str = "teacher"
+    settings: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mean = np.asarray(self.mean, dtype=np.float64)
@@ -74,13 +79,15 @@ class IntensityProfile:
 
     @classmethod
     def from_per_sample(
-        cls, model: str, task: str, per_sample: Any, skipped: int = 0, mode: str = "teacher"
+        cls, model: str, task: str, per_sample: Any, skipped: int = 0, mode: str = "teacher",
+        settings: dict | None = None,
     ) -> IntensityProfile:
         """Build from a ``[N, L]`` array; mean and population std (ddof=0) over the N samples."""
         x = np.asarray(per_sample, dtype=np.float64)
         if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"per_sample must be a non-empty [N, L] array, got shape {x.shape}")
-        return cls(model, task, x.shape[1], x.shape[0], x.mean(0), x.std(0, ddof=0), x, skipped=skipped, mode=mode)
+        return cls(model, task, x.shape[1], x.shape[0], x.mean(0), x.std(0, ddof=0), x, skipped=skipped, mode=mode,
+                   settings=dict(settings or {}))
 
     @property
     def std_over_layers(self) -> float:
@@ -98,6 +105,7 @@ class IntensityProfile:
             "per_sample": self.per_sample.tolist(),
             "skipped": self.skipped,
             "mode": self.mode,
+            "settings": self.settings,
         }
 
     @classmethod
@@ -120,6 +128,7 @@ class IntensityProfile:
                 n=data["n"],
                 skipped=data.get("skipped", 0),
                 mode=data.get("mode", "teacher"),
+                settings=data.get("settings", {}),
                 **arrays,
             )
         except ValueError as e:
@@ -142,6 +151,8 @@ def _validate(p: IntensityProfile) -> None:
         raise ValueError(f"model must be a string, got {p.model!r}")
     if p.task not in TASKS:
         raise ValueError(f"task must be one of {list(TASKS)}, got {p.task!r}")
+    if not isinstance(p.settings, dict):
+        raise ValueError(f"settings must be a JSON object, got {type(p.settings).__name__}")
     if p.mode not in PROFILE_MODES:
         raise ValueError(f"mode must be one of {list(PROFILE_MODES)}, got {p.mode!r}")
     if not _is_int(p.num_layers) or p.num_layers < 1:

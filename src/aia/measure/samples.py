@@ -87,7 +87,9 @@ class SampleTally:
             self.rows.append(curve)
             self.bar.update(1)
 
-    def profile(self, model: nn.Module, model_name: str | None, data: Path, n_records: int) -> IntensityProfile:
+    def profile(
+        self, model: nn.Module, model_name: str | None, data: Path, n_records: int, settings: dict | None = None
+    ) -> IntensityProfile:
         """Close the bar, report what was passed over on stderr, and build the profile.
 
         Raises:
@@ -103,4 +105,5 @@ class SampleTally:
             )
         per_sample = stack_samples(self.rows, data, n_records, self.task, self.samples)  # [N, L]
         name = model_name or model_name_of(model)
-        return IntensityProfile.from_per_sample(name, self.task, per_sample, skipped=skipped, mode=self.mode)
+        return IntensityProfile.from_per_sample(name, self.task, per_sample, skipped=skipped, mode=self.mode,
+                                               settings=settings)

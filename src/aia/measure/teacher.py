@@ -11,6 +11,7 @@ counted as excluded. Zero usable samples is an error.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -79,7 +80,8 @@ def profile_model(
             examples = []
     if examples and not tally.full:
         _measure_batch(model, adapter, examples, method, tally)
-    return tally.profile(model, model_name, data, len(records))
+    settings = {"spans": asdict(span_config), "method": method, "batch_size": batch_size}
+    return tally.profile(model, model_name, data, len(records), settings)
 
 
 def _measure_batch(model: nn.Module, adapter: Adapter, examples: list[Example], method: str, tally: SampleTally):
