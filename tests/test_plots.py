@@ -122,3 +122,23 @@ def test_plot_losses_errors(tmp_path):
     ok = write_jsonl(tmp_path / "ok.jsonl", [{"step": 1, "loss/ntp": 1.0}])
     with pytest.raises(ValueError, match=r"no run logged a loss key matching 'aia'; loss keys present: \['loss/ntp'\]"):
         build_losses_figure({"ok": ok}, key="aia")
+
+
+def test_profile_titles_say_how_it_was_measured():
+    from aia.measure.profile import IntensityProfile
+    from aia.plots import build_profiles_figure, protocol_text
+
+    spans = {"image_markers_are_image": False, "question_in_query": False, "predictive": False, "gen_keys": "text"}
+    gen = IntensityProfile.from_per_sample(
+        "m", "gen", [[0.3, 0.4]], mode="decode",
+        settings={"spans": spans, "decoding": "multinomial", "temperature": 1.0, "cfg_weight": 5.0, "seed": 0},
+    )
+    und = IntensityProfile.from_per_sample(
+        "m", "und", [[0.1, 0.2]], mode="decode",
+        settings={"spans": {**spans, "predictive": True}, "decoding": "greedy", "max_new_tokens": 512},
+    )
+    assert protocol_text(gen) == "decode, sampled T=1.0 CFG 5.0 seed 0, own-position queries, keys=text"
+    assert protocol_text(und) == "decode, greedy, <= 512 tokens, predictive queries"
+    assert protocol_text(IntensityProfile.from_per_sample("m", "und", [[0.1]])) == "teacher"  # an older file
+    titles = [ax.get_title() for ax in build_profiles_figure([gen, und]).axes]
+    assert protocol_text(gen) in titles[0] and protocol_text(und) in titles[1]

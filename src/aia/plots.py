@@ -33,6 +33,7 @@ __all__ = [
     "plot_profiles",
     "build_losses_figure",
     "plot_losses",
+    "protocol_text",
 ]
 
 TASK_TITLES = {"gen": "generation (text \u2192 image)", "und": "understanding (image \u2192 text)"}
@@ -67,6 +68,24 @@ def _save(fig: Figure, out: str | Path) -> list[Path]:
 
 
 # -- intensity profiles ----------------------------------------------------------------------
+
+
+def protocol_text(profile: IntensityProfile) -> str:
+    """How a profile was measured, in one short line: mode, decoding protocol, query positions,
+    generation keys (from its ``settings``; older files without them give the mode only)."""
+    s = profile.settings
+    parts = [profile.mode]
+    if profile.mode == "decode" and s:
+        if s.get("decoding") == "multinomial":
+            parts.append(f"sampled T={s.get('temperature')} CFG {s.get('cfg_weight')} seed {s.get('seed')}")
+        elif "decoding" in s:
+            parts.append(f"greedy, <= {s['max_new_tokens']} tokens" if s.get("max_new_tokens") else "greedy")
+    spans = s.get("spans") or {}
+    if spans:
+        parts.append("predictive queries" if spans.get("predictive") else "own-position queries")
+        if profile.task == "gen" and spans.get("gen_keys"):
+            parts.append(f"keys={spans['gen_keys']}")
+    return ", ".join(parts)
 
 
 def build_profiles_figure(
@@ -114,7 +133,8 @@ def build_profiles_figure(
             )
         models = ", ".join(dict.fromkeys(p.model for p, _ in mine))
         samples = ", ".join(str(p.n) for p, _ in mine)
-        ax.set_title(f"{TASK_TITLES[task]}\n{models}; n={samples} samples", fontsize=9)
+        protocols = "; ".join(dict.fromkeys(protocol_text(p) for p, _ in mine))
+        ax.set_title(f"{TASK_TITLES[task]}\n{models}; n={samples} samples\n{protocols}", fontsize=8)
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("interaction intensity")
