@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -32,9 +34,45 @@ def _dtype(name: str | None):
     return getattr(torch, name)
 
 
+def _device(name: str) -> str:
+    """``name`` if torch can use it here; checked before any model is loaded."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: unknown device {name!r} (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return name
+
+
+def _writable_file(path: str, flag: str = "--out") -> Path:
+    """``path`` as a file that can be written: not a directory, its folder creatable and writable.
+    Checked before the work, so that nothing computed is lost at the end."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot create its folder: {err.strerror}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"{flag} {path}: the folder {out.parent} is not writable")
+    return out
+
+
+def _positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
 def _cmd_profile(args) -> int:
     from aia.adapters import load_model
     from aia.core.spans import SpanConfig
+    from aia.data import task_records
     from aia.measure.profile import save_profile, summary_text
     from aia.measure.teacher import profile_model
 
@@ -46,9 +84,22 @@ def _cmd_profile(args) -> int:
                 raise ValueError(f"--{flag.replace('_', '-')} applies to --mode decode only")
     if args.mode == "decode" and args.batch_size != 1:
         raise ValueError("--batch-size: --mode decode runs one sample at a time")
+    _positive(args.samples, "--samples")
+    _positive(args.batch_size, "--batch-size")
+    if args.max_length is not None:
+        _positive(args.max_length, "--max-length")
+    _device(args.device)
+    _writable_file(args.out)
+    task_records(args.data, args.task)  # a bad data file fails here, before the model loads
     model, processor = load_model(args.model_dir, dtype=_dtype(args.dtype), device=args.device)
     spans = SpanConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SpanConfig)})
-    common = dict(span_config=spans, method=args.method, model_name=str(args.model_dir), progress=not args.quiet)
+    common = dict(
+        span_config=spans,
+        method=args.method,
+        model_name=str(args.model_dir),
+        progress=not args.quiet,
+        max_length=args.max_length,
+    )
     if args.mode == "decode":
         from aia.measure.decode import DecodeSettings, decode_profile
 
@@ -74,7 +125,7 @@ def _cmd_targets(args) -> int:
         if args.profiles:
             raise ValueError("give either profiles or --preset, not both")
         targets = TargetProfile.preset(args.preset)
-        if args.layers:
+        if args.layers is not None:
             targets = targets.resize(args.layers)
     else:
         if not args.profiles:
@@ -154,6 +205,7 @@ def _add_span_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aia", description="Attention Interaction Alignment toolkit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("profile", help="measure per-layer interaction intensity (teacher forcing or decoding)")
@@ -181,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="decode, gen: sampling seed (default 0)")
     p.add_argument("--batch-size", type=int, default=1, help="teacher mode: samples per forward pass")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="longest sample in tokens; longer ones are skipped and counted (default: the model's positions)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
     p.add_argument("--method", default="auto", choices=["auto", "sdpa", "flex"], help="intensity route")
@@ -230,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
+    import yaml
+
     from aia.training.config import config_help, load_config
 
     if args.help_config:
@@ -237,7 +297,16 @@ def _cmd_train(args) -> int:
         return 0
     if args.config is None:
         raise ValueError("give a config file (see configs/), or --help-config")
-    cfg = load_config(args.config, args.overrides)
+    if "=" in args.config and not Path(args.config).exists():
+        raise ValueError(f"the config file comes first: aia train CONFIG.yaml {args.config} ... (see configs/)")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except yaml.YAMLError as err:
+        try:  # the file itself, or one of the override values?
+            yaml.safe_load(Path(args.config).read_text())
+        except yaml.YAMLError:
+            raise ValueError(f"{args.config}: {_one_line(err)}") from None
+        raise ValueError(f"an override value: {_one_line(err)} (overrides are section.field=YAML)") from None
     from aia.training.trainer import train
 
     result = train(cfg)
@@ -259,13 +328,40 @@ def _cmd_demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``aia`` console script."""
+    """Entry point of the ``aia`` console script.
+
+    An expected failure (bad input, missing file, full disk) is one line on stderr and exit
+    status 2; ``--debug`` (or ``AIA_DEBUG=1``) shows the traceback instead.
+    """
     args = build_parser().parse_args(argv)
+    if args.debug or os.environ.get("AIA_DEBUG") == "1":
+        return args.func(args)
+    import yaml
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"aia {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError, KeyError, PermissionError, yaml.YAMLError) as err:
+        print(f"aia {args.command}: error: {_one_line(err)}", file=sys.stderr)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"aia {args.command}: error: no space left on the device{where}", file=sys.stderr)
+    return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line; YAML errors name the file and line (their own messages
+    span several lines)."""
+    import yaml
+
+    if isinstance(err, yaml.YAMLError):
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return f"invalid YAML: {where}{getattr(err, 'problem', None) or err}"
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

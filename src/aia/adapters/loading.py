@@ -10,10 +10,14 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from aia.errors import InputError
 
-__all__ = ["load_model"]
+__all__ = ["WEIGHT_FILES", "load_model"]
+
+#: files one of which holds a saved model's weights (sharded checkpoints have an index)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
@@ -46,7 +50,21 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None, device: 
         raise InputError(f"names no transformers model class: {architectures}", path=config_path,
                          field="architectures")
     adapter = adapter_class(architectures[0])
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise InputError(f"no weights ({' or '.join(WEIGHT_FILES)}); was the save interrupted?", path=model_dir)
+    try:  # the processor first: it is quick, and a missing one should not cost a model load
+        processor = adapter.load_processor(model_dir)
+    except (OSError, ValueError, TypeError) as err:
+        raise InputError(f"cannot load the processor saved with the model: {_first_line(err)}", path=model_dir) from None
     cls = getattr(transformers, architectures[0])
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs).to(device).eval()
-    return model, adapter.load_processor(model_dir)
+    try:
+        model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # truncated or corrupt weight files
+        raise InputError(f"cannot load the weights: {_first_line(err)}", path=model_dir) from None
+    return model.to(device).eval(), processor
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

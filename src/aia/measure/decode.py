@@ -52,7 +52,7 @@ from aia.core.spans import Role, SpanConfig, task_spans
 from aia.data.records import task_records
 from aia.errors import DataError, ImageError
 from aia.measure.profile import IntensityProfile
-from aia.measure.samples import SampleTally
+from aia.measure.samples import SampleTally, check_length, model_length_limit
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "DecodeSettings", "Decoded", "decode_example", "decode_profile"]
 
@@ -346,6 +346,15 @@ class _Picker:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
+def _room(example: Example, adapter: Adapter, settings: DecodeSettings, limit: int | None) -> int | None:
+    """``settings.max_new_tokens``, capped so that an answer never runs past ``limit`` positions."""
+    if limit is None or example.task == "gen":
+        return settings.max_new_tokens
+    prompt, _ = _prompt_and_plan(example, adapter, example.task)
+    room = max(1, limit - len(prompt))
+    return min(settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, room)
+
+
 def _length(inputs: dict) -> int:
     return next(v for k, v in inputs.items() if k in ("input_ids", "inputs_embeds")).shape[1]
 
@@ -366,6 +375,7 @@ def decode_profile(
     method: str = "auto",
     model_name: str | None = None,
     progress: bool = True,
+    max_length: int | None = None,
 ) -> IntensityProfile:
     """Per-layer intensity of ``model`` while it decodes the first ``samples`` usable records of ``task``.
 
@@ -380,6 +390,8 @@ def decode_profile(
         method: capture route (``"auto"``, ``"sdpa"``, ``"flex"``).
         model_name: recorded in the profile (default: the model's ``name_or_path``).
         progress: show a progress bar on stderr.
+        max_length: longest sequence in tokens (default: the model's ``max_position_embeddings``):
+            records longer than it are skipped and counted, and an answer stops there.
 
     Returns:
         The :class:`~aia.measure.profile.IntensityProfile` with ``mode="decode"``; its
@@ -392,17 +404,20 @@ def decode_profile(
     records = task_records(data, task)
     adapter = get_adapter(model, processor, span_config=span_config)
     guided = task == "gen" and settings.cfg_weight != 1
+    limit = model_length_limit(model, max_length)
     tally = SampleTally(task, samples, "decode", progress, " (e.g. an immediate end of turn)")
     for index, record in enumerate(records):
         if tally.full:
             break
         try:
             example = adapter.encode(record, task, data.parent)
+            check_length(len(example), limit)
             uncond = adapter.encode(record, task, data.parent, cfg_blank=True) if guided else None
-            decoded = decode_example(model, adapter, example, settings, method, uncond=uncond, sample_index=index)
+            room = replace(settings, max_new_tokens=_room(example, adapter, settings, limit))
+            decoded = decode_example(model, adapter, example, room, method, uncond=uncond, sample_index=index)
         except (ImageError, DataError) as err:
             tally.skip(err)
             continue
         tally.add(decoded.intensity)
-    protocol = {"spans": asdict(span_config), "method": method, **settings.to_dict(task)}
+    protocol = {"spans": asdict(span_config), "method": method, **settings.to_dict(task), "max_length": limit}
     return tally.profile(model, model_name, data, len(records), protocol)

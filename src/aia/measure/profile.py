@@ -171,6 +171,9 @@ def _validate(p: IntensityProfile) -> None:
     for key in ("per_sample", "mean", "std"):
         if not np.all(np.isfinite(getattr(p, key))):
             raise ValueError(f"{key} contains non-finite values")
+    low, high = float(p.per_sample.min()), float(p.per_sample.max())
+    if low < -_ATOL or high > 1 + _ATOL:
+        raise ValueError(f"per_sample must lie in [0, 1] (an intensity is a share of attention), got {low:.4g}..{high:.4g}")
     # Catch hand-edited or stale files: the summary rows must follow from per_sample.
     for key, ref in (("mean", p.per_sample.mean(0)), ("std", p.per_sample.std(0, ddof=0))):
         diff = float(np.abs(getattr(p, key) - ref).max())

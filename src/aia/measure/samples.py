@@ -16,7 +16,7 @@ from aia.adapters.base import unwrap
 from aia.errors import DataError
 from aia.measure.profile import IntensityProfile
 
-__all__ = ["SampleTally", "check_samples", "model_name_of", "stack_samples"]
+__all__ = ["SampleTally", "check_length", "check_samples", "model_length_limit", "model_name_of", "stack_samples"]
 
 
 def check_samples(samples: int) -> None:
@@ -37,6 +37,28 @@ def stack_samples(rows: list, data: str | Path, n_records: int, task: str, sampl
     if len(rows) < samples:
         print(f"aia profile: only {len(rows)} usable {task!r} samples (asked for {samples})", file=sys.stderr)
     return np.stack([np.asarray(r, dtype=np.float64) for r in rows])
+
+
+def model_length_limit(model: nn.Module, max_length: int | None) -> int | None:
+    """``max_length``, else the language model's ``max_position_embeddings`` (None if it has none).
+
+    Raises:
+        ValueError: ``max_length`` < 1.
+    """
+    if max_length is not None:
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        return max_length
+    config = unwrap(model).config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "max_position_embeddings", None)
+
+
+def check_length(length: int, limit: int | None) -> None:
+    """Raise a DataError for a sample of ``length`` tokens over ``limit`` (skipped and counted, as
+    ``aia train`` drops it: positions beyond the model's range give meaningless attention)."""
+    if limit is not None and length > limit:
+        raise DataError(f"too long: {length} tokens > max_length {limit}")
 
 
 def model_name_of(model: nn.Module) -> str:

@@ -24,7 +24,7 @@ from aia.core.spans import SpanConfig
 from aia.data.records import task_records
 from aia.errors import DataError, ImageError
 from aia.measure.profile import IntensityProfile
-from aia.measure.samples import SampleTally
+from aia.measure.samples import SampleTally, check_length, model_length_limit
 
 __all__ = ["profile_model"]
 
@@ -41,6 +41,7 @@ def profile_model(
     method: str = "auto",
     model_name: str | None = None,
     progress: bool = True,
+    max_length: int | None = None,
 ) -> IntensityProfile:
     """Teacher-forced per-layer intensity of ``model`` on the first ``samples`` usable records of ``task``.
 
@@ -55,6 +56,8 @@ def profile_model(
         method: capture route (``"auto"``, ``"sdpa"``, ``"flex"``).
         model_name: recorded in the profile (default: the model's ``name_or_path``).
         progress: show a progress bar on stderr.
+        max_length: longest sample in tokens (default: the model's ``max_position_embeddings``);
+            longer ones are skipped and counted, as ``aia train`` drops them.
 
     Returns:
         The :class:`~aia.measure.profile.IntensityProfile`; ``skipped`` counts records that could not be used.
@@ -65,13 +68,16 @@ def profile_model(
     data = Path(data)
     records = task_records(data, task)
     adapter = get_adapter(model, processor, span_config=span_config)
+    limit = model_length_limit(model, max_length)
     tally = SampleTally(task, samples, "teacher", progress)
     examples: list[Example] = []
     for record in records:
         if tally.full:
             break
         try:
-            examples.append(adapter.encode(record, task, data.parent))
+            example = adapter.encode(record, task, data.parent)
+            check_length(len(example), limit)
+            examples.append(example)
         except (ImageError, DataError) as err:
             tally.skip(err)
             continue
@@ -80,7 +86,7 @@ def profile_model(
             examples = []
     if examples and not tally.full:
         _measure_batch(model, adapter, examples, method, tally)
-    settings = {"spans": asdict(span_config), "method": method, "batch_size": batch_size}
+    settings = {"spans": asdict(span_config), "method": method, "batch_size": batch_size, "max_length": limit}
     return tally.profile(model, model_name, data, len(records), settings)
 
 
