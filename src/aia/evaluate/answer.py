@@ -1,0 +1,566 @@
+"""Image-to-text inference on the understanding benchmarks' official files: POPE, MME, MMMU, MMVP.
+
+:func:`answer` reads a benchmark's questions (:func:`read_questions`), asks the model each
+one with greedy decoding (``model.generate(do_sample=False, max_new_tokens=...)``, batched
+with left padding) and appends one JSON line per question to a predictions file in the
+format :func:`aia.evaluate.score` reads (:mod:`aia.evaluate.scoring`). A question whose id
+is already in the file is skipped, so an interrupted run resumes.
+
+The files read (``data_path``; ``image_dir`` where images live elsewhere):
+
+=======  ==============================================================================
+pope     a POPE question file (``coco_pope_adversarial.json``: JSON Lines of
+         ``{"question_id", "image", "text", "label"}``) or a folder of them; the category is
+         the file name's last ``_`` part (or a row's ``category``); images in ``image_dir``
+         (COCO ``val2014``), default the question file's folder
+mme      the ``MME_Benchmark_release_version`` folder: one folder per subtask holding either
+         ``images/`` + ``questions_answers_YN/`` (one ``question<TAB>answer`` file per image)
+         or the images beside their ``question<TAB>answer`` files, or a questions file of
+         ``image<TAB>question<TAB>answer`` lines (the ``Your_Results`` format); or a folder of
+         ``Your_Results`` files ``{subtask}.txt`` with the images in
+         ``image_dir/{subtask}/[images/]``, as the released AIA ``eval.py`` reads them
+mmmu     MMMU's ``validation`` parquet file, or a folder searched for
+         ``validation-*.parquet`` (the Hugging Face layout ``{Subject}/validation-....parquet``)
+mmvp     the MMVP folder: ``Questions.csv`` (``Index``/``lndex``, ``Question``, ``Options``,
+         ``Correct Answer``) and ``MMVP Images/{index}.jpg``; or the CSV file itself
+custom   a JSON Lines (or JSON list) file of ``{"image", "question", "answer"}`` (optional
+         ``"id"``), images relative to the file (or ``image_dir``)
+=======  ==============================================================================
+
+The prompts are those of the released AIA evaluation scripts (from InternVL / LLaVA):
+POPE ``"{text}\\nAnswer the question using a single word or phrase."``; MME
+``"{question} Answer the question using a single word or phrase."``; MMMU and MMVP the
+question, the options as ``"A. ..."`` lines and ``"Answer with the option's letter from the
+given choices directly."`` (MMMU open questions: the short-answer sentence), MMMU with its
+first image only, its ``<image k>`` tags left in the text as AIA does. The text goes after
+the image in the family's chat format: ``processor.apply_chat_template`` when the processor
+has a chat template, otherwise the format of the family's adapter (Janus
+``<|User|>: <image>\\n{q}\\n\\n<|Assistant|>:``, Emu3 ``You are a helpful assistant. USER:
+<image>{q} ASSISTANT:``, Chameleon ``<image>{q}<reserved08706>``), after ``<bos>``.
+
+Predictions are the decoded new tokens (special tokens skipped), stripped, except MME's,
+kept as decoded (the AIA ``eval.py`` writes the raw response and MME's parser reads its first
+four characters).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from aia.data.records import load_image
+from aia.errors import DataError, ImageError, InputError
+from aia.evaluate.generate import _generation_config, family_of, quiet_transformers, resolve_model
+
+__all__ = ["BENCHES", "OPTION_PROMPT", "SHORT_ANSWER_PROMPT", "Question", "answer", "read_questions"]
+
+BENCHES = ("pope", "mme", "mmmu", "mmvp", "custom")
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+OPTION_PROMPT = "Answer with the option's letter from the given choices directly."
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+EMU3_SYSTEM = "You are a helpful assistant."
+#: new tokens per answer when not given (the answers asked for are a word or a letter)
+MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class Question:
+    """One benchmark question.
+
+    Attributes:
+        id: unique within the benchmark (the predictions file's ``id``).
+        prompt: the text the model gets after the image (question, options, instruction).
+        image: the image file, or the encoded image bytes (MMMU).
+        row: the predictions row without ``prediction`` (``id``, ``bench``, ``question``,
+            ``answer`` and the benchmark's fields).
+        strip: strip the decoded answer (all but MME).
+    """
+
+    id: str
+    prompt: str
+    image: Path | bytes
+    row: dict
+    strip: bool = True
+
+    def load_image(self) -> Image.Image:
+        if isinstance(self.image, bytes):
+            try:
+                with Image.open(io.BytesIO(self.image)) as image:
+                    return image.convert("RGB")
+            except (OSError, ValueError) as e:
+                raise ImageError(f"question {self.id!r}: cannot decode its image: {e}") from None
+        return load_image(self.image)
+
+
+# ----------------------------------------------------------------- small readers
+def _json_records(path: Path) -> list[tuple[dict, str | int]]:
+    """``(record, where)`` pairs of a JSON list or JSON Lines file; ``where`` is ``"line N"`` or an index."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte {e.start})", path=path) from None
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON: {e.msg}", path=path, record=f"line {e.lineno}") from None
+        pairs = list(zip(items, range(len(items)), strict=True))
+    else:
+        pairs = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                pairs.append((json.loads(line), f"line {lineno}"))
+            except json.JSONDecodeError as e:
+                raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path=path,
+                                record=f"line {lineno}") from None
+    for record, where in pairs:
+        if not isinstance(record, dict):
+            raise DataError(f"a question is a JSON object, got {type(record).__name__}", path=path, record=where)
+    return pairs
+
+
+def _text(record: dict, key: str, path: Path, where) -> str:
+    value = record.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError("missing or empty", path=path, record=where, field=key)
+    return value
+
+
+def _existing(image: Path, path: Path, where, field: str = "image") -> Path:
+    if not image.is_file():
+        raise DataError(f"image not found: {image}", path=path, record=where, field=field)
+    return image
+
+
+def _with_prompt(question: str, instruction: str, sep: str) -> str:
+    return question if instruction in question else f"{question}{sep}{instruction}"
+
+
+def _choices(options: list[str]) -> str:
+    return "\n".join(f"{LETTERS[i]}. {o.strip()}" for i, o in enumerate(options))
+
+
+# ----------------------------------------------------------------- POPE
+def _read_pope(data_path: Path, image_dir: Path | None) -> list[Question]:
+    if data_path.is_dir():
+        files = sorted(p for p in data_path.iterdir() if p.is_file() and p.suffix.lower() in (".json", ".jsonl"))
+        if not files:
+            raise DataError("no POPE question files (*.json, *.jsonl) in the folder", path=data_path)
+    else:
+        files = [data_path]
+    questions = []
+    for file in files:
+        default_category = file.stem.split("_")[-1]
+        for record, where in _json_records(file):
+            text = _text(record, "text", file, where)
+            label_key = "label" if "label" in record else "answer"
+            label = _text(record, label_key, file, where).strip().lower()
+            if label not in ("yes", "no"):
+                raise DataError(f"a POPE label is 'yes' or 'no', got {record[label_key]!r}", path=file, record=where,
+                                field=label_key)
+            category = record.get("category") or default_category
+            name = _text(record, "image", file, where)
+            image = _existing((image_dir or file.parent) / name, file, where)
+            qid = f"{category}_{_text(record, 'question_id', file, where)}"
+            prompt = _with_prompt(text.strip(), SHORT_ANSWER_PROMPT, "\n")
+            row = {"id": qid, "bench": "pope", "question": prompt, "answer": label, "category": category,
+                   "image": name}
+            questions.append(Question(qid, prompt, image, row))
+    return questions
+
+
+# ----------------------------------------------------------------- MME
+def _tab_lines(file: Path, fields: int | None = None) -> list[tuple[list[str], str]]:
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte {e.start})", path=file) from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split("\t")]
+        if len(parts) not in ((fields,) if fields else (2, 3)):
+            want = {2: "question<TAB>answer", 3: "image<TAB>question<TAB>answer"}
+            expected = want[fields] if fields else f"{want[2]} or {want[3]}"
+            raise DataError(f"expected {expected}, got {len(parts)} tab-separated field(s)", path=file,
+                            record=f"line {lineno}")
+        out.append((parts, f"line {lineno}"))
+    return out
+
+
+def _images_by_stem(*folders: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for p in sorted(folder.iterdir()):
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                    found.setdefault(p.stem, p)
+    return found
+
+
+def _mme_question(subtask: str, image: Path, k: int, question: str, answer: str, file: Path, where) -> Question:
+    if answer.lower() not in ("yes", "no"):
+        raise DataError(f"an MME answer is 'Yes' or 'No', got {answer!r}", path=file, record=where, field="answer")
+    prompt = f"{question} {SHORT_ANSWER_PROMPT}"
+    qid = f"{subtask}/{image.name}/{k}"
+    row = {"id": qid, "bench": "mme", "question": prompt, "answer": answer, "category": subtask, "image": image.name}
+    return Question(qid, prompt, image, row, strip=False)
+
+
+def _mme_results_file(file: Path, subtask: str, image_root: Path) -> list[Question]:
+    """A ``Your_Results`` file: ``image<TAB>question<TAB>answer`` lines, images in ``image_root[/images]``."""
+    questions, count = [], {}
+    for (name, question, answer), where in _tab_lines(file, 3):
+        image = image_root / name
+        if not image.is_file():
+            image = image_root / "images" / name
+        _existing(image, file, where)
+        count[name] = count.get(name, 0) + 1
+        questions.append(_mme_question(subtask, image, count[name] - 1, question, answer, file, where))
+    return questions
+
+
+def _mme_subtask(folder: Path) -> list[Question]:
+    subtask, questions = folder.name, []
+    qa = folder / "questions_answers_YN"
+    if qa.is_dir():
+        files, images = sorted(qa.glob("*.txt")), _images_by_stem(folder / "images", folder)
+    else:
+        files, images = sorted(folder.glob("*.txt")), _images_by_stem(folder, folder / "images")
+    for file in files:
+        lines = _tab_lines(file)
+        if lines and len(lines[0][0]) == 3:  # a Your_Results-style questions file inside the subtask folder
+            questions += _mme_results_file(file, subtask, folder)
+            continue
+        if file.stem not in images:
+            raise DataError(f"no image named {file.stem}.* beside its questions", path=file)
+        for k, (parts, where) in enumerate(lines):
+            if len(parts) != 2:
+                raise DataError("expected question<TAB>answer", path=file, record=where)
+            questions.append(_mme_question(subtask, images[file.stem], k, parts[0], parts[1], file, where))
+    return questions
+
+
+def _read_mme(data_path: Path, image_dir: Path | None) -> list[Question]:
+    if not data_path.is_dir():
+        raise DataError("MME data is a folder: MME_Benchmark_release_version (one folder per subtask) or a "
+                        "Your_Results folder of {subtask}.txt files", path=data_path)
+    questions = []
+    for folder in sorted(p for p in data_path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        questions += _mme_subtask(folder)
+    if not questions:
+        results = sorted(data_path.glob("*.txt"))
+        if results and image_dir is None:
+            raise InputError("a Your_Results folder needs image_dir: the MME_Benchmark_release_version folder",
+                             path=data_path, field="image_dir")
+        for file in results:
+            questions += _mme_results_file(file, file.stem, image_dir / file.stem)
+    if not questions:
+        raise DataError("no MME questions: expected subtask folders (images/ + questions_answers_YN/, or images "
+                        "beside question files) or Your_Results {subtask}.txt files", path=data_path)
+    return questions
+
+
+# ----------------------------------------------------------------- MMMU
+def _read_mmmu(data_path: Path, image_dir: Path | None) -> list[Question]:
+    import pyarrow.parquet as pq
+
+    if data_path.is_dir():
+        files = sorted(data_path.rglob("validation-*.parquet")) or sorted(data_path.rglob("*.parquet"))
+        if not files:
+            raise DataError("no parquet files in the folder (MMMU: {Subject}/validation-*.parquet)", path=data_path)
+    else:
+        files = [data_path]
+    questions = []
+    for file in files:
+        try:
+            rows = pq.read_table(file).to_pylist()
+        except Exception as err:  # pyarrow raises many types for a malformed file
+            raise DataError(f"cannot be read as parquet: {err}", path=file) from None
+        for i, record in enumerate(rows):
+            qid = _text(record, "id", file, i)
+            question = _text(record, "question", file, i).strip()
+            qtype = _text(record, "question_type", file, i)
+            options = record.get("options")
+            if isinstance(options, str):
+                try:
+                    options = ast.literal_eval(options) if options.strip() else []
+                except (ValueError, SyntaxError):
+                    raise DataError(f"'options' is not a list: {options[:80]!r}", path=file, record=i,
+                                    field="options") from None
+            options = list(options or [])
+            if not all(isinstance(o, str) for o in options) or len(options) > len(LETTERS):
+                raise DataError("'options' must be a list of strings", path=file, record=i, field="options")
+            answer = record.get("answer")
+            if not isinstance(answer, str | list):
+                raise DataError("missing 'answer'", path=file, record=i, field="answer")
+            image = next((record[f"image_{k}"] for k in range(1, 8) if record.get(f"image_{k}")), None)
+            if isinstance(image, dict):
+                image = image.get("bytes")
+            if not isinstance(image, bytes):
+                raise DataError("no image (image_1 ... image_7 are empty)", path=file, record=i, field="image_1")
+            prompt = question + (f"\n{_choices(options)}" if options else "")
+            prompt = f"{prompt}\n{OPTION_PROMPT if qtype == 'multiple-choice' else SHORT_ANSWER_PROMPT}".strip()
+            row = {"id": qid, "bench": "mmmu", "question": prompt, "answer": answer, "question_type": qtype,
+                   "options": options, "subject": "_".join(qid.split("_")[1:-1])}
+            questions.append(Question(qid, prompt, image, row))
+    return questions
+
+
+# ----------------------------------------------------------------- MMVP
+def _read_mmvp(data_path: Path, image_dir: Path | None) -> list[Question]:
+    csv_path = data_path / "Questions.csv" if data_path.is_dir() else data_path
+    if not csv_path.is_file():
+        raise DataError("no Questions.csv (MMVP: Questions.csv and 'MMVP Images/')", path=csv_path)
+    images = image_dir or csv_path.parent / "MMVP Images"
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot be read as CSV: {e}", path=csv_path) from None
+    questions = []
+    for lineno, record in enumerate(rows, 2):
+        where = f"line {lineno}"
+        key = "lndex" if "lndex" in record else "Index"
+        index = _text(record, key, csv_path, where).strip()
+        if not index.isdigit():
+            raise DataError(f"the index must be a number, got {index!r}", path=csv_path, record=where, field=key)
+        question = _text(record, "Question", csv_path, where).strip()
+        raw = _text(record, "Options", csv_path, where)
+        options = raw.split("(b)")
+        options[0] = options[0].replace("(a)", "")
+        options = [o.strip() for o in options]
+        answer = _text(record, "Correct Answer", csv_path, where).strip()
+        image = _existing(images / f"{index}.jpg", csv_path, where, "Index")
+        prompt = f"{question}\n{_choices(options)}\n{OPTION_PROMPT}"
+        row = {"id": index, "bench": "mmvp", "question": prompt, "answer": answer, "options": options,
+               "pair": str((int(index) - 1) // 2)}
+        questions.append(Question(index, prompt, image, row))
+    return questions
+
+
+# ----------------------------------------------------------------- custom
+def _read_custom(data_path: Path, image_dir: Path | None) -> list[Question]:
+    if not data_path.is_file():
+        raise DataError("no such questions file", path=data_path)
+    questions = []
+    for n, (record, where) in enumerate(_json_records(data_path)):
+        name = _text(record, "image", data_path, where)
+        image = _existing((image_dir or data_path.parent) / name, data_path, where)
+        question = _text(record, "question", data_path, where).replace("<image>", "").strip()
+        answer = record.get("answer", "")
+        qid = str(record["id"]) if record.get("id") not in (None, "") else str(n)
+        row = {"id": qid, "bench": "custom", "question": question, "answer": answer, "image": name}
+        questions.append(Question(qid, question, image, row))
+    return questions
+
+
+_READERS = {"pope": _read_pope, "mme": _read_mme, "mmmu": _read_mmmu, "mmvp": _read_mmvp, "custom": _read_custom}
+
+
+def _check_bench(bench: str) -> str:
+    if not isinstance(bench, str) or bench.lower() not in BENCHES:
+        raise InputError(f"unknown benchmark {bench!r}; known: {', '.join(BENCHES)}", field="bench")
+    return bench.lower()
+
+
+def read_questions(bench: str, data_path: str | Path, *, image_dir: str | Path | None = None) -> list[Question]:
+    """The questions of a benchmark's official files (see the module doc for each layout).
+
+    Raises:
+        DataError: a file is missing or malformed, an image is missing, an id repeats; the
+            message names the file, the line or record, and the field.
+    """
+    bench = _check_bench(bench)
+    data_path = Path(data_path)
+    if not data_path.exists():
+        raise DataError("no such file or folder", path=data_path)
+    questions = _READERS[bench](data_path, Path(image_dir) if image_dir is not None else None)
+    if not questions:
+        raise DataError(f"no {bench} questions", path=data_path)
+    seen = set()
+    for q in questions:
+        if q.id in seen:
+            raise DataError(f"duplicate question id {q.id!r}", path=data_path, field="id")
+        seen.add(q.id)
+    return questions
+
+
+# ----------------------------------------------------------------- prompts for the model
+def _chat_text(family: str | None, processor, question: str) -> tuple[str, dict]:
+    """The model's input text for one question (the image placeholder before it) and extra processor kwargs."""
+    extra = {}
+    if getattr(processor, "chat_template", None):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        if family == "emu3":
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": EMU3_SYSTEM}]})
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if family == "chameleon":
+            extra["return_for_text_completion"] = True  # the template already ends the turn
+    elif family == "janus":
+        text = f"<|User|>: {processor.image_token}\n{question}\n\n<|Assistant|>:"
+    elif family == "emu3":
+        text = f"{EMU3_SYSTEM} USER: {processor.image_token}{question} ASSISTANT:"
+    elif family == "chameleon":
+        text = f"{processor.image_token}{question}"  # the processor appends the chat separator
+    else:
+        raise InputError("the processor has no chat template and the model is not Janus, Emu3 or Chameleon; "
+                         "cannot build its prompt")
+    bos = processor.tokenizer.bos_token
+    if bos and not text.startswith(bos):
+        text = bos + text
+    return text, extra
+
+
+def _generate(model, processor, family, questions: list[Question], max_new_tokens: int) -> list[str]:
+    """Greedy answers to ``questions``, batched with left padding (Emu3: one image size per batch)."""
+    texts, extra = zip(*(_chat_text(family, processor, q.prompt) for q in questions), strict=True)
+    images = [q.load_image() for q in questions]
+    inputs = processor(text=list(texts), images=images, return_tensors="pt", padding=True, padding_side="left",
+                       add_special_tokens=False, **extra[0])
+    sizes = inputs.get("image_sizes")
+    if sizes is not None and len(questions) > 1 and len({tuple(s) for s in sizes.tolist()}) > 1:
+        # transformers' Emu3 encodes a batch's images zero-padded to the largest, so an image's codes near its
+        # border would depend on the other images of the batch: one image size per call
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(sizes.tolist()):
+            groups.setdefault(tuple(s), []).append(i)
+        answers: list[str | None] = [None] * len(questions)
+        for idx in groups.values():
+            for i, text in zip(idx, _generate(model, processor, family, [questions[i] for i in idx],
+                                              max_new_tokens), strict=True):
+                answers[i] = text
+        return answers
+    inputs = inputs.to(model.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    config = _generation_config(model, max_new_tokens=max_new_tokens)
+    tok = processor.tokenizer
+    if config.pad_token_id is None:
+        config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out = model.generate(**inputs, generation_config=config)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    return tok.batch_decode(new, skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------- the predictions file
+def _done_ids(out_path: Path, bench: str) -> set[str]:
+    """Ids of ``bench`` already in the predictions file. A last line cut off by an interruption
+    (no newline, not JSON) is removed; a complete last line without its newline gets one."""
+    if not out_path.is_file():
+        return set()
+    raw = out_path.read_bytes()
+    lines = raw.split(b"\n")
+    unfinished = not raw.endswith(b"\n") and bool(raw)
+    done = set()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if unfinished and lineno == len(lines):
+                with open(out_path, "r+b") as f:
+                    f.truncate(len(raw) - len(line))
+                return done
+            raise DataError(f"invalid predictions line: {e}", path=out_path, record=f"line {lineno}") from None
+        if isinstance(row, dict) and str(row.get("bench", "")).lower() == bench and "id" in row:
+            done.add(str(row["id"]))
+    if unfinished:
+        with open(out_path, "ab") as f:
+            f.write(b"\n")
+    return done
+
+
+def answer(
+    model,
+    bench: str,
+    data_path: str | Path,
+    out_path: str | Path,
+    *,
+    processor=None,
+    image_dir: str | Path | None = None,
+    batch_size: int = 1,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    limit: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Answer a benchmark's questions and append the predictions to ``out_path`` (JSON Lines).
+
+    Args:
+        model: a model directory (loaded on ``device`` in ``dtype``) or a loaded model (then
+            give ``processor``). Janus, Emu3 and Chameleon use their chat format; another model
+            needs a processor with a chat template.
+        bench: ``"pope"``, ``"mme"``, ``"mmmu"``, ``"mmvp"`` or ``"custom"``.
+        data_path: the benchmark's files (module doc).
+        out_path: the predictions file; questions whose id (with this ``bench``) it already
+            holds are skipped, new rows are appended and flushed one by one.
+        image_dir: where the images are when not where the questions are (POPE: COCO
+            ``val2014``; MME ``Your_Results``: the release folder; MMVP: ``MMVP Images``).
+        batch_size: questions per ``generate`` call (left padding).
+        max_new_tokens: the most tokens per answer (greedy decoding stops at end-of-sequence).
+        limit: answer only the first ``limit`` questions (a quick look; MME and MMVP score
+            whole images and pairs, so keep it even).
+        device, dtype: where and in which dtype to load a model directory.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"bench", "out_path", "questions", "skipped" (already answered), "answered"}``.
+
+    Raises:
+        InputError: an unknown benchmark or bad option; :class:`~aia.errors.DataError` for
+            malformed benchmark files (naming file, line and field).
+    """
+    bench = _check_bench(bench)
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"must be a positive integer, got {value!r}", field=name)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"must be a positive integer or None, got {limit!r}", field="limit")
+    questions = read_questions(bench, data_path, image_dir=image_dir)
+    if limit is not None:
+        questions = questions[:limit]
+    out_path = Path(out_path)
+    done = _done_ids(out_path, bench)
+    todo = [q for q in questions if q.id not in done]
+    summary = {"bench": bench, "out_path": str(out_path), "questions": len(questions),
+               "skipped": len(questions) - len(todo), "answered": 0}
+    if not todo:
+        return summary
+    model, processor = resolve_model(model, processor, device=device, dtype=dtype)
+    family = family_of(model)
+    model.eval()
+    from tqdm.auto import tqdm
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(todo), unit="q", desc=f"answering ({bench})", disable=not progress)
+    try:
+        with open(out_path, "a", encoding="utf-8") as out, torch.inference_mode(), quiet_transformers():
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                for q, text in zip(batch, _generate(model, processor, family, batch, max_new_tokens), strict=True):
+                    row = {**q.row, "prediction": text.strip() if q.strip else text}
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    out.flush()
+                    summary["answered"] += 1
+                os.fsync(out.fileno())
+                bar.update(len(batch))
+    finally:
+        bar.close()
+    return summary

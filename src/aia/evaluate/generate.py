@@ -1,0 +1,683 @@
+"""Text-to-image inference for the generation benchmarks (GenEval, DPG-Bench, WISE).
+
+:func:`generate_images` reads a benchmark's prompt file, generates images with the
+model's own transformers generation and writes them in the layout the benchmark's
+evaluation script reads:
+
+* **Janus / Janus-Pro**: ``model.generate(..., generation_mode="image")``, the prompt in
+  Janus' chat format followed by ``<begin_of_image>``, classifier-free guidance on the
+  unconditional rows transformers builds (the prompt replaced by padding; scale 5 by
+  default, as Janus' own ``generation_inference.py``), the codes decoded with
+  ``model.decode_image_tokens``;
+* **Emu3**: ``model.generate`` on Emu3's generation prompt (``Emu3Processor(...,
+  return_for_image_generation=True)``: the prompt, then ``<|image start|>{h}*{w}<|image
+  token|>``), constrained by ``prefix_allowed_tokens_fn`` to ``w`` image tokens and an
+  end-of-line per row, then end-of-frame, end-of-image and end-of-sequence (as
+  transformers' Emu3 documentation does), classifier-free guidance against a negative
+  prompt (transformers' ``negative_prompt_ids``); defaults from the Emu3-Gen model card:
+  guidance 3, top-k 2048, the positive suffix :data:`EMU3_POSITIVE` and the negative prompt
+  :data:`EMU3_NEGATIVE`; the rows decoded with ``model.decode_image_tokens``;
+* **Chameleon**: transformers ships no image decoder for Chameleon (its VQ-VAE has only the
+  encoder), so it cannot generate images: :class:`~aia.errors.InputError`.
+
+Sampling (temperature, top-k) is done here, after transformers' guidance and constraint,
+one ``torch.Generator`` per image seeded from ``(seed, prompt index, image index)``; the
+chosen token is handed back to transformers' greedy step. So an image does not depend on
+the batch it was generated in nor on what was generated before: batching and resuming
+give the same PNGs.
+
+Prompt files (read by :func:`read_prompts`, chosen by the file's extension):
+
+=================  ===================================================================
+``.jsonl``         GenEval's ``evaluation_metadata.jsonl``: one JSON object per line with
+                   a ``"prompt"`` string (the line is kept verbatim for ``metadata.jsonl``)
+``.json``          WISE: a JSON list of objects with ``"prompt_id"`` and ``"Prompt"``
+``.txt``           one prompt per non-blank line
+a folder           DPG-Bench's ``prompts/``: one ``.txt`` file per prompt, named by its stem
+=================  ===================================================================
+
+Output layouts (``fmt``):
+
+=========  ============================================================================
+geneval    ``DIR/{index:05d}/metadata.jsonl`` (the prompt file's line) and
+           ``DIR/{index:05d}/samples/{k:05d}.png``, as GenEval's
+           ``generation/diffusers_generate.py`` writes them; 4 images per prompt
+dpg        ``DIR/{name}.png``: the prompt's images in one grid (2x2 for the default 4),
+           ``name`` the prompt file's stem, as DPG-Bench's ``compute_dpg_bench.py`` reads
+wise       ``DIR/{prompt_id}.png``, one image per prompt
+plain      ``DIR/{index:05d}_{k}.png`` and ``DIR/index.jsonl`` (one line per prompt:
+           ``{"index", "name", "prompt", "files"}``)
+=========  ============================================================================
+
+A prompt whose files all exist is skipped; files are written through a temporary name, so
+an interrupted run leaves no half-written PNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from aia.errors import DataError, InputError
+
+__all__ = [
+    "EMU3_NEGATIVE",
+    "EMU3_POSITIVE",
+    "FAMILY_DEFAULTS",
+    "FORMATS",
+    "Prompt",
+    "generate_images",
+    "image_seed",
+    "read_prompts",
+    "resolve_model",
+]
+
+FORMATS = ("plain", "geneval", "dpg", "wise")
+#: images per prompt when not given: GenEval's and DPG-Bench's 4, WISE's 1
+IMAGES_PER_PROMPT = {"plain": 1, "geneval": 4, "dpg": 4, "wise": 1}
+
+#: Emu3-Gen's model card: appended to every prompt
+EMU3_POSITIVE = " masterpiece, film grained, best quality."
+#: Emu3-Gen's model card: the negative prompt of its classifier-free guidance
+EMU3_NEGATIVE = (
+    "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
+    "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry."
+)
+
+
+@dataclass(frozen=True)
+class _Defaults:
+    guidance: float
+    top_k: int | None
+    positive: str = ""
+    negative: str = ""
+
+
+#: family -> its sampling defaults (Janus: ``generation_inference.py``; Emu3: the Emu3-Gen model card)
+FAMILY_DEFAULTS = {
+    "janus": _Defaults(guidance=5.0, top_k=None),
+    "emu3": _Defaults(guidance=3.0, top_k=2048, positive=EMU3_POSITIVE, negative=EMU3_NEGATIVE),
+}
+
+_FAMILIES = {
+    "JanusForConditionalGeneration": "janus",
+    "Emu3ForConditionalGeneration": "emu3",
+    "ChameleonForConditionalGeneration": "chameleon",
+}
+_CHAMELEON = (
+    "Chameleon cannot generate images: transformers ships no image decoder for Chameleon (its VQ-VAE has only "
+    "the encoder), so generated image tokens cannot be turned into pixels; use a Janus-Pro or Emu3 model"
+)
+_JANUS_USER, _JANUS_ASSISTANT = "<|User|>:", "<|Assistant|>:"
+
+
+# ----------------------------------------------------------------- models
+def _dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    name = names.get(str(dtype).lower(), str(dtype).lower())
+    if name not in ("bfloat16", "float16", "float32"):
+        raise InputError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32", field="dtype")
+    return getattr(torch, name)
+
+
+def _architecture(model_dir: Path) -> str | None:
+    """The model class ``config.json`` names (None when it cannot tell; loading reports why)."""
+    try:
+        return (json.loads((model_dir / "config.json").read_text()).get("architectures") or [None])[0]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def family_of(model) -> str | None:
+    """``"janus"``, ``"emu3"``, ``"chameleon"`` or None, from the (possibly PEFT-wrapped) model's class."""
+    from aia.adapters import unwrap
+
+    return _FAMILIES.get(type(unwrap(model)).__name__)
+
+
+def resolve_model(model, processor=None, *, device="cpu", dtype=None):
+    """``(model, processor)`` from a model directory (loaded with :func:`aia.adapters.load_model`)
+    or from a model already loaded (then ``processor`` is required and the model is used as it is).
+
+    Raises:
+        InputError: no processor with a loaded model, a bad ``dtype``, or what loading raises.
+    """
+    if isinstance(model, str | os.PathLike):
+        from aia.adapters import load_model
+
+        return load_model(model, dtype=_dtype(dtype), device=device)
+    if processor is None:
+        raise InputError("a loaded model needs its processor (processor=...)", field="processor")
+    return model, processor
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' logging at error level for the duration (generate's notes on its own defaults)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _generation_config(model, **overrides):
+    """A copy of the model's generation config without sampling settings, plus ``overrides``."""
+    from aia.adapters import unwrap
+
+    config = copy.deepcopy(unwrap(model).generation_config)
+    for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "guidance_scale"):
+        setattr(config, name, None)
+    config.do_sample, config.num_beams, config.num_return_sequences = False, 1, 1
+    config.max_length = None
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+# ----------------------------------------------------------------- prompts
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a prompt file.
+
+    Attributes:
+        index: its position among the file's prompts (0-based; the GenEval folder number).
+        text: the prompt.
+        name: the output name for the dpg / wise layouts (DPG file stem, WISE prompt_id,
+            else ``{index:05d}``).
+        line: GenEval's metadata line (the file's line verbatim for ``.jsonl``, else
+            ``{"prompt": text}``).
+    """
+
+    index: int
+    text: str
+    name: str
+    line: str
+
+
+def _prompt_error(message: str, path: Path, record=None, field_name=None) -> DataError:
+    return DataError(message, path=path, record=record, field=field_name)
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    """The prompts of a GenEval ``.jsonl``, a WISE ``.json``, a ``.txt`` or a DPG folder (module doc).
+
+    Raises:
+        DataError: the file is missing, of an unknown kind, not UTF-8, or a line/record is not
+            what its format needs; the message names the file, the line or record and the field.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _read_dpg_folder(path)
+    if not path.is_file():
+        raise DataError("no such prompts file or folder", path=path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".txt"):
+        raise DataError(f"unknown prompts file type {path.suffix!r}; expected .jsonl (GenEval metadata), "
+                        ".json (WISE), .txt (one prompt per line) or a folder of .txt files (DPG-Bench)", path=path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte {e.start})", path=path) from None
+    if suffix == ".jsonl":
+        prompts = _read_geneval(path, text)
+    elif suffix == ".json":
+        prompts = _read_wise(path, text)
+    else:
+        prompts = [Prompt(i, line.strip(), f"{i:05d}", json.dumps({"prompt": line.strip()}))
+                   for i, line in enumerate(ln for ln in text.splitlines() if ln.strip())]
+    if not prompts:
+        raise DataError("no prompts", path=path)
+    return prompts
+
+
+def _read_geneval(path: Path, text: str) -> list[Prompt]:
+    prompts = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            meta = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _prompt_error(f"invalid JSON: {e.msg} (column {e.colno})", path, f"line {lineno}") from None
+        if not isinstance(meta, dict):
+            raise _prompt_error(f"a GenEval metadata line is a JSON object, got {type(meta).__name__}", path,
+                                f"line {lineno}")
+        prompt = meta.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _prompt_error("needs a non-empty 'prompt' string", path, f"line {lineno}", "prompt")
+        index = len(prompts)
+        prompts.append(Prompt(index, prompt.strip(), f"{index:05d}", line.rstrip("\r\n")))
+    return prompts
+
+
+def _read_wise(path: Path, text: str) -> list[Prompt]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _prompt_error(f"invalid JSON: {e.msg} (column {e.colno})", path, f"line {e.lineno}") from None
+    if not isinstance(items, list):
+        raise _prompt_error(f"a WISE prompt file is a JSON list, got {type(items).__name__}", path)
+    prompts, seen = [], {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _prompt_error(f"a WISE prompt is an object, got {type(item).__name__}", path, i)
+        pid, prompt = item.get("prompt_id"), item.get("Prompt")
+        if isinstance(pid, bool) or not isinstance(pid, int | str) or str(pid).strip() in ("", ".", ".."):
+            raise _prompt_error("needs a 'prompt_id' (number or name)", path, i, "prompt_id")
+        name = str(pid).strip()
+        if "/" in name or "\\" in name:
+            raise _prompt_error(f"'prompt_id' {name!r} cannot name a file", path, i, "prompt_id")
+        if name in seen:
+            raise _prompt_error(f"duplicate prompt_id {name!r} (first at record {seen[name]})", path, i, "prompt_id")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _prompt_error("needs a non-empty 'Prompt' string", path, i, "Prompt")
+        seen[name] = i
+        prompts.append(Prompt(i, prompt.strip(), name, json.dumps({"prompt": prompt.strip()})))
+    return prompts
+
+
+def _read_dpg_folder(folder: Path) -> list[Prompt]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
+    if not files:
+        raise DataError("no .txt prompt files in the folder (DPG-Bench: one .txt per prompt)", path=folder)
+    prompts = []
+    for i, file in enumerate(files):
+        try:
+            text = file.read_text(encoding="utf-8-sig").strip()
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text (byte {e.start})", path=file) from None
+        if not text:
+            raise DataError("empty prompt file", path=file)
+        prompts.append(Prompt(i, text, file.stem, json.dumps({"prompt": text})))
+    return prompts
+
+
+# ----------------------------------------------------------------- output layouts
+def _files(fmt: str, out_dir: Path, prompt: Prompt, n: int) -> list[Path]:
+    """The files a prompt's images end up in (the dpg layout: one grid for all)."""
+    if fmt == "geneval":
+        return [out_dir / f"{prompt.index:05d}" / "samples" / f"{k:05d}.png" for k in range(n)]
+    if fmt == "dpg":
+        return [out_dir / f"{prompt.name}.png"]
+    if fmt == "wise":
+        return [out_dir / f"{prompt.name}.png"]
+    return [out_dir / f"{prompt.index:05d}_{k}.png" for k in range(n)]
+
+
+def _metadata_path(out_dir: Path, prompt: Prompt) -> Path:
+    return out_dir / f"{prompt.index:05d}" / "metadata.jsonl"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def grid(images: list[Image.Image]) -> Image.Image:
+    """The images in a grid, row by row: ``ceil(sqrt(n))`` columns (2x2 for 4, DPG-Bench's layout)."""
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    out = Image.new("RGB", (cols * w, rows * h))
+    for i, image in enumerate(images):
+        out.paste(image, ((i % cols) * w, (i // cols) * h))
+    return out
+
+
+# ----------------------------------------------------------------- sampling
+def image_seed(seed: int, index: int, k: int) -> int:
+    """The seed of image ``k`` of prompt ``index`` (independent of batching and resuming)."""
+    state = np.random.SeedSequence([seed, index, k]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def _sampler_class():
+    from transformers import LogitsProcessor
+
+    class SeededSampler(LogitsProcessor):
+        """Draws each row's next token with its own generator (temperature, top-k) and returns scores
+        that allow only that token, so transformers' greedy step takes it."""
+
+        def __init__(self, seeds: list[int], temperature: float, top_k: int | None):
+            self.seeds, self.temperature, self.top_k = seeds, temperature, top_k
+            self.generators = None
+
+        def __call__(self, input_ids, scores):
+            scores = scores.float()
+            if self.temperature == 0:
+                chosen = scores.argmax(-1)
+            else:
+                logits = scores / self.temperature
+                if self.top_k is not None and self.top_k < logits.shape[-1]:
+                    kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = logits.softmax(-1)
+                if self.generators is None:
+                    self.generators = [torch.Generator(device=probs.device).manual_seed(s) for s in self.seeds]
+                chosen = torch.cat([torch.multinomial(probs[i], 1, generator=g)
+                                    for i, g in enumerate(self.generators)])
+            out = torch.full_like(scores, float("-inf"))
+            return out.scatter_(1, chosen[:, None], 0.0)
+
+    return SeededSampler
+
+
+def _to_images(pixels: torch.Tensor, image_processor) -> list[Image.Image]:
+    """``[B, H, W, C]`` decoder output (normalised like the processor's input) -> PIL images,
+    as the processors' ``postprocess`` does: un-normalise, times 255, clip, truncate to uint8."""
+    mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)
+    std = torch.tensor(image_processor.image_std, dtype=torch.float32)
+    pixels = (pixels.detach().float().cpu() * std + mean) * 255.0
+    array = pixels.clamp(0, 255).to(torch.uint8).numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+# ----------------------------------------------------------------- the two families
+@dataclass
+class _Options:
+    guidance: float
+    temperature: float
+    top_k: int | None
+    positive: str
+    negative: str
+    image_area: int | None
+    ratio: str
+
+
+def _bos(processor, text: str) -> str:
+    bos = processor.tokenizer.bos_token
+    return text if not bos or text.startswith(bos) else bos + text
+
+
+def _janus_prompt(processor, prompt: str) -> str:
+    if getattr(processor, "chat_template", None):
+        messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:  # Janus' SFT format, as the Janus adapter writes it
+        text = f"{_JANUS_USER} {prompt}\n\n{_JANUS_ASSISTANT}"
+    return _bos(processor, text)
+
+
+def _janus_batch(model, processor, prompts: list[str], seeds: list[int], opts: _Options) -> list[Image.Image]:
+    from transformers import LogitsProcessorList
+    from transformers.generation.logits_process import ClassifierFreeGuidanceLogitsProcessor
+
+    from aia.adapters import unwrap
+
+    inputs = processor(text=[_janus_prompt(processor, p) for p in prompts], generation_mode="image",
+                       return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    inputs = {k: v.to(model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+    boi = processor.tokenizer.convert_tokens_to_ids(processor.image_start_token)
+    config = _generation_config(model, guidance_scale=1)  # guidance is applied below, before the sampler
+    config.generation_kwargs = {**(getattr(config, "generation_kwargs", None) or {}), "boi_token_id": boi}
+    if opts.guidance > 1:
+        guide = ClassifierFreeGuidanceLogitsProcessor(opts.guidance)
+    else:  # no guidance: keep the conditional half of the doubled batch
+        def guide(input_ids, scores):
+            return scores[: scores.shape[0] // 2]
+    processors = LogitsProcessorList([guide, _sampler_class()(seeds, opts.temperature, opts.top_k)])
+    codes = model.generate(**inputs, generation_mode="image", generation_config=config, logits_processor=processors)
+    # one image at a time: the decoder's arithmetic then does not depend on the batch size
+    pixels = torch.cat([unwrap(model).decode_image_tokens(row[None]) for row in codes])  # [B, H, W, C]
+    return _to_images(pixels, processor.image_processor)
+
+
+def _emu3_area(processor, image_area: int | None) -> int:
+    if image_area is not None:
+        return image_area
+    area = getattr(processor, "image_area", 518400)
+    max_pixels = getattr(processor.image_processor, "max_pixels", None)
+    return min(area, max_pixels) if max_pixels else area
+
+
+def _emu3_batch(model, processor, prompts: list[str], seeds: list[int], opts: _Options) -> list[Image.Image]:
+    from transformers import LogitsProcessorList
+
+    from aia.adapters import unwrap
+
+    tok = processor.tokenizer
+    area = _emu3_area(processor, opts.image_area)
+    common = dict(return_for_image_generation=True, image_area=area, ratio=opts.ratio, return_tensors="pt",
+                  padding=True, padding_side="left")
+    inputs = processor(text=[p + opts.positive for p in prompts], **common)
+    height, width = (int(v) for v in inputs.pop("image_sizes")[0])
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    vocab = unwrap(model).model.vocabulary_mapping
+    wrapper = tok.convert_tokens_to_ids(processor.fake_token_around_image)
+
+    def ids(*values) -> torch.Tensor:
+        return torch.tensor(values, device=model.device)
+
+    visual, eol = ids(*vocab.image_tokens), ids(vocab.eol_token_id)
+    closing = {1: ids(tok.convert_tokens_to_ids(processor.eof_token)),
+               2: ids(tok.convert_tokens_to_ids(processor.image_end_token)), 3: ids(tok.eos_token_id)}
+    pad = ids(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    rows = (width + 1) * height
+
+    def allowed(batch_id: int, input_ids: torch.Tensor) -> torch.Tensor:
+        """Emu3's image grammar: ``width`` codes then an end-of-line, ``height`` times; then end-of-frame,
+        end-of-image, end-of-sequence (counted from the header's ``<|image token|>``)."""
+        offset = input_ids.shape[0] - int(torch.nonzero(input_ids == wrapper)[-1])
+        if offset <= rows:
+            return eol if offset % (width + 1) == 0 else visual
+        return closing.get(offset - rows, pad)
+
+    guided = {}
+    config = _generation_config(model, max_new_tokens=rows + 3, guidance_scale=None)
+    if opts.guidance > 1:
+        negative = processor(text=[opts.negative] * len(prompts), **common)
+        config.guidance_scale = opts.guidance
+        guided = {"negative_prompt_ids": negative["input_ids"].to(model.device),
+                  "negative_prompt_attention_mask": negative["attention_mask"].to(model.device)}
+    sampler = _sampler_class()(seeds, opts.temperature, opts.top_k)
+    out = model.generate(**inputs, generation_config=config, prefix_allowed_tokens_fn=allowed,
+                         logits_processor=LogitsProcessorList([sampler]), **guided)
+    tokens = out[:, inputs["input_ids"].shape[1]:]
+    if tokens.shape[1] != rows + 3:
+        raise RuntimeError(f"Emu3 generated {tokens.shape[1]} image tokens, expected {rows + 3}")
+    pixels = torch.cat([unwrap(model).decode_image_tokens(image_tokens=row[None], height=height, width=width)
+                        for row in tokens])  # [B, C, H, W], one image at a time as for Janus
+    return _to_images(pixels.permute(0, 2, 3, 1), processor.image_processor)
+
+
+_BATCH = {"janus": _janus_batch, "emu3": _emu3_batch}
+
+
+# ----------------------------------------------------------------- the entry point
+def _plain_index(out_dir: Path, prompts: list[Prompt], n: int) -> str:
+    return "".join(json.dumps({"index": p.index, "name": p.name, "prompt": p.text,
+                               "files": [f.name for f in _files("plain", out_dir, p, n)]}, ensure_ascii=False) + "\n"
+                   for p in prompts)
+
+
+def _check_same_prompts(fmt: str, out_dir: Path, prompts: list[Prompt], n: int) -> None:
+    """Resuming into a folder written from another prompt file would keep wrong images: refuse."""
+    if fmt == "geneval":
+        for p in prompts:
+            meta = _metadata_path(out_dir, p)
+            if meta.is_file() and meta.read_text(encoding="utf-8").rstrip("\r\n") != p.line:
+                raise InputError(f"holds the images of another prompt than line {p.index + 1} of the prompt file; "
+                                 "write to a new folder", path=meta)
+    elif fmt == "plain" and (out_dir / "index.jsonl").is_file():
+        if (out_dir / "index.jsonl").read_text(encoding="utf-8") != _plain_index(out_dir, prompts, n):
+            raise InputError("holds the images of other prompts (or another images_per_prompt); write to a new "
+                             "folder", path=out_dir / "index.jsonl")
+
+
+def _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio) -> int:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format {fmt!r}; known: {', '.join(FORMATS)}", field="fmt")
+    n = IMAGES_PER_PROMPT[fmt] if images_per_prompt is None else images_per_prompt
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"must be a positive integer, got {images_per_prompt!r}", field="images_per_prompt")
+    if fmt == "wise" and n != 1:
+        raise InputError("the WISE layout holds one image per prompt ({prompt_id}.png)", field="images_per_prompt")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"must be a positive integer, got {batch_size!r}", field="batch_size")
+    if not isinstance(temperature, int | float) or temperature < 0:
+        raise InputError(f"must be >= 0 (0: greedy), got {temperature!r}", field="temperature")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise InputError(f"must be a positive integer or None, got {top_k!r}", field="top_k")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float) or guidance < 1):
+        raise InputError(f"must be >= 1 (1: no guidance), got {guidance!r}", field="guidance")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"must be a non-negative integer, got {seed!r}", field="seed")
+    if not isinstance(ratio, str) or not re.fullmatch(r"[1-9]\d*:[1-9]\d*", ratio):
+        raise InputError(f"must be 'width:height' in whole numbers, got {ratio!r}", field="ratio")
+    return n
+
+
+def generate_images(
+    model,
+    prompts_path: str | Path,
+    out_dir: str | Path,
+    *,
+    processor=None,
+    fmt: str = "plain",
+    images_per_prompt: int | None = None,
+    guidance: float | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    positive_prompt: str | None = None,
+    negative_prompt: str | None = None,
+    image_area: int | None = None,
+    ratio: str = "1:1",
+    seed: int = 0,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Generate the images of a prompt file in a benchmark's layout (see the module doc).
+
+    Args:
+        model: a model directory (``save_pretrained`` output, loaded on ``device`` in ``dtype``)
+            or a loaded Janus / Emu3 model (then give ``processor``; used as it is).
+        prompts_path: GenEval ``.jsonl``, WISE ``.json``, ``.txt`` or a DPG-Bench folder.
+        out_dir: where the images go (created).
+        fmt: ``"plain"``, ``"geneval"``, ``"dpg"`` or ``"wise"``.
+        images_per_prompt: default 4 for geneval and dpg, 1 for plain and wise (wise: only 1).
+        guidance: classifier-free guidance scale (1: none); None: the family's (Janus 5, Emu3 3).
+        temperature: sampling temperature (0: greedy).
+        top_k: sample among the ``top_k`` most likely tokens; None: the family's (Janus all, Emu3 2048).
+        positive_prompt: Emu3 only: appended to every prompt (None: :data:`EMU3_POSITIVE`; "" for none).
+        negative_prompt: Emu3 only: the guidance's negative prompt (None: :data:`EMU3_NEGATIVE`).
+        image_area: Emu3 only: pixels of the generated image (None: the processor's ``image_area``
+            capped at its image processor's ``max_pixels``; 720x720 for Emu3-Gen).
+        ratio: Emu3 only: the image's aspect ratio ``"w:h"``.
+        seed: images are seeded from ``(seed, prompt index, image index)``.
+        batch_size: images generated together (any prompts); does not change the images.
+        device, dtype: where and in which dtype to load a model directory.
+        progress: show a progress bar (images/s).
+
+    Returns:
+        ``{"format", "out_dir", "family", "prompts", "prompts_done_before", "images_generated",
+        "images_per_prompt", "guidance", "temperature", "top_k", "seed"}``.
+
+    Raises:
+        InputError: a Chameleon model (no image decoder in transformers) or another model that
+            generates no images, a bad option (the message names it), or a bad prompt file
+            (:class:`~aia.errors.DataError` naming the file and line).
+    """
+    n = _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio)
+    if isinstance(model, str | os.PathLike):
+        arch = _architecture(Path(model))
+        if arch is not None and _FAMILIES.get(arch) == "chameleon":
+            raise InputError(_CHAMELEON, path=model)
+    prompts = read_prompts(prompts_path)
+    out_dir = Path(out_dir)
+    _check_same_prompts(fmt, out_dir, prompts, n)
+    model, processor = resolve_model(model, processor, device=device, dtype=dtype)
+    family = family_of(model)
+    if family == "chameleon":
+        raise InputError(_CHAMELEON)
+    if family not in _BATCH:
+        from aia.adapters import unwrap
+
+        raise InputError(f"{type(unwrap(model)).__name__} generates no images; text-to-image needs a Janus(-Pro) "
+                         "or Emu3 model")
+    defaults = FAMILY_DEFAULTS[family]
+    if family != "emu3" and (positive_prompt or negative_prompt or image_area is not None):
+        raise InputError(f"positive_prompt, negative_prompt and image_area are Emu3 options, not {family}'s")
+    opts = _Options(
+        guidance=float(defaults.guidance if guidance is None else guidance),
+        temperature=float(temperature),
+        top_k=defaults.top_k if top_k is None else top_k,
+        positive=defaults.positive if positive_prompt is None else positive_prompt,
+        negative=defaults.negative if negative_prompt is None else negative_prompt,
+        image_area=image_area,
+        ratio=ratio,
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "plain":
+        _write_text(out_dir / "index.jsonl", _plain_index(out_dir, prompts, n))
+
+    jobs: list[tuple[Prompt, int]] = []
+    done_before = 0
+    for p in prompts:
+        files = _files(fmt, out_dir, p, n)
+        complete = all(f.is_file() for f in files)
+        if fmt == "geneval":
+            complete = complete and _metadata_path(out_dir, p).is_file()
+        if complete:
+            done_before += 1
+        elif fmt == "dpg":
+            jobs += [(p, k) for k in range(n)]
+        else:
+            jobs += [(p, k) for k, f in enumerate(files) if not f.is_file()]
+
+    from tqdm.auto import tqdm
+
+    pending: dict[int, dict[int, Image.Image]] = {}  # dpg: prompt index -> its images so far
+    bar = tqdm(total=len(jobs), unit="img", desc=f"generating ({fmt})", disable=not progress)
+    model.eval()
+    try:
+        with torch.inference_mode(), quiet_transformers():
+            for start in range(0, len(jobs), batch_size):
+                batch = jobs[start:start + batch_size]
+                seeds = [image_seed(seed, p.index, k) for p, k in batch]
+                images = _BATCH[family](model, processor, [p.text for p, _ in batch], seeds, opts)
+                for (p, k), image in zip(batch, images, strict=True):
+                    if fmt == "dpg":
+                        pending.setdefault(p.index, {})[k] = image
+                        if len(pending[p.index]) == n:
+                            parts = pending.pop(p.index)
+                            _save_png(grid([parts[i] for i in range(n)]), _files(fmt, out_dir, p, n)[0])
+                    else:
+                        if fmt == "geneval" and not _metadata_path(out_dir, p).is_file():
+                            _write_text(_metadata_path(out_dir, p), p.line + "\n")
+                        _save_png(image, _files(fmt, out_dir, p, n)[k])
+                bar.update(len(batch))
+    finally:
+        bar.close()
+    return {"format": fmt, "out_dir": str(out_dir), "family": family, "prompts": len(prompts),
+            "prompts_done_before": done_before, "images_generated": len(jobs), "images_per_prompt": n,
+            "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k, "seed": seed}
