@@ -7,6 +7,10 @@
     aia plot losses RUN_DIR [RUN_DIR ...] [--labels a,b] [--key ntp] --out FIG
     aia train CONFIG.yaml [section.field=value ...]
     aia demo --out DIR [--quick] [--seed N] [--device cpu] [--ablations | --no-ablations]
+    aia generate MODEL_DIR --prompts FILE --out DIR [--format {plain,geneval,dpg,wise}] [...]
+    aia answer MODEL_DIR --bench {pope,mme,mmmu,mmvp,custom} --data PATH --out PREDS.jsonl [...]
+    aia score PREDS.jsonl [--bench NAME] [--compare AIA_PREDS.jsonl] [--json OUT.json]
+    aia eval EVAL.yaml
 
 Every error that comes from the user's input is printed as one line on stderr with a
 non-zero exit code.
@@ -284,7 +288,124 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the w/o-Huber and w/o-stage-level runs too (default: yes, except with --quick)",
     )
     d.set_defaults(func=_cmd_demo)
+
+    gen = sub.add_parser("generate", help="text -> image with a saved Janus / Emu3 model, in a benchmark's layout")
+    gen.add_argument("model_dir", help="directory of a saved model (e.g. aia train's final/)")
+    gen.add_argument("--prompts", required=True, help="GenEval metadata .jsonl, WISE .json, a .txt, or DPG's folder")
+    gen.add_argument("--out", required=True, help="output folder (resumable: prompts already written are skipped)")
+    gen.add_argument("--format", default="plain", choices=["plain", "geneval", "dpg", "wise"])
+    gen.add_argument("--images-per-prompt", type=int, default=None, help="default: 4 (geneval, dpg), 1 (plain, wise)")
+    gen.add_argument("--guidance", type=float, default=None, help="CFG weight (default: Janus 5, Emu3 3)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    gen.add_argument("--top-k", type=int, default=None, help="default: the family's (Emu3 2048, Janus all)")
+    gen.add_argument("--seed", type=int, default=0, help="same seed, same images")
+    gen.add_argument("--batch-size", type=int, default=1)
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_cmd_generate)
+
+    ans = sub.add_parser("answer", help="image -> text on a benchmark's official local files (greedy)")
+    ans.add_argument("model_dir", help="directory of a saved model (e.g. aia train's final/)")
+    ans.add_argument("--bench", required=True, choices=["pope", "mme", "mmmu", "mmvp", "custom"])
+    ans.add_argument("--data", required=True, help="the benchmark's files (see aia.evaluate.answer)")
+    ans.add_argument("--image-dir", default=None, help="images kept apart from the questions (POPE: COCO val2014)")
+    ans.add_argument("--out", required=True, help="predictions JSONL (resumable: answered ids are skipped)")
+    ans.add_argument("--batch-size", type=int, default=1)
+    ans.add_argument("--max-new-tokens", type=int, default=128)
+    ans.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
+    ans.add_argument("--device", default="cpu")
+    ans.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
+    ans.add_argument("--quiet", action="store_true", help="no progress bar")
+    ans.set_defaults(func=_cmd_answer)
+
+    sc = sub.add_parser("score", help="score predictions the official way; --compare gives AIA - baseline with SEs")
+    sc.add_argument("predictions", help="predictions JSONL written by aia answer (the baseline with --compare)")
+    sc.add_argument("--bench", default=None, help="pope, mme, mmmu or mmvp (default: the one the file names)")
+    sc.add_argument("--compare", default=None, help="a second predictions file (the AIA run): paired differences")
+    sc.add_argument("--mmmu-parser", default="mmmu", choices=["mmmu", "aia"],
+                    help="MMMU multiple choice: the benchmark's parser (default) or the released AIA pipeline's")
+    sc.add_argument("--json", default=None, help="also write every number here")
+    sc.set_defaults(func=_cmd_score)
+
+    ev = sub.add_parser("eval", help="answer, generate and score several models; a before/after report")
+    ev.add_argument("config", help="eval YAML (see aia.evaluate.suite)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=_cmd_eval)
     return parser
+
+
+def _cmd_generate(args) -> int:
+    from aia.evaluate import generate_images
+
+    _device(args.device)
+    summary = generate_images(
+        args.model_dir,
+        args.prompts,
+        args.out,
+        fmt=args.format,
+        images_per_prompt=args.images_per_prompt,
+        guidance=args.guidance,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype if args.dtype != "auto" else None,
+        progress=not args.quiet,
+    )
+    print(f"wrote {args.out} ({summary['images_generated']} new images, {summary['prompts_done_before']} prompts already there)")
+    return 0
+
+
+def _cmd_answer(args) -> int:
+    from aia.evaluate import answer
+
+    _device(args.device)
+    _writable_file(args.out)
+    answer(
+        args.model_dir,
+        args.bench,
+        args.data,
+        args.out,
+        image_dir=args.image_dir,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        device=args.device,
+        dtype=args.dtype if args.dtype != "auto" else None,
+        progress=not args.quiet,
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    import json
+
+    from aia.evaluate import compare_files, format_table, score_file
+
+    if args.json:
+        _writable_file(args.json, "--json")
+    if args.compare:
+        result = compare_files(args.predictions, args.compare, args.bench, mmmu_parser=args.mmmu_parser)
+    else:
+        result = score_file(args.predictions, args.bench, mmmu_parser=args.mmmu_parser)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from aia.evaluate.suite import load_eval_config, run_eval
+
+    cfg = load_eval_config(args.config)
+    _device(cfg.device)
+    run_eval(cfg, progress=not args.quiet)
+    print(f"wrote {cfg.out / 'report.md'} and {cfg.out / 'report.json'}")
+    return 0
 
 
 def _cmd_train(args) -> int:

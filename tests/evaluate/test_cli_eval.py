@@ -1,0 +1,66 @@
+"""aia generate / answer / score / eval from the command line, on tiny models: the before/after loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from aia.cli import main
+from aia.testing import tiny_janus
+from tests.evaluate.test_answer import bench_files  # noqa: F401  (fixture)
+from tests.helpers import save_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_models")
+    return [save_model(*tiny_janus(seed=s, num_layers=1), root / f"m{s}") for s in (0, 1)]
+
+
+def test_answer_score_and_compare_on_the_command_line(two_models, bench_files, tmp_path, capsys):  # noqa: F811
+    data, images = bench_files["pope"]
+    preds = []
+    for i, model in enumerate(two_models):
+        out = tmp_path / f"p{i}.jsonl"
+        argv = ["answer", str(model), "--bench", "pope", "--data", str(data), "--image-dir", str(images)]
+        assert main([*argv, "--out", str(out), "--max-new-tokens", "3", "--quiet"]) == 0
+        preds.append(out)
+    capsys.readouterr()
+    assert main(["score", str(preds[0]), "--json", str(tmp_path / "s.json")]) == 0
+    assert "mean/f1" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["bench"] == "pope"
+    assert main(["score", str(preds[0]), "--compare", str(preds[1])]) == 0
+    table = capsys.readouterr().out
+    assert "noise" in table  # every metric has a verdict
+
+
+def test_eval_report_compares_baseline_and_aia(two_models, bench_files, tmp_path, capsys):  # noqa: F811
+    data, images = bench_files["pope"]
+    prompts = tmp_path / "geneval.jsonl"
+    prompts.write_text('{"tag": "single_object", "prompt": "a photo of a red circle"}\n')
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({
+        "out": "eval_out",
+        "models": {"baseline": str(two_models[0]), "aia": str(two_models[1])},
+        "understanding": {"pope": {"data": str(data), "image_dir": str(images)}},
+        "generation": {"geneval": {"prompts": str(prompts)}},
+        "options": {"max_new_tokens": 3, "images_per_prompt": 1},
+        "compare": ["baseline", "aia"],
+    }))
+    assert main(["eval", str(config), "--quiet"]) == 0
+    out = tmp_path / "eval_out"
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["scores"]["pope"]) == {"baseline", "aia"}
+    assert "mean/f1" in report["comparisons"]["pope"]["metrics"]
+    assert (out / "aia" / "geneval" / "00000" / "metadata.jsonl").is_file()
+    text = (out / "report.md").read_text()
+    assert "`aia` minus `baseline`" in text and "GenEval's object detector" in text
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"models": {"a": "x"}, "understanding": {"popee": {"data": "d"}}}))
+    assert main(["eval", str(bad)]) == 2
+    assert "understanding.popee" in capsys.readouterr().err
