@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from aia.demo.pipeline import RUNS
+from aia.demo.runs import RUNS
 from aia.plots import plot_losses, plot_profiles
 
 __all__ = ["write_figures", "write_report"]

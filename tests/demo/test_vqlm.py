@@ -1,0 +1,138 @@
+"""The VQ-LM adapter of the demo's model family (:mod:`aia.demo.vqlm`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import aia
+from aia.adapters import IGNORE_INDEX, get_adapter
+from aia.core.spans import Role, SpanConfig
+from aia.demo import VQLMAdapter
+from aia.measure.decode import decode_example
+from tests.demo.helpers import CODES, GEN, UND
+
+UND_TWO_TURNS = {
+    "image": "unused.png",
+    "conversations": [
+        {"from": "human", "value": "what is this <image> ?"},
+        {"from": "gpt", "value": "a digit"},
+        {"from": "human", "value": "which digit?"},
+        {"from": "gpt", "value": "7"},
+    ],
+}
+
+
+def _tokens(processor, *words) -> list[int]:
+    return processor.tokenizer.convert_tokens_to_ids(list(words))
+
+
+def test_vqlm_exact_sequences_roles_and_labels(hand_made):
+    processor, model, adapter, image = hand_made
+    assert isinstance(adapter, VQLMAdapter)
+    codes = [processor.image_code_token_ids[c] for c in CODES]
+    bos, eos, boi, eoi = _tokens(processor, "<bos>", "<eos>", "<boi>", "<eoi>")
+    T, P, IM, M, A = Role.TEMPLATE, Role.PROMPT, Role.IMAGE, Role.IMAGE_MARKER, Role.ANSWER
+
+    und = adapter.encode(UND, "und", None, image=image)
+    ids = [bos, *_tokens(processor, "user", ":"), boi, *codes, eoi]
+    ids += [*_tokens(processor, "what", "digit", "is", "this", "?", "assistant", ":", "7"), eos]
+    roles = [T, T, T, M] + [IM] * 16 + [M, P, P, P, P, P, T, T, A, T]
+    assert und.input_ids.tolist() == ids
+    assert und.roles.tolist() == [int(r) for r in roles]
+    supervised = und.labels != IGNORE_INDEX
+    assert supervised.nonzero().flatten().tolist() == [len(ids) - 2, len(ids) - 1]  # the answer and its <eos>
+    assert (und.labels[supervised] == und.input_ids[supervised]).all()
+    assert und.pixel_values is None
+
+    gen = adapter.encode(GEN, "gen", None, image=image)
+    assert gen.input_ids.tolist() == [bos, *_tokens(processor, "draw", "digit", "7"), boi, *codes, eoi, eos]
+    assert gen.roles.tolist() == [int(r) for r in [T, P, P, P, M] + [IM] * 16 + [M, T]]
+    assert (gen.labels != IGNORE_INDEX).nonzero().flatten().tolist() == list(range(5, 22))  # codes and <eoi>
+
+    blank = adapter.encode(GEN, "gen", None, image=image, cfg_blank=True)
+    assert blank.input_ids.tolist() == [bos, boi, *codes, eoi, eos]
+
+    two = adapter.encode(UND_TWO_TURNS, "und", None, image=image)
+    ids = [bos, *_tokens(processor, "user", ":", "what", "is", "this"), boi, *codes, eoi, *_tokens(processor, "?")]
+    ids += [*_tokens(processor, "assistant", ":", "a", "digit"), eos]
+    ids += [*_tokens(processor, "user", ":", "which", "digit", "?", "assistant", ":", "7"), eos]
+    assert two.input_ids.tolist() == ids
+    assert int((two.roles == Role.ANSWER).sum()) == 3 and int((two.labels != IGNORE_INDEX).sum()) == 5
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_vqlm_spans_loss_and_intensity_match_an_eager_reference(hand_made, padding_side):
+    processor, model, _, image = hand_made
+    adapter = get_adapter(model, processor, padding_side=padding_side)
+    for task, records in (("und", [UND, UND_TWO_TURNS]), ("gen", [GEN, {**GEN, "conversations": UND["conversations"][:1] * 0 + GEN["conversations"]}])):
+        examples = [adapter.encode(r, task, None, image=image) for r in records]
+        if task == "gen":
+            examples[1] = adapter.encode(GEN, "gen", None, image=image, cfg_blank=True)
+        batch = adapter.collate(examples)
+        roles = batch.roles
+        if task == "und":
+            assert (batch.query_mask == (roles == Role.ANSWER)).all() and (batch.key_mask == (roles == Role.IMAGE)).all()
+        else:
+            carries_term = torch.tensor([not ex.cfg_blank for ex in examples])[:, None]  # CFG-blanked: Q emptied
+            assert (batch.query_mask == ((roles == Role.IMAGE) & carries_term)).all()
+            assert (batch.key_mask == (roles == Role.PROMPT)).all()
+        with torch.no_grad(), aia.capture(model) as cap:
+            loss = adapter.forward(model, batch).loss
+        # NTP: plain cross-entropy of the model's own logits on the supervised next tokens
+        with torch.no_grad():
+            ref = model(
+                input_ids=batch.inputs["input_ids"],
+                attention_mask=batch.attention_mask,
+                position_ids=batch.inputs["position_ids"],
+                output_attentions=True,
+                attn_implementation="eager",
+            )
+        logits, targets = ref.logits[:, :-1], batch.labels[:, 1:]
+        expected = torch.nn.functional.cross_entropy(logits[targets != IGNORE_INDEX], targets[targets != IGNORE_INDEX])
+        torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+        # Eq. 1 by hand from eager attention maps [B, H, T, T]
+        for layer, attn in enumerate(ref.attentions):
+            for b in range(batch.batch_size):
+                q, k = batch.query_mask[b], batch.key_mask[b]
+                if not (q.any() and k.any()):
+                    assert not cap.valid[b]  # CFG-blanked: no prompt, no statistic
+                    continue
+                by_hand = attn[b][:, q][:, :, k].sum(-1).mean()
+                torch.testing.assert_close(cap.intensity[layer, b], by_hand, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["und", "gen"])
+def test_vqlm_decode_equals_teacher_forcing_on_its_own_output(hand_made, task):
+    """KV-cached greedy decoding (``aia profile --mode decode``) against one teacher-forced pass."""
+    processor, model, _, image = hand_made
+    adapter = get_adapter(model, processor, span_config=SpanConfig(predictive=True))
+    example = adapter.encode(UND_TWO_TURNS if task == "und" else GEN, task, None, image=image)
+    decoded = decode_example(model, adapter, example, max_new_tokens=4 if task == "und" else None)
+    tokens = decoded.tokens
+    if task == "und":
+        assert decoded.steps == len(tokens) == 4 and (decoded.roles == Role.ANSWER).all()
+        assert not set(tokens.tolist()) & {*adapter.code_ids, adapter.boi_id, adapter.eoi_id}
+        ids = torch.cat([decoded.prompt.input_ids, tokens])
+        roles = torch.cat([decoded.prompt.roles, decoded.roles])
+    else:
+        assert decoded.steps == len(tokens) == 16 and set(tokens.tolist()) <= set(adapter.code_ids)
+        image_at = example.roles == Role.IMAGE
+        ids = example.input_ids.clone()
+        ids[image_at] = tokens  # the record with the model's own image in place of the data's
+        roles = example.roles
+    forced = replace(example, input_ids=ids, roles=roles, labels=torch.full_like(ids, IGNORE_INDEX))
+    with torch.no_grad(), aia.capture(model) as cap:
+        adapter.forward(model, adapter.collate([forced]))
+    torch.testing.assert_close(decoded.intensity, cap.intensity[:, 0].double(), rtol=0, atol=1e-5)
+
+
+def test_get_adapter_needs_a_processor_with_an_image_tokenizer(hand_made):
+    processor, _, _, _ = hand_made
+    plain = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+    with pytest.raises(ValueError, match="image tokenizer"):
+        get_adapter(plain, processor.tokenizer)
