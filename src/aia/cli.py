@@ -455,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     status 2; ``--debug`` (or ``AIA_DEBUG=1``) shows the traceback instead.
     """
     args = build_parser().parse_args(argv)
+    import aia.demo  # noqa: F401  (registers the demo's VQ-LM family, so its saved models load)
+
     if args.debug or os.environ.get("AIA_DEBUG") == "1":
         return args.func(args)
     import yaml

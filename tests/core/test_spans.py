@@ -15,7 +15,9 @@ def test_generation_spans_exact_edges():
     #              0  1  2  3  4  5  6  7  8  9
     roles = torch.tensor([[T, P, P, P, T, M, I, I, I, X]])
     q, k = generation_spans(roles)
-    assert pos(q) == [6, 7, 8] and pos(k) == [1, 2, 3]
+    assert pos(q) == [6, 7, 8] and pos(k) == [0, 1, 2, 3, 4]  # default keys: all text before the image
+    _, k = generation_spans(roles, SpanConfig(gen_keys="prompt"))
+    assert pos(k) == [1, 2, 3]
     q, _ = generation_spans(roles, SpanConfig(image_markers_are_image=True))
     assert pos(q) == [5, 6, 7, 8]
     q, _ = generation_spans(roles, SpanConfig(predictive=True))
@@ -42,7 +44,9 @@ def test_predictive_shift_never_lands_on_padding():
     assert pos(q) == [0]
 
 
-def test_blanked_prompt_has_empty_key_set():
+def test_blanked_prompt_has_empty_prompt_key_set():
     roles = torch.tensor([[T, T, T, T, M, I, I]])
-    q, k = task_spans("gen", roles)
+    q, k = task_spans("gen", roles, SpanConfig(gen_keys="prompt"))
     assert q.any() and not k.any()
+    _, k = task_spans("gen", roles)  # text keys remain: whether the sample carries a term is its cfg_blank flag
+    assert pos(k) == [0, 1, 2, 3]

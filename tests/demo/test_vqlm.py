@@ -12,7 +12,7 @@ import aia
 from aia.adapters import IGNORE_INDEX, get_adapter
 from aia.core.spans import Role, SpanConfig
 from aia.demo import VQLMAdapter
-from aia.measure.decode import decode_example
+from aia.measure.decode import DecodeSettings, decode_example
 from tests.demo.helpers import CODES, GEN, UND
 
 UND_TWO_TURNS = {
@@ -79,7 +79,9 @@ def test_vqlm_spans_loss_and_intensity_match_an_eager_reference(hand_made, paddi
         else:
             carries_term = torch.tensor([not ex.cfg_blank for ex in examples])[:, None]  # CFG-blanked: Q emptied
             assert (batch.query_mask == ((roles == Role.IMAGE) & carries_term)).all()
-            assert (batch.key_mask == (roles == Role.PROMPT)).all()
+            before_image = (((roles == Role.IMAGE) | (roles == Role.IMAGE_MARKER)).long().cumsum(-1) == 0)
+            text = before_image & ((roles == Role.TEMPLATE) | (roles == Role.PROMPT))
+            assert (batch.key_mask == text).all()  # gen_keys="text": BOS and prompt before <boi>
         with torch.no_grad(), aia.capture(model) as cap:
             loss = adapter.forward(model, batch).loss
         # NTP: plain cross-entropy of the model's own logits on the supervised next tokens
@@ -99,19 +101,24 @@ def test_vqlm_spans_loss_and_intensity_match_an_eager_reference(hand_made, paddi
             for b in range(batch.batch_size):
                 q, k = batch.query_mask[b], batch.key_mask[b]
                 if not (q.any() and k.any()):
-                    assert not cap.valid[b]  # CFG-blanked: no prompt, no statistic
+                    assert not cap.valid[b]  # CFG-blanked: its query set is emptied, no statistic
                     continue
                 by_hand = attn[b][:, q][:, :, k].sum(-1).mean()
                 torch.testing.assert_close(cap.intensity[layer, b], by_hand, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("predictive", [False, True], ids=["own", "predictive"])
 @pytest.mark.parametrize("task", ["und", "gen"])
-def test_vqlm_decode_equals_teacher_forcing_on_its_own_output(hand_made, task):
-    """KV-cached greedy decoding (``aia profile --mode decode``) against one teacher-forced pass."""
+def test_vqlm_decode_equals_teacher_forcing_on_its_own_output(hand_made, task, predictive):
+    """KV-cached decoding (``aia profile --mode decode``; generation sampled with CFG) against one
+    teacher-forced pass with the same query positions."""
     processor, model, _, image = hand_made
-    adapter = get_adapter(model, processor, span_config=SpanConfig(predictive=True))
-    example = adapter.encode(UND_TWO_TURNS if task == "und" else GEN, task, None, image=image)
-    decoded = decode_example(model, adapter, example, max_new_tokens=4 if task == "und" else None)
+    adapter = get_adapter(model, processor, span_config=SpanConfig(predictive=predictive))
+    record = UND_TWO_TURNS if task == "und" else GEN
+    example = adapter.encode(record, task, None, image=image)
+    uncond = adapter.encode(record, task, None, image=image, cfg_blank=True) if task == "gen" else None
+    settings = DecodeSettings(max_new_tokens=4 if task == "und" else None)
+    decoded = decode_example(model, adapter, example, settings, uncond=uncond)
     tokens = decoded.tokens
     if task == "und":
         assert decoded.steps == len(tokens) == 4 and (decoded.roles == Role.ANSWER).all()

@@ -76,7 +76,7 @@ class SpanConfig:
     predictive: bool = False
     """Use as queries the positions that predict the span tokens (one to the left, as in cached
     decoding, where the query of image token i is token i-1) instead of the positions holding them."""
-    gen_keys: str = "prompt"  # TEMPORARY during a refactor check; flips to "text"
+    gen_keys: str = "text"
     """Generation key set: ``text`` = every real text position before the image's first token
     (BOS, chat template, prompt), as the released training code slices it; ``text+boi`` = that
     and the begin-of-image token, as the released plot script does; ``prompt`` = the prompt's
