@@ -299,10 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     gen.add_argument("--top-k", type=int, default=None, help="default: the family's (Emu3 2048, Janus all)")
     gen.add_argument("--seed", type=int, default=0, help="same seed, same images")
-    gen.add_argument("--batch-size", type=int, default=1)
-    gen.add_argument("--device", default="cpu")
-    gen.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_inference_flags(gen)
     gen.set_defaults(func=_cmd_generate)
 
     ans = sub.add_parser("answer", help="image -> text on a benchmark's official local files (greedy)")
@@ -311,12 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     ans.add_argument("--data", required=True, help="the benchmark's files (see aia.evaluate.answer)")
     ans.add_argument("--image-dir", default=None, help="images kept apart from the questions (POPE: COCO val2014)")
     ans.add_argument("--out", required=True, help="predictions JSONL (resumable: answered ids are skipped)")
-    ans.add_argument("--batch-size", type=int, default=1)
     ans.add_argument("--max-new-tokens", type=int, default=128)
     ans.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
-    ans.add_argument("--device", default="cpu")
-    ans.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
-    ans.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_inference_flags(ans)
     ans.set_defaults(func=_cmd_answer)
 
     sc = sub.add_parser("score", help="score predictions the official way; --compare gives AIA - baseline with SEs")
@@ -335,6 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _inference_options(args) -> dict:
+    """The options ``aia generate`` and ``aia answer`` share, as keyword arguments."""
+    return dict(
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype if args.dtype != "auto" else None,
+        progress=not args.quiet,
+    )
+
+
+def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _cmd_generate(args) -> int:
     from aia.evaluate import generate_images
 
@@ -349,12 +360,10 @@ def _cmd_generate(args) -> int:
         temperature=args.temperature,
         top_k=args.top_k,
         seed=args.seed,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype if args.dtype != "auto" else None,
-        progress=not args.quiet,
+        **_inference_options(args),
     )
-    print(f"wrote {args.out} ({summary['images_generated']} new images, {summary['prompts_done_before']} prompts already there)")
+    done = summary["prompts_done_before"]
+    print(f"wrote {args.out} ({summary['images_generated']} new images, {done} prompts already there)")
     return 0
 
 
@@ -369,12 +378,9 @@ def _cmd_answer(args) -> int:
         args.data,
         args.out,
         image_dir=args.image_dir,
-        batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
-        device=args.device,
-        dtype=args.dtype if args.dtype != "auto" else None,
-        progress=not args.quiet,
+        **_inference_options(args),
     )
     print(f"wrote {args.out}")
     return 0

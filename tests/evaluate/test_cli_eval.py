@@ -64,3 +64,14 @@ def test_eval_report_compares_baseline_and_aia(two_models, bench_files, tmp_path
     bad.write_text(yaml.safe_dump({"models": {"a": "x"}, "understanding": {"popee": {"data": "d"}}}))
     assert main(["eval", str(bad)]) == 2
     assert "understanding.popee" in capsys.readouterr().err
+
+
+def test_generate_on_the_command_line(two_models, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"tag": "single_object", "prompt": "a red circle"}\n')
+    argv = ["generate", str(two_models[0]), "--prompts", str(prompts), "--format", "geneval", "--out", str(tmp_path / "g")]
+    assert main([*argv, "--images-per-prompt", "2", "--quiet"]) == 0
+    assert "2 new images" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "g" / "00000" / "samples").iterdir()) == ["00000.png", "00001.png"]
+    assert main([*argv, "--images-per-prompt", "2", "--quiet"]) == 0  # resumed: nothing to do
+    assert "0 new images, 1 prompts already there" in capsys.readouterr().out
