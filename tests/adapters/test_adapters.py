@@ -11,6 +11,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from aia.adapters import IGNORE_INDEX, get_adapter
+from aia.adapters.janus import DEFAULT_SYSTEM_PROMPT as JANUS_SYSTEM
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import infer_task, read_records
 from aia.testing.tiny import TINY_MODELS
@@ -45,7 +46,8 @@ def expected_pieces(family: str, task: str, cfg_blank: bool = False) -> list[tup
             return [(bos, "T", False), *user, ("<begin_of_image>", "M", False), (ph * 16, "I", True)]
         return [
             (bos, "T", False),
-            ("<|User|>:", "T", False),
+            # the hub checkpoint's processor adds its default system prompt to understanding prompts
+            (JANUS_SYSTEM + "\n\n<|User|>:", "T", False),
             (" ", "T", False),
             ("<begin_of_image>", "M", False),
             (ph * 16, "I", False),
@@ -64,9 +66,9 @@ def expected_pieces(family: str, task: str, cfg_blank: bool = False) -> list[tup
     if family == "emu3":
         bos, eos, ph = "<|extra_203|>", "<|extra_204|>", "<image>"
         image = [("<|image start|>4*4<|image token|>", "M", False)]
-        for _ in range(GRID):
-            image += [(ph * GRID, "I", gen), (ph, "M", gen)]  # codes of one row, then its end-of-line
-        image += [("<|extra_201|><|image end|>", "M", gen)]
+        for _ in range(GRID):  # codes of one row, then its end-of-line
+            image += [(ph * GRID, "I", gen), (ph, "M", False)]  # generation supervises the codes only
+        image += [("<|extra_201|><|image end|>", "M", False)]
         if gen:
             prompt = [] if cfg_blank else [("a red circle on a blue background", "P", False)]
             return [(bos, "T", False), *prompt, *image, (eos, "T", False)]
@@ -164,7 +166,11 @@ def test_span_positions_in_padded_batch(tiny_model, family, task, padding_side):
     prompt[offset : offset + n] = roles == Role.PROMPT
     answer = torch.zeros(width, dtype=torch.bool)
     answer[offset : offset + n] = roles == Role.ANSWER
-    query, key = (answer, image) if task == "und" else (image, prompt)
+    # generation keys (gen_keys="text"): every real text position before the image's first token
+    first_image = int(((roles == Role.IMAGE) | (roles == Role.IMAGE_MARKER)).nonzero()[0])
+    text = torch.zeros(width, dtype=torch.bool)
+    text[offset : offset + first_image] = True
+    query, key = (answer, image) if task == "und" else (image, text)
     assert batch.query_mask[1].nonzero().flatten().tolist() == query.nonzero().flatten().tolist()
     assert batch.key_mask[1].nonzero().flatten().tolist() == key.nonzero().flatten().tolist()
     assert query.any() and key.any()
@@ -188,7 +194,7 @@ def test_span_config_reaches_masks(tiny_model, family):
     assert batch.query_mask[0].tolist() == ((roles == Role.ANSWER) | (roles == Role.PROMPT)).tolist()
 
 
-def test_cfg_blank_has_no_key(tiny_model, family):
+def test_cfg_blank_has_no_prompt_key_and_no_query(tiny_model, family):
     model, processor = tiny_model
     adapter = get_adapter(model, processor)
     blank = adapter.encode(GEN, "gen", None, image=IMAGE, cfg_blank=True)
@@ -196,8 +202,9 @@ def test_cfg_blank_has_no_key(tiny_model, family):
     assert blank.input_ids.tolist() == ids.tolist()
     assert blank.roles.tolist() == roles.tolist()
     assert ((blank.labels != IGNORE_INDEX) == supervised).all()
-    batch = adapter.collate([blank, adapter.encode(GEN, "gen", None, image=IMAGE)])
-    assert not batch.key_mask[0].any() and batch.key_mask[1].any()
+    prompt_keys = get_adapter(model, processor, span_config=SpanConfig(gen_keys="prompt"))
+    batch = prompt_keys.collate([blank, adapter.encode(GEN, "gen", None, image=IMAGE)])
+    assert not batch.key_mask[0].any() and batch.key_mask[1].any()  # prompt-only keys: none left when blanked
     # the cfg_blank flag empties the query set too: the blanked sample carries no AIA term
     assert not batch.query_mask[0].any() and batch.query_mask[1].sum() == GRID * GRID
     assert torch.isfinite(adapter.forward(model, batch).loss)
@@ -309,7 +316,7 @@ def test_generation_loss_matches_reference(tiny_model, family):
         hidden = model.model.language_model(inputs_embeds=embeds).last_hidden_state
         logits = model.model.generation_head(hidden[0, prefix.shape[1] - 1 :])
         reference = F.cross_entropy(logits, codes[0])
-    else:  # full-vocabulary next-token loss on the image tokens and the end-of-image markers
+    else:  # full-vocabulary next-token loss on the image codes (Chameleon: and its end-of-image marker)
         if family == "emu3":
             tokens = model.model.get_image_tokens(pixels, ex.image_sizes[None])
             lm = model.model.text_model
@@ -319,9 +326,12 @@ def test_generation_loss_matches_reference(tiny_model, family):
         ids = ex.input_ids.clone()
         ids[image_slots] = tokens.flatten().long()
         logits = model.lm_head(lm(input_ids=ids[None]).last_hidden_state)[0]
-        first = int(image_slots.nonzero()[0])
-        last = int((ids == adapter.eoi_id).nonzero()[-1])
-        targets = torch.arange(first, last + 1)
+        if family == "emu3":  # the codes only, as Emu3's fine-tuning (apply_loss_on_only_vision)
+            targets = (ex.roles == Role.IMAGE).nonzero().flatten()
+        else:
+            first = int(image_slots.nonzero()[0])
+            last = int((ids == adapter.eoi_id).nonzero()[-1])
+            targets = torch.arange(first, last + 1)
         reference = F.cross_entropy(logits[targets - 1], ids[targets])
     out = adapter.forward(model, adapter.collate([ex]))
     torch.testing.assert_close(out.loss, reference, rtol=1e-5, atol=1e-5)

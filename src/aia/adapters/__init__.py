@@ -11,6 +11,8 @@ as the digits demo does for its VQ-LM family).
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from aia.adapters.base import IGNORE_INDEX, Adapter, AdapterOutput, Batch, DecodeRunner, Example, unwrap
@@ -18,6 +20,7 @@ from aia.adapters.chameleon import ChameleonAdapter
 from aia.adapters.emu3 import Emu3Adapter
 from aia.adapters.janus import JanusAdapter
 from aia.adapters.loading import load_model
+from aia.adapters.prompts import PromptConfig
 from aia.adapters.understanding import UnderstandingAdapter
 from aia.core.spans import SpanConfig
 from aia.errors import InputError
@@ -33,6 +36,7 @@ __all__ = [
     "Emu3Adapter",
     "Example",
     "JanusAdapter",
+    "PromptConfig",
     "UnderstandingAdapter",
     "adapter_class",
     "get_adapter",
@@ -71,7 +75,11 @@ def adapter_class(model_class: str) -> type:
 
 
 def get_adapter(
-    model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+    model: nn.Module,
+    processor,
+    span_config: SpanConfig = SpanConfig(),
+    padding_side: str = "right",
+    prompt_config: PromptConfig | None = None,
 ) -> Adapter:
     """The adapter for ``model`` (a transformers model, possibly PEFT-wrapped).
 
@@ -80,8 +88,17 @@ def get_adapter(
         processor: the model's processor (tokenizer + image processor).
         span_config: choices of the AIA query/key sets.
         padding_side: ``"right"`` or ``"left"``.
+        prompt_config: prompt choices where the sources differ (None: the family's defaults),
+            for the adapters that take one (Janus, Emu3, Chameleon); any other adapter accepts
+            only None or the all-default ``PromptConfig()``.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    return adapter_class(type(unwrap(model)).__name__)(model, processor, span_config=span_config,
-                                                       padding_side=padding_side)
+    cls = adapter_class(type(unwrap(model)).__name__)
+    extra = {}
+    if prompt_config is not None:
+        if "prompt_config" in inspect.signature(cls).parameters:
+            extra["prompt_config"] = prompt_config
+        elif prompt_config != PromptConfig():
+            raise InputError(f"{cls.__name__} takes no prompt choices; got {prompt_config}")
+    return cls(model, processor, span_config=span_config, padding_side=padding_side, **extra)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aia.adapters.prompts import FAMILY_DEFAULTS, PromptConfig
 from aia.core.spans import Role, SpanConfig, check_task, task_spans
 from aia.data.records import split_at_image
 
@@ -246,26 +247,62 @@ class SequenceBuilder:
         first_user: str | list[int] | None = None,
         assistant: str | list[int] = "",
         space: str = "",
+        answer_space: str | None = None,
+        separator: str = "eos",
+        bos_id: int | None = None,
+        question_suffix: str = "",
+        split: Callable[[str], tuple[str, str]] = split_at_image,
     ) -> SequenceBuilder:
         """The understanding turns ``{user}{question}{assistant}{answer}<eos>``, one after the other.
 
         ``user`` (``first_user``, when given, in the first turn) and ``assistant`` are
-        TEMPLATE pieces (:meth:`template`). The first question is split at its ``<image>``
-        placeholder (:func:`aia.data.split_at_image`) and ``image(self, before, after)``
-        writes it with the image block; a later question is ``space + question`` (PROMPT).
-        An answer is ``space + answer`` (ANSWER) and ``eos_id`` (TEMPLATE) closes it, both
+        TEMPLATE pieces (:meth:`template`). The first question (with ``question_suffix``
+        appended) is split at its ``<image>`` placeholder by ``split`` (default
+        :func:`aia.data.split_at_image`) and ``image(self, before, after)`` writes it with the
+        image block; a later question is ``space + question + question_suffix`` (PROMPT). An
+        answer is ``answer_space + answer`` (ANSWER; ``answer_space`` defaults to ``space``),
         supervised. An empty later question or answer adds no tokens.
+
+        ``separator`` says what follows an answer that is not the last (the last one is always
+        closed by ``eos_id``, TEMPLATE, supervised): ``"eos"`` the same supervised ``eos_id``;
+        ``"space"`` a space that opens the next turn (merged into its first text piece, as a
+        byte-level BPE tokenizes the whole string); ``"bos"`` nothing, the next turn starting
+        with ``bos_id`` (TEMPLATE).
         """
+        if separator not in ("eos", "space", "bos"):
+            raise ValueError(f"separator must be 'eos', 'space' or 'bos', got {separator!r}")
+        if separator == "bos" and bos_id is None:
+            raise ValueError("separator 'bos' needs bos_id")
+        answer_space = space if answer_space is None else answer_space
+        pending = ""  # the "space" separator, written in front of the next turn's first text piece
         for i, (question, answer) in enumerate(turns):
-            self.template(first_user if i == 0 and first_user is not None else user)
+            if i and separator == "bos":
+                self.tokens(bos_id, Role.TEMPLATE)
+            tag = first_user if i == 0 and first_user is not None else user
+            if isinstance(tag, str):
+                if tag:
+                    self.template(pending + tag)
+                    pending = ""
+            else:
+                if pending:
+                    self.template(pending)
+                    pending = ""
+                self.template(tag)
             if i == 0:
-                image(self, *split_at_image(question))
+                image(self, *split(question + question_suffix))
             elif question:
-                self.text(space + question, Role.PROMPT)
+                self.text(pending + space + question + question_suffix, Role.PROMPT)
+                pending = ""
+            if pending:
+                self.template(pending)
+                pending = ""
             self.template(assistant)
             if answer:
-                self.text(space + answer, Role.ANSWER, supervised=True)
-            self.tokens(eos_id, Role.TEMPLATE, supervised=True)
+                self.text(answer_space + answer, Role.ANSWER, supervised=True)
+            if i == len(turns) - 1 or separator == "eos":
+                self.tokens(eos_id, Role.TEMPLATE, supervised=True)
+            elif separator == "space":
+                pending = " "
         return self
 
     def build(self, task: str, **extra) -> Example:
@@ -356,11 +393,18 @@ def collate_examples(examples: list[Example], pad_token_id: int, padding_side: s
 class AdapterBase:
     """What the unified-model adapters (Janus, Emu3, Chameleon, VQ-LM) share.
 
-    The processor and its tokenizer, the span settings and padding side, the ``bos_id`` /
-    ``eos_id`` of the tokenizer, ``pad_id`` (its pad token, else eos) and :meth:`collate`.
+    The processor and its tokenizer, the span settings and padding side, the prompt choices
+    (``prompt_config``: the given :class:`~aia.adapters.prompts.PromptConfig` with the
+    family's defaults filled in, :data:`~aia.adapters.prompts.FAMILY_DEFAULTS`), the
+    ``bos_id`` / ``eos_id`` of the tokenizer, ``pad_id`` (its pad token, else eos) and
+    :meth:`collate`.
     """
 
-    def __init__(self, processor, span_config: SpanConfig, padding_side: str):
+    def __init__(
+        self, processor, span_config: SpanConfig, padding_side: str, prompt_config: PromptConfig | None = None
+    ):
+        defaults = FAMILY_DEFAULTS.get(getattr(self, "family", ""), PromptConfig())
+        self.prompt_config = (prompt_config or PromptConfig()).resolve(defaults)
         self.processor = processor
         self.tokenizer = tok = processor.tokenizer
         self.span_config = span_config

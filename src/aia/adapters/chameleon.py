@@ -5,19 +5,24 @@ vocabulary + ``<eoss>`` (what ``ChameleonProcessor`` builds); ``model.model.get_
 gives the codes, which fill the ``<image>`` placeholder slots in the forward.
 
 Chat format: Chameleon has no chat template; ``ChameleonProcessor`` ends a prompt with
-the separator ``<reserved08706>`` in chat mode. We use it between user and assistant
-and close each assistant turn with ``</s>``::
+the separator ``<reserved08706>`` in chat mode (and its tokenizer starts it with ``<s>``).
+We use it between user and assistant and close each assistant turn with ``</s>``::
 
     und  <s>{image}{Q1}<reserved08706>{A1}</s>{Q2}<reserved08706>{A2}</s>
     gen  <s>{prompt}<reserved08706><racm3:break>{code * N}<eoss></s>
 
-Question text before an ``<image>`` placeholder goes before the image block.
+Question text before an ``<image>`` placeholder goes before the image block, right against
+it, as in the processor's documented prompts (``"<image>What is shown in this image?"``,
+``"...remember now.<image><image>I would like..."``); ``image_placement="verbatim"`` keeps
+the question's own whitespace next to the image, as the processor given the raw text does.
+These choices are fields of :class:`~aia.adapters.prompts.PromptConfig`.
 
 Roles: ``<s>``, the separator and ``</s>`` are TEMPLATE; question / prompt PROMPT;
 answers ANSWER; codes IMAGE; ``<racm3:break>`` / ``<eoss>`` IMAGE_MARKER.
 
 Labels: understanding supervises the answers and the ``</s>`` after each; generation
-supervises the codes and ``<eoss>``. CFG blanking leaves the prompt out.
+supervises the codes and ``<eoss>`` (``gen_supervision="codes"``: the codes only). CFG
+blanking leaves the prompt out.
 
 Loss: the transformers forward sets the logits of every image-code token to -inf (the
 released model does not generate images), so it cannot train generation. Both tasks
@@ -28,6 +33,7 @@ vocabulary. The HF VQ has only the encoder, which is all training needs.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -50,6 +56,7 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
+from aia.adapters.prompts import PromptConfig, place_image
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, generation_prompt, image_path, load_image
 
@@ -62,10 +69,17 @@ class ChameleonAdapter(AdapterBase):
     family = "chameleon"
 
     def __init__(
-        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+        self,
+        model: nn.Module,
+        processor,
+        span_config: SpanConfig = SpanConfig(),
+        padding_side: str = "right",
+        prompt_config: PromptConfig | None = None,
     ):
         config = unwrap(model).config
-        super().__init__(processor, span_config, padding_side)
+        super().__init__(processor, span_config, padding_side, prompt_config)
+        self.system_prompt = self.prompt_config.system_text("")  # ChameleonProcessor adds none
+        self.prompt_config = replace(self.prompt_config, system_prompt=self.system_prompt or "none")
         tok = self.tokenizer
         self.image_token_id = token_id(tok, processor.image_token)
         if (config.vocabulary_map or {}).get(processor.image_token) != self.image_token_id:
@@ -84,14 +98,26 @@ class ChameleonAdapter(AdapterBase):
         pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
         num_codes = (pixel_values.shape[-2] // self.vq_factor) * (pixel_values.shape[-1] // self.vq_factor)
         b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
+        p = self.prompt_config
         if task == "und":
-            question = partial(self._question, num_codes=num_codes)
-            b.dialogue(dialogue(record), question, self.eos_id, assistant=[self.sep_id])
+            if self.system_prompt:  # no Chameleon source has one: the text as given, right after <s>
+                b.template(self.system_prompt)
+            b.dialogue(
+                dialogue(record),
+                partial(self._question, num_codes=num_codes),
+                self.eos_id,
+                assistant=[self.sep_id],
+                answer_space=" " if p.answer_space else "",
+                separator=p.turn_separator,
+                bos_id=self.bos_id,
+                question_suffix=p.question_suffix,
+                split=partial(place_image, placement=p.image_placement),
+            )
         else:
             if not cfg_blank:
                 b.text(generation_prompt(record), Role.PROMPT)
             b.tokens(self.sep_id, Role.TEMPLATE)
-            self._image(b, num_codes, supervised=True)
+            self._image(b, num_codes, supervised=True, structure=p.gen_supervision == "codes+structure")
             b.tokens(self.eos_id, Role.TEMPLATE)
         return b.build(task, pixel_values=pixel_values, cfg_blank=cfg_blank)
 
@@ -101,10 +127,10 @@ class ChameleonAdapter(AdapterBase):
         self._image(b, num_codes, supervised=False)
         b.text(after, Role.PROMPT)
 
-    def _image(self, b: SequenceBuilder, num_codes: int, supervised: bool) -> None:
+    def _image(self, b: SequenceBuilder, num_codes: int, supervised: bool, structure: bool = True) -> None:
         b.tokens(self.boi_id, Role.IMAGE_MARKER)
         b.tokens([self.image_token_id] * num_codes, Role.IMAGE, supervised)
-        b.tokens(self.eoi_id, Role.IMAGE_MARKER, supervised)
+        b.tokens(self.eoi_id, Role.IMAGE_MARKER, supervised and structure)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model

@@ -10,25 +10,33 @@ row and ``<|extra_201|>`` the end-of-frame token. ``model.model.get_image_tokens
 exactly the ``h * (w + 1)`` tokens of the rows (codes and end-of-lines); they fill the
 ``<image>`` placeholder slots in the forward.
 
-Chat format (Emu3-Chat's "You are a helpful assistant. USER: ... ASSISTANT: ..." with an
-end-of-sequence token after every answer)::
+Chat format: Emu3-Chat's "You are a helpful assistant. USER: ... ASSISTANT: ...", as the
+Emu3-Chat-hf chat template renders it (system message, then every image of a message
+before its text), with an end-of-sequence token after every answer::
 
     und  <bos>You are a helpful assistant. USER: {image}{Q1} ASSISTANT: {A1}<eos>USER: {Q2} ASSISTANT: {A2}<eos>
     gen  <bos>{prompt}{image}<eos>
 
-(Emu3-Gen's format: prompt, then the image.) Question text before an ``<image>``
-placeholder goes before the image block, separated by a space.
+(Emu3-Gen's format: prompt, then the image; ``Emu3Processor(return_for_image_generation=True)``
+writes the prompt and the image header.) The image opens the first question, wherever its
+``<image>`` placeholder stood, as in both the HF template and BAAI's original processor.
+Every choice where the sources differ (BAAI's ``{image}{text}. ASSISTANT:``, the template's
+space between turns, the image's place) is a field of
+:class:`~aia.adapters.prompts.PromptConfig`.
 
 Roles: ``<bos>``, the system/role text and ``<eos>`` are TEMPLATE; question / prompt
 PROMPT; answers ANSWER; the VQ codes IMAGE; every other token of the image block (start,
 the ``h*w`` size text, ``<|image token|>``, end-of-line, end-of-frame, end) IMAGE_MARKER.
 
 Labels: understanding supervises the answers and the ``<eos>`` after each; generation
-supervises what follows the image header: the codes, end-of-lines, end-of-frame and
-end-of-image (the header ``<|image start|>{h}*{w}<|image token|>`` is what Emu3's
-processor puts in the generation prompt).
+supervises the codes only by default, as Emu3's own fine-tuning does
+(``apply_loss_on_only_vision``: the end-of-lines, end-of-frame and end-of-image that
+Emu3's decoding constraint forces are not learned); ``gen_supervision="codes+structure"``
+adds those. The header ``<|image start|>{h}*{w}<|image token|>`` is what Emu3's processor
+puts in the generation prompt and is never supervised.
 
-CFG blanking: the prompt is left out (``<bos>`` then the image block).
+CFG blanking: the prompt is left out (``<bos>`` then the image block), as Emu3's
+fine-tuning writes a null prompt.
 
 The VQ has BatchNorm layers: it is put back in eval mode before every use, so that a
 ``model.train()`` does not make the codes drift; it runs without autograd.
@@ -36,6 +44,7 @@ The VQ has BatchNorm layers: it is put back in eval mode before every use, so th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -58,11 +67,14 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
+from aia.adapters.prompts import PromptConfig, place_image
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, generation_prompt, image_path, load_image
 
 __all__ = ["Emu3Adapter"]
 
+#: BAAI's original ``processing_emu3.py`` chat template starts with it; transformers' Emu3 docs pass it as the
+#: system message of the Emu3-Chat-hf template
 SYSTEM = "You are a helpful assistant."
 EOL = "<|extra_200|>"
 
@@ -73,10 +85,17 @@ class Emu3Adapter(AdapterBase):
     family = "emu3"
 
     def __init__(
-        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+        self,
+        model: nn.Module,
+        processor,
+        span_config: SpanConfig = SpanConfig(),
+        padding_side: str = "right",
+        prompt_config: PromptConfig | None = None,
     ):
         config = unwrap(model).config
-        super().__init__(processor, span_config, padding_side)
+        super().__init__(processor, span_config, padding_side, prompt_config)
+        self.system_prompt = self.prompt_config.system_text(SYSTEM)
+        self.prompt_config = replace(self.prompt_config, system_prompt=self.system_prompt or "none")
         tok = self.tokenizer
         vocab = config.vocabulary_map or {}
         self.image_token_id = token_id(tok, processor.image_token)
@@ -98,39 +117,50 @@ class Emu3Adapter(AdapterBase):
         pixel_values, image_sizes = processed["pixel_values"][0], processed["image_sizes"][0]  # [3, H, W], [2]
         grid = (int(image_sizes[0]) // self.vq_factor, int(image_sizes[1]) // self.vq_factor)
         b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
+        p = self.prompt_config
         if task == "und":
             b.dialogue(
                 dialogue(record),
                 partial(self._question, grid=grid),
                 self.eos_id,
                 user="USER:",
-                first_user=f"{SYSTEM} USER:",
+                first_user=f"{self.system_prompt} USER:" if self.system_prompt else "USER:",
                 assistant=" ASSISTANT:",
                 space=" ",
+                answer_space=" " if p.answer_space else "",
+                separator=p.turn_separator,
+                bos_id=self.bos_id,
+                question_suffix=p.question_suffix,
+                split=partial(place_image, placement=p.image_placement),
             )
         else:
             if not cfg_blank:
                 b.text(generation_prompt(record), Role.PROMPT)
-            self._image(b, grid, supervised=True)
+            self._image(b, grid, supervised=True, structure=p.gen_supervision == "codes+structure")
             b.tokens(self.eos_id, Role.TEMPLATE)
         return b.build(task, pixel_values=pixel_values, image_sizes=image_sizes.long(), cfg_blank=cfg_blank)
 
     def _question(self, b: SequenceBuilder, before: str, after: str, grid: tuple[int, int]) -> None:
-        """The first question, the image where its ``<image>`` placeholder was."""
+        """The first question, the image between ``before`` and ``after`` (a space before it;
+        ``verbatim``: the question's own whitespace after it)."""
         if before:
             b.text(" " + before, Role.PROMPT)
-        b.template(" ")
+        if not before or self.prompt_config.image_placement != "verbatim":
+            b.template(" ")
         self._image(b, grid, supervised=False)
         b.text(after, Role.PROMPT)
 
-    def _image(self, b: SequenceBuilder, grid: tuple[int, int], supervised: bool) -> None:
+    def _image(self, b: SequenceBuilder, grid: tuple[int, int], supervised: bool, structure: bool = True) -> None:
+        """The image block; ``supervised``: the codes are targets, and with ``structure`` the
+        end-of-lines, end-of-frame and end-of-image too."""
         h, w = grid
+        rest = supervised and structure
         b.tokens(self.boi_id, Role.IMAGE_MARKER).text(f"{h}*{w}", Role.IMAGE_MARKER)
         b.tokens(self.wrapper_id, Role.IMAGE_MARKER)
         for _ in range(h):  # placeholders for w codes and the end-of-line, filled in by the forward
             b.tokens([self.image_token_id] * w, Role.IMAGE, supervised)
-            b.tokens(self.image_token_id, Role.IMAGE_MARKER, supervised)
-        b.tokens(self.eof_id, Role.IMAGE_MARKER, supervised).tokens(self.eoi_id, Role.IMAGE_MARKER, supervised)
+            b.tokens(self.image_token_id, Role.IMAGE_MARKER, rest)
+        b.tokens(self.eof_id, Role.IMAGE_MARKER, rest).tokens(self.eoi_id, Role.IMAGE_MARKER, rest)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.text_model

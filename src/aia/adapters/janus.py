@@ -1,20 +1,26 @@
 """Adapter for ``JanusForConditionalGeneration`` (Janus / Janus-Pro).
 
-Chat format: Janus-Pro's ``deepseek`` format with an empty system prompt, the one the
-released Janus code and the HF chat template produce::
+Chat format: Janus-Pro's ``deepseek`` format, as the chat template of the transformers
+checkpoints (``convert_janus_weights_to_hf.py``) and ``JanusProcessor`` write it::
 
-    und  <bos><|User|>: <begin_of_image><image_placeholder>*N<end_of_image>\\n{Q1}\\n\\n<|Assistant|>: {A1}<eos><|User|>: {Q2}\\n\\n<|Assistant|>: {A2}<eos>
-    gen  <bos><|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>{code_1 .. code_N}
+    und  <bos>{system}\n\n<|User|>: <begin_of_image><image_placeholder>*N<end_of_image>\n{Q1}\n\n<|Assistant|>: {A1}<eos><|User|>: {Q2}\n\n<|Assistant|>: {A2}<eos>
+    gen  <bos><|User|>: {prompt}\n\n<|Assistant|>:<begin_of_image>{code_1 .. code_N}
 
-Question text before an ``<image>`` placeholder goes before the image, with ``\\n`` on
-both sides as in the HF template. ``<|User|>:`` and ``<|Assistant|>:`` are plain text
-(they are not special tokens in Janus-Pro's tokenizer).
+``{system}`` is ``JanusProcessor``'s default system prompt ("You are a helpful language and
+vision assistant. ..."), which the processor adds to understanding prompts when its
+``use_default_system_prompt`` is set (as on the hub checkpoints); generation prompts have
+none, as in the processor's image mode. Question text before an ``<image>`` placeholder goes
+before the image, with ``\n`` on both sides as in the HF template. ``<|User|>:`` and
+``<|Assistant|>:`` are plain text (they are not special tokens in Janus-Pro's tokenizer).
+Every choice where the sources differ (system prompt, image placement, turn separator,
+answer space: the released AIA training code writes ``<|Assistant|>:{A1}<bos><|User|>: ...``)
+is a field of :class:`~aia.adapters.prompts.PromptConfig`.
 
-Roles: ``<bos>``, role tags, separators and ``<eos>`` are TEMPLATE; question / prompt text
-PROMPT; answers ANSWER; the image slots IMAGE (understanding: the N positions filled with
-SigLIP features; generation: the N VQ codes); ``<begin_of_image>`` / ``<end_of_image>``
-IMAGE_MARKER. The leading space of a question or answer belongs to it (that is how the
-byte-level BPE tokenizes the whole string too).
+Roles: ``<bos>``, the system prompt, role tags, separators and ``<eos>`` are TEMPLATE;
+question / prompt text PROMPT; answers ANSWER; the image slots IMAGE (understanding: the N
+positions filled with SigLIP features; generation: the N VQ codes); ``<begin_of_image>`` /
+``<end_of_image>`` IMAGE_MARKER. The leading space of a question or answer belongs to it
+(that is how the byte-level BPE tokenizes the whole string too).
 
 Labels: understanding supervises the answers and the ``<eos>`` closing each of them;
 generation supervises the N codes.
@@ -41,6 +47,8 @@ to [-1, 1] for Janus-Pro's processor config), which is what the VQ expects.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -62,13 +70,21 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
+from aia.adapters.prompts import PromptConfig, place_image
 from aia.core.spans import Role, SpanConfig
-from aia.data.records import dialogue, generation_prompt, image_path, load_image
+from aia.data.records import IMAGE_PLACEHOLDER, dialogue, generation_prompt, image_path, load_image
 
-__all__ = ["JanusAdapter"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "JanusAdapter"]
 
 USER = "<|User|>:"
 ASSISTANT = "<|Assistant|>:"
+#: transformers ``models/janus/processing_janus.py`` ``DEFAULT_SYSTEM_PROMPT`` without its trailing
+#: "\n\n" (the deepseek format's separator); Janus' ``VLChatProcessor.system_prompt`` is the same text
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. "
+    "You are able to understand the visual content that the user provides, "
+    "and assist the user with a variety of tasks using natural language."
+)
 
 
 class JanusAdapter(AdapterBase):
@@ -77,10 +93,19 @@ class JanusAdapter(AdapterBase):
     family = "janus"
 
     def __init__(
-        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+        self,
+        model: nn.Module,
+        processor,
+        span_config: SpanConfig = SpanConfig(),
+        padding_side: str = "right",
+        prompt_config: PromptConfig | None = None,
     ):
         config = unwrap(model).config
-        super().__init__(processor, span_config, padding_side)
+        super().__init__(processor, span_config, padding_side, prompt_config)
+        # "default": what JanusProcessor adds to a text-mode prompt (use_default_system_prompt)
+        default = DEFAULT_SYSTEM_PROMPT if getattr(processor, "use_default_system_prompt", False) else ""
+        self.system_prompt = self.prompt_config.system_text(default)
+        self.prompt_config = replace(self.prompt_config, system_prompt=self.system_prompt or "none")
         tok = self.tokenizer
         self.image_token_id = config.image_token_id
         if token_id(tok, processor.image_token) != self.image_token_id:
@@ -100,8 +125,22 @@ class JanusAdapter(AdapterBase):
         pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
         b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
         if task == "und":
+            p, turns = self.prompt_config, dialogue(record)
+            # verbatim: the question's own whitespace next to its placeholder; without one, as as_written
+            verbatim = p.image_placement == "verbatim" and IMAGE_PLACEHOLDER in turns[0][0]
             b.dialogue(
-                dialogue(record), self._question, self.eos_id, user=USER, assistant="\n\n" + ASSISTANT, space=" "
+                turns,
+                partial(self._question, verbatim=verbatim),
+                self.eos_id,
+                user=USER,
+                first_user=f"{self.system_prompt}\n\n{USER}" if self.system_prompt else USER,
+                assistant="\n\n" + ASSISTANT,
+                space=" ",
+                answer_space=" " if p.answer_space else "",
+                separator=p.turn_separator,
+                bos_id=self.bos_id,
+                question_suffix=p.question_suffix,
+                split=partial(place_image, placement=p.image_placement),
             )
         else:
             b.template(USER).text(" " + generation_prompt(record), Role.PROMPT)
@@ -115,17 +154,23 @@ class JanusAdapter(AdapterBase):
             b.tokens([self.image_token_id] * num_codes, Role.IMAGE, supervised=True)
         return b.build(task, pixel_values=pixel_values, cfg_blank=cfg_blank)
 
-    def _question(self, b: SequenceBuilder, before: str, after: str) -> None:
-        """The first question, the understanding image where its ``<image>`` placeholder was."""
+    def _question(self, b: SequenceBuilder, before: str, after: str, verbatim: bool = False) -> None:
+        """The first question, the understanding image between ``before`` and ``after``: ``\n`` on
+        the sides where there is text, as the HF template writes an image between text parts
+        (``verbatim``: the question's own whitespace, as Janus' ``VLChatProcessor`` keeps it)."""
         if before:
-            b.text(" " + before, Role.PROMPT).template("\n")
+            b.text(" " + before, Role.PROMPT)
+            if not verbatim:
+                b.template("\n")
         else:
             b.template(" ")
         b.tokens(self.boi_id, Role.IMAGE_MARKER)
         b.tokens([self.image_token_id] * self.num_und_tokens, Role.IMAGE)
         b.tokens(self.eoi_id, Role.IMAGE_MARKER)
         if after:
-            b.template("\n").text(after, Role.PROMPT)
+            if not verbatim:
+                b.template("\n")
+            b.text(after, Role.PROMPT)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.language_model

@@ -9,6 +9,13 @@ see what they would see with the real models. Nothing is downloaded; everything
 builds in well under a second and round-trips through ``save_pretrained`` /
 ``AutoProcessor.from_pretrained`` / ``<ModelClass>.from_pretrained``.
 
+The processors carry the released transformers-format checkpoints' prompt settings too,
+so that tests see what users see: Janus-Pro's chat template and
+``use_default_system_prompt=True`` (``convert_janus_weights_to_hf.py``), Emu3-Chat-hf's chat
+template, no chat template for Chameleon; the Janus and Chameleon tokenizers start an
+encoding with BOS (Llama-style, as the real ones), Emu3's does not (``Emu3Processor`` writes
+BOS as text).
+
 The weights are random: losses are finite and trainable, the images the VQ tokenizers
 produce are noise.
 """
@@ -22,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     ChameleonConfig,
     ChameleonForConditionalGeneration,
@@ -39,7 +46,75 @@ from transformers import (
 from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
-__all__ = ["TINY_MODELS", "tiny_chameleon", "tiny_emu3", "tiny_janus", "tiny_tokenizer", "write_tiny_dataset"]
+__all__ = [
+    "EMU3_CHAT_TEMPLATE",
+    "JANUS_CHAT_TEMPLATE",
+    "TINY_MODELS",
+    "tiny_chameleon",
+    "tiny_emu3",
+    "tiny_janus",
+    "tiny_tokenizer",
+    "write_tiny_dataset",
+]
+
+#: Janus-Pro's chat template, verbatim from transformers' ``models/janus/convert_janus_weights_to_hf.py``
+#: (``CHAT_TEMPLATE``), which writes it into the hub checkpoints (deepseek-community/Janus-Pro-1B, -7B) together
+#: with ``JanusProcessor(..., use_default_system_prompt=True)``; transformers' ``test_processing_janus.py``
+#: checks it against Janus' own ``deepseek`` conversation format.
+JANUS_CHAT_TEMPLATE = (
+    "{%set seps=['\n\n','<\uff5cend\u2581of\u2581sentence\uff5c>']%}"
+    "{%set i=0%}"
+    "{%for message in messages%}"
+    "{%if message['role']|lower=='user'%}"
+    "<|User|>: "
+    "{%elif message['role']|lower=='assistant'%}"
+    "<|Assistant|>:{%if not (loop.last and not add_generation_prompt and message['content'][0]['type']=='text' and "
+    "message['content'][0]['text']=='')%} {%endif%}"
+    "{%else%}"
+    "{{message['role'].capitalize()}}: "
+    "{%endif%}"
+    "{%for content in message['content']%}"
+    "{%if content['type']=='image'%}"
+    "{%if not loop.first%}{{'\n'}}{%endif%}"
+    "<image_placeholder>"
+    "{%if not loop.last%}{{'\n'}}{%endif%}"
+    "{%elif content['type']=='text'%}"
+    "{%set text=content['text']%}"
+    "{%if loop.first%}{%set text=text.lstrip()%}{%endif%}"
+    "{%if loop.last%}{%set text=text.rstrip()%}{%endif%}"
+    "{%if not loop.first and message['content'][loop.index0-1]['type']=='text'%}"
+    "{{' '+text}}"
+    "{%else%}"
+    "{{text}}"
+    "{%endif%}"
+    "{%endif%}"
+    "{%endfor%}"
+    "{%if not loop.last or add_generation_prompt%}"
+    "{%if message['role']|lower=='user'%}"
+    "{{seps[0]}}"
+    "{%else%}"
+    "{{seps[1]}}"
+    "{%endif%}"
+    "{%endif%}"
+    "{%endfor%}"
+    "{%if add_generation_prompt%}<|Assistant|>:{%endif%}"
+)
+
+#: The chat template of the Emu3-Chat-hf checkpoint (llava-1.5 / vicuna style: ``ROLE: `` prefixes, every image
+#: of a message before its text parts, each text part followed by a space, ``ASSISTANT:`` as the generation
+#: prompt), as transformers' ``tests/models/emu3/test_processing_emu3.py`` (``prepare_processor_dict``) carries
+#: it; transformers' Emu3 docs pass "You are a helpful assistant." as the system message
+#: (``Emu3ForConditionalGeneration.forward`` example).
+EMU3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}{# Render all text next #}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}"
+    "{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 
 COLORS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
 SHAPES = ["square", "circle", "bar"]
@@ -80,7 +155,7 @@ def _corpus() -> list[str]:
 
 
 def tiny_tokenizer(
-    special_tokens: dict[str, str], extra_tokens: list[str] = (), vocab_size: int = 600
+    special_tokens: dict[str, str], extra_tokens: list[str] = (), vocab_size: int = 600, add_bos: bool = False
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on a small fixed corpus (deterministic, milliseconds).
 
@@ -91,6 +166,8 @@ def tiny_tokenizer(
         extra_tokens: more special tokens without a name (e.g. VQ code tokens), added
             after the named ones in this order.
         vocab_size: size of the trained BPE part (bytes + merges).
+        add_bos: start every encoding with the bos token unless ``add_special_tokens=False``
+            (a Llama-style tokenizer's ``add_bos_token``).
     """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -105,6 +182,11 @@ def tiny_tokenizer(
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, **named, extra_special_tokens=extra)
     if extra_tokens:
         tokenizer.add_tokens(list(extra_tokens), special_tokens=True)
+    if add_bos:
+        bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
     return tokenizer
 
 
@@ -127,7 +209,9 @@ def tiny_janus(seed: int = 0, num_layers: int = 2, image_size: int = 32, **lm_ov
     Special tokens are Janus-Pro's: ``<｜begin▁of▁sentence｜>``, ``<｜end▁of▁sentence｜>``,
     ``<｜▁pad▁｜>``, ``<image_placeholder>``, ``<begin_of_image>``, ``<end_of_image>``.
     Understanding: ``(image_size / 8)**2`` SigLIP-style features; generation: a VQ with
-    downsampling 8 and 64 codes, so the same number of image tokens.
+    downsampling 8 and 64 codes, so the same number of image tokens. The processor has the
+    hub checkpoints' chat template (:data:`JANUS_CHAT_TEMPLATE`) and
+    ``use_default_system_prompt=True``; the tokenizer starts an encoding with BOS.
 
     Returns:
         ``(model, processor)``, the model in eval mode.
@@ -140,7 +224,8 @@ def tiny_janus(seed: int = 0, num_layers: int = 2, image_size: int = 32, **lm_ov
             "image_token": "<image_placeholder>",
             "boi_token": "<begin_of_image>",
             "eoi_token": "<end_of_image>",
-        }
+        },
+        add_bos=True,  # Janus-Pro's LlamaTokenizerFast: add_bos_token
     )
     patch = 8
     hidden = lm_overrides.get("hidden_size", _LM["hidden_size"])
@@ -176,7 +261,13 @@ def tiny_janus(seed: int = 0, num_layers: int = 2, image_size: int = 32, **lm_ov
     image_processor = JanusImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
-    processor = JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=num_image_tokens)
+    processor = JanusProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=JANUS_CHAT_TEMPLATE,
+        use_default_system_prompt=True,  # as convert_janus_weights_to_hf.py saves the hub checkpoints
+        num_image_tokens=num_image_tokens,
+    )
     return _seeded(seed, lambda: JanusForConditionalGeneration(config)), processor
 
 
@@ -188,7 +279,9 @@ def tiny_emu3(seed: int = 0, num_layers: int = 2, image_size: int = 32):
     ``<|image token|>``, end-of-line ``<|extra_200|>``, end-of-frame ``<|extra_201|>``
     and 64 ``<|visual token NNNNNN|>`` code tokens. The image processor keeps the
     aspect ratio at about ``image_size**2`` pixels, in multiples of 8 (the VQ's
-    downsampling), as the real one does at 512**2..1024**2.
+    downsampling), as the real one does at 512**2..1024**2. The processor has Emu3-Chat-hf's
+    chat template (:data:`EMU3_CHAT_TEMPLATE`); the tokenizer adds no BOS (the processor
+    writes it).
 
     Returns:
         ``(model, processor)``, the model in eval mode.
@@ -236,7 +329,7 @@ def tiny_emu3(seed: int = 0, num_layers: int = 2, image_size: int = 32):
         image_mean=[0.5] * 3,
         image_std=[0.5] * 3,
     )
-    processor = Emu3Processor(image_processor=image_processor, tokenizer=tokenizer)
+    processor = Emu3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=EMU3_CHAT_TEMPLATE)
     return _seeded(seed, lambda: Emu3ForConditionalGeneration(config)), processor
 
 
@@ -251,7 +344,8 @@ def tiny_chameleon(seed: int = 0, num_layers: int = 2, image_size: int = 32):
     Special tokens are Chameleon's: ``<s>``, ``</s>``, ``<pad>``, the chat separator
     ``<reserved08706>``, ``<image>``, begin-of-image ``<racm3:break>``, end-of-image
     ``<eoss>`` and 64 ``IMGIMG...Z`` code tokens. Images are center-cropped squares,
-    ``(image_size / 8)**2`` codes.
+    ``(image_size / 8)**2`` codes. No chat template (Chameleon has none: the processor appends
+    ``<reserved08706>`` to the text); the tokenizer starts an encoding with ``<s>``.
 
     Returns:
         ``(model, processor)``, the model in eval mode.
@@ -268,6 +362,7 @@ def tiny_chameleon(seed: int = 0, num_layers: int = 2, image_size: int = 32):
             "eoi_token": "<eoss>",
         },
         extra_tokens=[_chameleon_code_name(i) for i in range(codebook)],
+        add_bos=True,  # Chameleon's tokenizer: add_bos_token
     )
     config = ChameleonConfig(
         **_lm(num_layers, len(tokenizer)),
