@@ -254,17 +254,12 @@ JANUS_TEMPLATE = (
 )
 
 
-def test_chat_template_and_adapter_format_agree():
-    from aia.evaluate.answer import _chat_text
+def test_generation_prompt_with_and_without_the_chat_template():
     from aia.evaluate.generate import _janus_prompt
 
     _, processor = tiny_janus(seed=0, num_layers=1)
-    question = "Is there a dog?\nAnswer the question using a single word or phrase."
-    plain = _chat_text("janus", processor, question)
-    assert plain == (f"{processor.tokenizer.bos_token}<|User|>: <image_placeholder>\n{question}\n\n<|Assistant|>:",
-                     {})
+    processor.chat_template = None
     plain_gen = _janus_prompt(processor, "a red square")
     processor.chat_template = JANUS_TEMPLATE
-    assert _chat_text("janus", processor, question) == plain
     assert _janus_prompt(processor, "a red square") == plain_gen == (
         f"{processor.tokenizer.bos_token}<|User|>: a red square\n\n<|Assistant|>:")

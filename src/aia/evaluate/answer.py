@@ -33,10 +33,9 @@ POPE ``"{text}\\nAnswer the question using a single word or phrase."``; MME
 question, the options as ``"A. ..."`` lines and ``"Answer with the option's letter from the
 given choices directly."`` (MMMU open questions: the short-answer sentence), MMMU with its
 first image only, its ``<image k>`` tags left in the text as AIA does. The text goes after
-the image in the family's chat format: ``processor.apply_chat_template`` when the processor
-has a chat template, otherwise the format of the family's adapter (Janus
-``<|User|>: <image>\\n{q}\\n\\n<|Assistant|>:``, Emu3 ``You are a helpful assistant. USER:
-<image>{q} ASSISTANT:``, Chameleon ``<image>{q}<reserved08706>``), after ``<bos>``.
+the image, encoded by the family's adapter exactly as for training and profiling (which
+equals the checkpoint's own chat template and processor, token for token:
+``tests/adapters/test_templates.py``), cut where the answer starts.
 
 Predictions are the decoded new tokens (special tokens skipped), stripped, except MME's,
 kept as decoded (the AIA ``eval.py`` writes the raw response and MME's parser reads its first
@@ -50,15 +49,16 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from aia.adapters import IGNORE_INDEX, get_adapter
 from aia.data.records import load_image
 from aia.errors import DataError, ImageError, InputError
-from aia.evaluate.generate import _generation_config, family_of, quiet_transformers, resolve_model
+from aia.evaluate.generate import _generation_config, quiet_transformers, resolve_model
 
 __all__ = ["BENCHES", "OPTION_PROMPT", "SHORT_ANSWER_PROMPT", "Question", "answer", "read_questions"]
 
@@ -401,37 +401,26 @@ def read_questions(bench: str, data_path: str | Path, *, image_dir: str | Path |
 
 
 # ----------------------------------------------------------------- prompts for the model
-def _chat_text(family: str | None, processor, question: str) -> tuple[str, dict]:
-    """The model's input text for one question (the image placeholder before it) and extra processor kwargs."""
-    extra = {}
-    if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        if family == "emu3":
-            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": EMU3_SYSTEM}]})
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        if family == "chameleon":
-            extra["return_for_text_completion"] = True  # the template already ends the turn
-    elif family == "janus":
-        text = f"<|User|>: {processor.image_token}\n{question}\n\n<|Assistant|>:"
-    elif family == "emu3":
-        text = f"{EMU3_SYSTEM} USER: {processor.image_token}{question} ASSISTANT:"
-    elif family == "chameleon":
-        text = f"{processor.image_token}{question}"  # the processor appends the chat separator
-    else:
-        raise InputError("the processor has no chat template and the model is not Janus, Emu3 or Chameleon; "
-                         "cannot build its prompt")
-    bos = processor.tokenizer.bos_token
-    if bos and not text.startswith(bos):
-        text = bos + text
-    return text, extra
+def _prompts(model, adapter, questions: list[Question]):
+    """The questions as the adapter encodes them for training and profiling (the checkpoint's own
+    chat template, token for token: tests/adapters/test_templates.py), cut where the answer
+    starts, collated with left padding. Returns the batch and the model's generation inputs."""
+    examples = []
+    for q in questions:
+        record = {"image": "-", "conversations": [{"from": "human", "value": q.prompt}, {"from": "gpt", "value": "-"}]}
+        example = adapter.encode(record, "und", None, image=q.load_image())
+        start = int((example.labels != IGNORE_INDEX).nonzero()[0])
+        examples.append(replace(example, input_ids=example.input_ids[:start], roles=example.roles[:start],
+                                labels=example.labels[:start]))
+    batch = adapter.collate(examples)
+    keys = adapter.decode_runner(model, "und").prefill_keys  # what the family's forward takes (None: all)
+    return batch, {k: v for k, v in batch.inputs.items() if (k in keys if keys else k != "position_ids")}
 
 
-def _generate(model, processor, family, questions: list[Question], max_new_tokens: int) -> list[str]:
+def _generate(model, processor, questions: list[Question], max_new_tokens: int) -> list[str]:
     """Greedy answers to ``questions``, batched with left padding (Emu3: one image size per batch)."""
-    texts, extra = zip(*(_chat_text(family, processor, q.prompt) for q in questions), strict=True)
-    images = [q.load_image() for q in questions]
-    inputs = processor(text=list(texts), images=images, return_tensors="pt", padding=True, padding_side="left",
-                       add_special_tokens=False, **extra[0])
+    adapter = get_adapter(model, processor, padding_side="left")
+    batch, inputs = _prompts(model, adapter, questions)
     sizes = inputs.get("image_sizes")
     if sizes is not None and len(questions) > 1 and len({tuple(s) for s in sizes.tolist()}) > 1:
         # transformers' Emu3 encodes a batch's images zero-padded to the largest, so an image's codes near its
@@ -441,18 +430,18 @@ def _generate(model, processor, family, questions: list[Question], max_new_token
             groups.setdefault(tuple(s), []).append(i)
         answers: list[str | None] = [None] * len(questions)
         for idx in groups.values():
-            for i, text in zip(idx, _generate(model, processor, family, [questions[i] for i in idx],
-                                              max_new_tokens), strict=True):
+            for i, text in zip(idx, _generate(model, processor, [questions[i] for i in idx], max_new_tokens),
+                               strict=True):
                 answers[i] = text
         return answers
-    inputs = inputs.to(model.device)
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     config = _generation_config(model, max_new_tokens=max_new_tokens)
     tok = processor.tokenizer
     if config.pad_token_id is None:
-        config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out = model.generate(**inputs, generation_config=config)
+        config.pad_token_id = adapter.pad_id
+    out = model.generate(**inputs, attention_mask=batch.attention_mask.to(model.device), generation_config=config)
     new = out[:, inputs["input_ids"].shape[1]:]
     return tok.batch_decode(new, skip_special_tokens=True)
 
@@ -544,7 +533,6 @@ def answer(
     if not todo:
         return summary
     model, processor = resolve_model(model, processor, device=device, dtype=dtype)
-    family = family_of(model)
     model.eval()
     from tqdm.auto import tqdm
 
@@ -554,7 +542,7 @@ def answer(
         with open(out_path, "a", encoding="utf-8") as out, torch.inference_mode(), quiet_transformers():
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
-                for q, text in zip(batch, _generate(model, processor, family, batch, max_new_tokens), strict=True):
+                for q, text in zip(batch, _generate(model, processor, batch, max_new_tokens), strict=True):
                     row = {**q.row, "prediction": text.strip() if q.strip else text}
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                     out.flush()

@@ -270,7 +270,7 @@ class _AIAModel:
         without = [i for i, image in enumerate(images) if image is None]
         if with_image:
             batch = [_Request(questions[i], images[i]) for i in with_image]
-            for i, text in zip(with_image, _generate(self._model, self.processor, self.family, batch, max_new_tokens),
+            for i, text in zip(with_image, _generate(self._model, self.processor, batch, max_new_tokens),
                                strict=True):
                 answers[i] = text
         if without:
