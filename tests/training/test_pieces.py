@@ -1,11 +1,13 @@
 """The trainer's pieces on their own: metrics log, atomic saves, a step's sums."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from aia.training.checkpoint import latest_checkpoint, written_atomically
+from aia.errors import InputError
+from aia.training.checkpoint import config_changes, latest_checkpoint, written_atomically
 from aia.training.metrics import MetricsWriter, read_metrics
 from aia.training.step import StepSums
 
@@ -58,13 +60,54 @@ def test_written_atomically_replaces_only_when_complete(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["b"]
 
 
-def test_latest_checkpoint_needs_a_complete_one(tmp_path):
+def _complete(folder):
+    (folder / "model").mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+    return folder
+
+
+def test_latest_checkpoint_needs_a_complete_one(tmp_path, capsys):
     assert latest_checkpoint(tmp_path) is None
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "latest").write_text("checkpoint-2\n")
-    assert latest_checkpoint(tmp_path) is None  # no trainer_state.json: not complete
-    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    with pytest.raises(InputError, match="none complete .checkpoint-2.; nothing to resume from"):
+        latest_checkpoint(tmp_path)  # no trainer_state.json: not complete, and nothing older: refuse
+    _complete(tmp_path / "checkpoint-2")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+def test_stale_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path, capsys):
+    _complete(tmp_path / "checkpoint-10")
+    _complete(tmp_path / "checkpoint-20")
+    (tmp_path / "checkpoint-30").mkdir()  # interrupted or deleted by the user
+    (tmp_path / "latest").write_text("checkpoint-30\n")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+    assert "'latest' names checkpoint-30, which is missing or incomplete; resuming from checkpoint-20" in (
+        capsys.readouterr().err)
+    (tmp_path / "latest").unlink()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+
+
+def test_config_changes_on_resume():
+    saved = {"optim": {"lr": 1e-3}, "train": {"max_steps": 30, "log_every": 1}}
+    assert config_changes(saved, saved, 10) == []
+    assert config_changes(saved, {**saved, "train": {"max_steps": 40, "log_every": 5}}, 10) == [
+        "train.max_steps: 30 -> 40", "train.log_every: 1 -> 5"]
+    with pytest.raises(InputError, match=r"cannot resume with a changed optim.lr: 0.001 -> 0.01"):
+        config_changes(saved, {**saved, "optim": {"lr": 1e-2}}, 10)
+    with pytest.raises(InputError, match="train.max_steps=10 but this run has already done 30 steps"):
+        config_changes(saved, {**saved, "train": {"max_steps": 10, "log_every": 1}}, 30)
+
+
+def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
+    MetricsWriter(tmp_path, start=2).close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    assert "line 3 is incomplete" in capsys.readouterr().err
+    path.write_text('{"step": 1, "loss": 1.0}\n{oops\n{"step": 2, "loss": 0.9}\n')
+    with pytest.raises(InputError, match="metrics.jsonl: line 2: cannot resume"):
+        MetricsWriter(tmp_path, start=2)
 
 
 def test_step_sums_row_averages_per_task():

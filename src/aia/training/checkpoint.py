@@ -14,6 +14,7 @@ Every function here is collective: call it on every rank.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -21,30 +22,125 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from aia.errors import InputError
 from aia.training.config import RunConfig
 
 __all__ = [
+    "RESUMABLE_CHANGES",
+    "config_changes",
     "latest_checkpoint",
     "save_checkpoint",
     "save_final",
     "save_model",
     "start_or_resume",
+    "state_digest",
     "written_atomically",
 ]
 
 
+def _complete(ckpt: Path) -> bool:
+    return (ckpt / "trainer_state.json").is_file() and (ckpt / "model").is_dir()
+
+
+def _step_of(ckpt: Path) -> int:
+    try:
+        return int(ckpt.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    """The checkpoint ``<out>/latest`` names, if it is complete; else ``None``."""
+    """The checkpoint to resume from: the one ``<out>/latest`` names if it is complete, else the
+    newest complete ``checkpoint-<step>`` (said on stderr, with the reason); ``None`` when the
+    folder holds no checkpoint at all.
+
+    Raises:
+        InputError: the folder holds checkpoints but none is complete (resuming would lose
+            them; ``train.resume=false`` starts over on purpose).
+    """
     pointer = out / "latest"
-    if pointer.is_file():
-        ckpt = out / pointer.read_text().strip()
-        if (ckpt / "trainer_state.json").is_file():
-            return ckpt
+    named = out / pointer.read_text().strip() if pointer.is_file() else None
+    if named is not None and _complete(named):
+        return named
+    found = sorted((c for c in out.glob("checkpoint-*") if c.is_dir()), key=_step_of)
+    complete = [c for c in found if _complete(c)]
+    if complete:
+        why = f"'latest' names {named.name}, which is missing or incomplete" if named else "'latest' is missing"
+        print(f"aia train: {why}; resuming from {complete[-1].name}, the newest complete checkpoint", file=sys.stderr)
+        return complete[-1]
+    if found:
+        raise InputError(
+            f"holds {len(found)} checkpoint(s), none complete ({', '.join(c.name for c in found)}); "
+            "nothing to resume from: give train.resume=false to start over (it removes them)",
+            path=out,
+        )
     return None
 
 
-def start_or_resume(accelerator, out: Path, resume: bool) -> tuple[int, Path | None]:
-    """Load the latest checkpoint (``resume``) or remove earlier ones (not ``resume``).
+#: run-config fields a resumed run may change (applied from the resume on, and logged); any
+#: other change is refused, since the checkpoint's state was built with the old value
+RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.save_every", "train.save_total_limit",
+                     "train.intensity_every", "train.progress", "train.resume", "train.output_dir")
+
+
+def config_changes(saved: dict, new: dict, done: int) -> list[str]:
+    """Check a resumed run's config against the one saved with its checkpoint.
+
+    Returns:
+        ``["section.field: old -> new", ...]`` for the allowed changes (to log).
+
+    Raises:
+        InputError: a field that cannot change mid-run changed, or ``train.max_steps`` is
+            below the steps already done; the message names the field and both values.
+    """
+    allowed, refused = [], []
+    for section, fields in new.items():
+        for key, value in (fields or {}).items():
+            name, old = f"{section}.{key}", (saved.get(section) or {}).get(key, value)
+            if old == value:
+                continue
+            (allowed if name in RESUMABLE_CHANGES else refused).append(f"{name}: {old!r} -> {value!r}")
+    if refused:
+        raise InputError(
+            "cannot resume with a changed " + "; ".join(refused) + " (the checkpoint was trained with the old "
+            "value): set it back, or start a new run (another train.output_dir, or train.resume=false)"
+        )
+    steps = (new.get("train") or {}).get("max_steps")
+    if isinstance(steps, int) and steps < done:
+        raise InputError(f"train.max_steps={steps} but this run has already done {done} steps; "
+                         f"set it >= {done} to continue, or start a new run")
+    return allowed
+
+
+def state_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every pickled file accelerate's ``save_state`` wrote (optimizer, scheduler, RNG,
+    sampler state): resuming unpickles them, which can run code, so a resume first checks that
+    they are the files this run wrote. safetensors files hold tensors only and are not hashed."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and rel.parts[0] != "model" and rel.suffix != ".safetensors" and rel.name != "trainer_state.json":
+            digests[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def _check_digest(ckpt: Path, state: dict) -> None:
+    """Refuse to unpickle a checkpoint whose state files are not the ones this run wrote."""
+    want = state.get("state_sha256")
+    if want is None:
+        raise InputError("trainer_state.json records no digest of the saved state; refusing to load pickled state "
+                         "that this version of aia did not write (start over with train.resume=false)", path=ckpt)
+    if state_digest(ckpt) != want:
+        raise InputError("the saved state files do not match the digest recorded when they were written "
+                         "(changed or replaced); refusing to load them", path=ckpt)
+
+
+def start_or_resume(accelerator, out: Path, resume: bool, cfg: RunConfig | None = None) -> tuple[int, Path | None]:
+    """Load the newest complete checkpoint (``resume``) or remove earlier ones (not ``resume``).
+
+    Before anything is unpickled, the checkpoint's state files are checked against the digest
+    recorded when they were written, and ``cfg`` (when given) against the config saved with
+    the checkpoint (:func:`config_changes`).
 
     Returns:
         ``(start, checkpoint)``: the number of steps already done and the checkpoint they
@@ -60,8 +156,14 @@ def start_or_resume(accelerator, out: Path, resume: bool) -> tuple[int, Path | N
     accelerator.wait_for_everyone()
     if resume_from is None:
         return 0, None
+    state = json.loads((resume_from / "trainer_state.json").read_text())
+    _check_digest(resume_from, state)
+    if cfg is not None:
+        for change in config_changes(state.get("config", {}), cfg.to_dict(), state["step"]):
+            if accelerator.is_main_process:
+                print(f"aia train: resuming with {change}", file=sys.stderr)
     accelerator.load_state(str(resume_from))
-    return json.loads((resume_from / "trainer_state.json").read_text())["step"], resume_from
+    return state["step"], resume_from
 
 
 @contextlib.contextmanager
@@ -112,7 +214,8 @@ def save_checkpoint(accelerator, step_module, processor, out: Path, step: int, c
         accelerator.save_state(str(tmp))
         save_model(accelerator, step_module, processor, tmp / "model")
         if accelerator.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}, indent=1))
+            state = {"step": step, "config": cfg.to_dict(), "state_sha256": state_digest(tmp)}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     if accelerator.is_main_process:
         _write_text_atomic(out / "latest", final.name)
         kept = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))

@@ -7,6 +7,7 @@ is the one place they are read back (``aia plot losses``, the demo).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from aia.errors import InputError
@@ -47,7 +48,7 @@ class MetricsWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # keep what the resumed-from run logged up to its checkpoint
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            rows = _logged_rows(self.path)
             self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
         elif start:
             self.path.touch()
@@ -73,6 +74,25 @@ class MetricsWriter:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _logged_rows(path: Path) -> list[dict]:
+    """The rows of an existing ``metrics.jsonl``; a torn last line (a crash or a full disk while
+    logging) is dropped with a warning, a bad line elsewhere is an error naming it."""
+    lines = [(no, line) for no, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for i, (no, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError("not a metrics row")
+        except ValueError as err:
+            if i == len(lines) - 1:
+                print(f"aia train: {path}: line {no} is incomplete (an interrupted write); dropped", file=sys.stderr)
+                break
+            raise InputError(f"cannot resume: {err}", path=path, record=f"line {no}") from None
+        rows.append(row)
+    return rows
 
 
 def read_metrics(path: str | Path) -> list[dict]:

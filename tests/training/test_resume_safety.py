@@ -1,0 +1,34 @@
+"""Resume never loses work and never unpickles files it did not write; config changes are explicit."""
+
+import pytest
+
+from aia.errors import InputError
+from aia.testing.tiny import tiny_janus
+from aia.training.trainer import train
+from tests.training.test_trainer import make_cfg, rows
+
+
+def test_resume_refuses_changed_state_and_config_and_falls_back_from_a_stale_latest(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(make_cfg(tiny_data, out, "train.save_every=1", "train.save_total_limit=5"), *tiny_janus(seed=0))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+
+    # a changed field that the checkpoint's state depends on: one clear error, nothing touched
+    with pytest.raises(InputError, match=r"cannot resume with a changed optim.lr: 0.001 -> 0.01"):
+        train(make_cfg(tiny_data, out, "train.max_steps=4", "optim.lr=1e-2"), *tiny_janus(seed=0))
+    with pytest.raises(InputError, match="train.max_steps=2 but this run has already done 3 steps"):
+        train(make_cfg(tiny_data, out, "train.max_steps=2"), *tiny_janus(seed=0))
+
+    # the user deletes the last checkpoint: resume from the newest complete one, say so, keep the log
+    (out / "checkpoint-3" / "trainer_state.json").unlink()
+    train(make_cfg(tiny_data, out, "train.max_steps=4", "train.save_every=1", "train.save_total_limit=5"),
+          *tiny_janus(seed=0))
+    err = capsys.readouterr().err
+    assert "resuming from checkpoint-2, the newest complete checkpoint" in err
+    assert "resuming with train.max_steps: 3 -> 4" in err  # an allowed change, logged
+    assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]
+
+    # a pickled state file that is not the one this run wrote is never loaded
+    (out / "checkpoint-4" / "random_states_0.pkl").write_bytes(b"not what was saved")
+    with pytest.raises(InputError, match="do not match the digest"):
+        train(make_cfg(tiny_data, out, "train.max_steps=5"), *tiny_janus(seed=0))
