@@ -12,7 +12,7 @@ from aia.training.config import ConfigError, RunConfig, config_help, load_config
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["janus-pro-1b", "janus-pro-7b", "emu3", "chameleon"])
+@pytest.mark.parametrize("name", ["janus-pro-1b", "janus-pro-7b", "janus-pro-1b-paper", "emu3", "chameleon"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml", check_paths=False)
     assert isinstance(cfg, RunConfig) and cfg.aia.enabled
@@ -21,19 +21,40 @@ def test_shipped_configs_load(name):
         load_config(CONFIGS / f"{name}.yaml")  # the checkpoint is the user's to provide
 
 
-def test_janus_config_reproduces_released_hyper_parameters():
-    cfg = load_config(CONFIGS / "janus-pro-7b.yaml", check_paths=False)
+@pytest.mark.parametrize("name", ["janus-pro-1b", "janus-pro-7b", "janus-pro-1b-paper"])
+def test_janus_config_reproduces_released_hyper_parameters(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml", check_paths=False)
     o = cfg.optim
-    assert (o.lr, o.betas, o.eps, o.weight_decay, o.scheduler, o.warmup_ratio) == (
+    assert (o.lr, o.betas, o.eps, o.weight_decay, o.scheduler, o.min_lr, o.max_grad_norm) == (
         2e-5,
         [0.9, 0.95],
         1e-6,
         0.05,
         "cosine",
-        0.1,
+        1e-6,
+        1.0,
     )
-    assert cfg.data.batch_size == 4 and (cfg.data.ratio_und, cfg.data.ratio_gen) == (1, 1)
-    assert cfg.train.mixed_precision == "bf16" and cfg.data.cfg_drop == 0.1
+    assert (o.warmup_epochs, o.warmup_ratio, o.warmup_steps) == (0.1, None, None)
+    assert (cfg.train.epochs, cfg.train.max_steps, cfg.train.grad_accum, cfg.train.seed) == (4.0, None, 1, 1024)
+    assert (cfg.data.mixing, cfg.data.ratio_und, cfg.data.ratio_gen, cfg.data.batch_size) == ("random", 10, 10, 4)
+    assert (cfg.data.gen_image_transform, cfg.data.image_area, cfg.data.padding_side) == ("center_crop", None, "left")
+    assert (cfg.model.dtype, cfg.train.mixed_precision, cfg.model.gradient_checkpointing) == ("bfloat16", "bf16", True)
+    assert cfg.data.cfg_drop == 0.1 and cfg.data.max_length == 3000 and cfg.model.frozen is None
+    lam = (40.0, 40.0) if name.endswith("paper") else (10.0, 5.0)  # paper Sec. 3.2; released modeling_vlm.py
+    assert (cfg.aia.weight_und, cfg.aia.weight_gen) == lam
+
+
+def test_every_shipped_janus_value_names_its_source():
+    for name in ("janus-pro-1b", "janus-pro-7b", "janus-pro-1b-paper"):
+        for line in (CONFIGS / f"{name}.yaml").read_text().splitlines():
+            if line.startswith("  ") and ":" in line and not line.lstrip().startswith("#"):
+                key = line.split(":")[0].strip()
+                if key not in ("path", "und", "gen", "output_dir", "enabled"):
+                    assert "#" in line, f"{name}.yaml: {line.strip()!r} has no source comment"
+
+
+def test_emu3_config_resizes_to_720x720():
+    assert load_config(CONFIGS / "emu3.yaml", check_paths=False).data.image_area == 720 * 720
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """`aia train` end to end on tiny random models of every family."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import transformers
 
 import aia.training.checkpoint as checkpoint_mod
 import aia.training.step as step_mod
+import aia.training.streams as streams_mod
 from aia.testing.tiny import TINY_MODELS
 from aia.training.config import load_config
 from aia.training.trainer import train
@@ -192,7 +194,8 @@ def test_lora_trains_only_adapters(tiny_data, tmp_path):
 
 
 @pytest.mark.integration
-def test_two_processes_see_the_same_losses(tiny_data, tmp_path):
+@pytest.mark.parametrize("mixing", ["both", "random"])
+def test_two_processes_see_the_same_losses(tiny_data, tmp_path, mixing):
     script = tmp_path / "ddp_run.py"
     script.write_text(
         "import json, os, sys\n"
@@ -206,7 +209,7 @@ def test_two_processes_see_the_same_losses(tiny_data, tmp_path):
     )
     und, gen = tiny_data
     args = [f"data.und={und}", f"data.gen={gen}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2"]
-    args += ["data.batch_size=2", "train.progress=false", "train.intensity_every=1"]
+    args += ["data.batch_size=2", "train.progress=false", "train.intensity_every=1", f"data.mixing={mixing}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(script)]
     proc = subprocess.run([*cmd, str(tmp_path), *args], env=env, capture_output=True, text=True, timeout=600)
@@ -219,3 +222,94 @@ def test_two_processes_see_the_same_losses(tiny_data, tmp_path):
         assert a == b
     logged = rows(tmp_path / "run")
     assert [r["loss"] for r in logged] == [r["loss"] for r in r0]
+
+
+def released_lr(it, init_lr, warmup_iter, max_iter, minimum_lr=1.0e-6):
+    """The release's cosine ``calc_learning_rate`` (``trainer/utils/scheduler.py:15-26``), as written."""
+    if it < warmup_iter:
+        return (it + 1) / warmup_iter * (init_lr - minimum_lr) + minimum_lr
+    return minimum_lr + 0.5 * (init_lr - minimum_lr) * (
+        1 + math.cos(math.pi * (it - warmup_iter) / (max_iter - warmup_iter))
+    )
+
+
+def test_shipped_janus_config_logs_the_released_lr_curve(tiny_data, tmp_path):
+    """configs/janus-pro-1b.yaml's schedule (epochs, warm-up epochs, floor, random 10:10 mixing) on tiny data."""
+    und, gen = tiny_data
+    out = tmp_path / "run"
+    cfg = load_config(
+        ROOT / "configs" / "janus-pro-1b.yaml",
+        [
+            f"data.und={und}",
+            f"data.gen={gen}",
+            f"train.output_dir={out}",
+            "data.batch_size=1",
+            "train.epochs=1",  # small: one epoch of 8 generation samples
+            "train.mixed_precision=no",  # CPU
+            "model.gradient_checkpointing=false",
+            "train.save_every=0",
+            "train.progress=false",
+            "train.intensity_every=0",
+        ],
+        check_paths=False,
+    )
+    assert (cfg.optim.scheduler, cfg.optim.warmup_epochs, cfg.optim.min_lr, cfg.optim.lr) == ("cosine", 0.1, 1e-6, 2e-5)
+    assert (cfg.data.mixing, cfg.data.ratio_und, cfg.data.ratio_gen, cfg.data.gen_image_transform) == (
+        "random", 10, 10, "center_crop"
+    )
+    model, processor = TINY_MODELS["janus"](seed=0)
+    train(cfg, model, processor)
+    logged = rows(out)
+
+    # released: dataloader_len = len(gen loader) // p_gen; max_iter = int(epochs * it); warm-up = 0.1 * it
+    n_gen = len([line for line in Path(gen).read_text().splitlines() if line.strip()])
+    dataloader_len = (math.ceil(n_gen / 1) // 1) // (10 / 20)
+    max_iter, warmup_iter = int(1 * dataloader_len), 0.1 * dataloader_len
+    assert (max_iter, warmup_iter) == (16, 1.6)
+    assert [r["step"] for r in logged] == list(range(1, max_iter + 1))
+    assert [r["lr"] for r in logged] == [released_lr(it, 2e-5, warmup_iter, max_iter) for it in range(max_iter)]
+    lrs = [r["lr"] for r in logged]
+    assert lrs[0] == 1 / 1.6 * (2e-5 - 1e-6) + 1e-6  # warm-up from the floor: steps 0 and 1 (it < 1.6)
+    assert lrs[1] > lrs[2] and lrs[2] == pytest.approx(1e-6 + 0.5 * 1.9e-5 * (1 + math.cos(math.pi * 0.4 / 14.4)))
+    assert min(lrs) == lrs[-1] > 1e-6 and lrs[-1] < 1e-6 + 0.02 * 2e-5  # cosine down to the 1e-6 floor
+
+    # random mixing: one task per step, both tasks over the run
+    tasks = []
+    for r in logged:
+        keys = {k.split("/")[-1] for k in r if k.startswith(("loss/ntp/", "loss/aia/", "aia_samples/"))}
+        assert len(keys) == 1, r
+        tasks.append(keys.pop())
+    assert set(tasks) == {"und", "gen"}
+    expected = [step_mod.step_schedule(s, 1, {"und": 10, "gen": 10}, "random", 1024)[0][0] for s in range(max_iter)]
+    assert tasks == expected
+
+
+def test_resume_is_bit_exact_with_random_mixing(tiny_data, tmp_path, monkeypatch):
+    extra = ("data.mixing=random", "train.max_steps=6", "train.save_every=3", "data.cfg_drop=0.5",
+             "optim.scheduler=cosine", "optim.warmup_steps=2")
+    model, processor = TINY_MODELS["janus"](seed=0)
+    train(make_cfg(tiny_data, tmp_path / "straight", *extra, "optim.warmup_ratio=null"), model, processor)
+    straight = rows(tmp_path / "straight")
+    assert {("loss/ntp/und" in r) for r in straight} == {True, False}  # both tasks, one per step
+
+    real = step_mod.step_schedule
+
+    def killed_at_step_5(step, *args):
+        if step == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return real(step, *args)
+
+    model, processor = TINY_MODELS["janus"](seed=0)
+    monkeypatch.setattr(step_mod, "step_schedule", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(tiny_data, tmp_path / "resumed", *extra, "optim.warmup_ratio=null"), model, processor)
+    assert (tmp_path / "resumed" / "latest").read_text().strip() == "checkpoint-3"
+    monkeypatch.setattr(step_mod, "step_schedule", real)
+    monkeypatch.setattr(streams_mod, "_DRAWS", {})  # a new process: nothing memoised
+    model, processor = TINY_MODELS["janus"](seed=1)  # different init: everything must come from the checkpoint
+    train(make_cfg(tiny_data, tmp_path / "resumed", *extra, "optim.warmup_ratio=null"), model, processor)
+    resumed = rows(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    for a, b in zip(straight, resumed, strict=True):
+        a.pop("time/step_s"), b.pop("time/step_s")
+        assert a == b

@@ -1,6 +1,8 @@
 """The data format: reading record files (JSON, JSON Lines, parquet) and parsing records
-(their task, conversation and image). Turning a record into tokens is the adapters' job."""
+(their task, conversation and image), and the image transforms applied before a model's
+processor (:mod:`aia.data.images`). Turning a record into tokens is the adapters' job."""
 
+from aia.data.images import center_crop, resize_to_area
 from aia.data.records import (
     IMAGE_PLACEHOLDER,
     dialogue,
@@ -18,12 +20,14 @@ __all__ = [
     "IMAGE_PLACEHOLDER",
     "DataError",
     "ImageError",
+    "center_crop",
     "dialogue",
     "generation_prompt",
     "image_path",
     "infer_task",
     "load_image",
     "read_records",
+    "resize_to_area",
     "split_at_image",
     "task_records",
 ]

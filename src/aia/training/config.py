@@ -38,6 +38,12 @@ __all__ = [
     "load_config",
 ]
 
+MIXINGS = ("both", "random", "alternate")
+"""The values of ``data.mixing``."""
+
+DEFAULT_MAX_STEPS = 1000
+"""Run length when neither ``train.max_steps`` nor ``train.epochs`` is set."""
+
 
 @dataclass
 class ModelConfig:
@@ -77,10 +83,19 @@ class DataConfig:
     gen: str | None = None
     """Generation data (same format)."""
     ratio_und: int = 1
-    """Understanding micro-batches per accumulation round."""
+    """Understanding share of the task mix (see ``data.mixing``): micro-batches per accumulation
+    round under ``both``, relative probability under ``random``, steps per cycle under ``alternate``."""
     ratio_gen: int = 1
-    """Generation micro-batches per accumulation round (und:gen = ratio_und:ratio_gen in every
-    optimizer step, identical on every rank)."""
+    """Generation share of the task mix (as ``ratio_und``). The released Janus-Pro config's
+    ``sample_ratio`` is 10:10 (``t2i_generation.yml:41,44``)."""
+    mixing: str = "both"
+    """How tasks share optimizer steps; the same on every rank and on resume, a pure function of
+    (seed, step) (:func:`aia.training.streams.step_schedule`). ``both``: every step is
+    ``grad_accum`` rounds of ``ratio_und`` understanding then ``ratio_gen`` generation
+    micro-batches. ``random`` (released, ``trainer_t2i.py:160``): each step is one task, drawn
+    with probabilities ratio_und:ratio_gen by a generator seeded with (train.seed, step), and
+    ``grad_accum`` micro-batches of it. ``alternate``: each step is one task, in a fixed cycle
+    of ratio_und understanding steps then ratio_gen generation steps."""
     batch_size: int = 4
     """Samples per micro-batch, per task, per process (the released Janus-Pro config: 4)."""
     cfg_drop: float = 0.1
@@ -97,6 +112,16 @@ class DataConfig:
     """Keep every sample encoded by the validation pass in memory and reuse it in every epoch
     instead of re-reading and re-encoding it (CFG-blanked prompts are still encoded when drawn).
     Fast for small data or token-only models; memory grows with the data (pixel values included)."""
+    gen_image_transform: str = "processor"
+    """Generation images before the processor: ``processor`` (the processor's own resize, e.g.
+    Janus's long side to 384 and pad to a square) or ``center_crop`` (the released Janus code,
+    ``t2i_dataset.py:15-29,38``: resize the shorter side to the processor's image size, bicubic
+    after box halving, and keep the central square; :func:`aia.data.images.center_crop`).
+    ``center_crop`` needs a processor with a fixed square size (Janus, Chameleon)."""
+    image_area: int | None = None
+    """Resize every image (both tasks), keeping its aspect ratio, to about this many pixels
+    before ``gen_image_transform`` and the processor (:func:`aia.data.images.resize_to_area`;
+    Emu3's recipe: 720*720 = 518400). null: no resize."""
 
 
 @dataclass
@@ -125,9 +150,24 @@ class OptimConfig:
     weight_decay: float = 0.05
     """AdamW weight decay (matrices only; biases and norms get none)."""
     scheduler: str = "cosine"
-    """transformers scheduler name: cosine, linear, constant, constant_with_warmup."""
-    warmup_ratio: float = 0.1
-    """Warm-up share of max_steps."""
+    """LR curve after the warm-up, the released code's (``trainer/utils/scheduler.py:15-29``), with
+    ``it`` the 0-based step, ``W`` the warm-up steps, ``S`` the run's steps: warm-up
+    ``(it + 1) / W * (lr - min_lr) + min_lr`` while ``it < W``; then ``cosine``:
+    ``min_lr + 0.5 * (lr - min_lr) * (1 + cos(pi * (it - W) / (S - W)))``; ``linear``:
+    ``min_lr + (lr - min_lr) * (S - it) / (S - W)``; ``constant_with_warmup``: ``lr``;
+    ``constant``: ``lr`` at every step, no warm-up (:mod:`aia.training.schedule`)."""
+    min_lr: float = 1e-6
+    """The LR floor: where the warm-up starts and the decay ends (released: ``minimum_lr=1.0e-6``,
+    ``trainer/utils/scheduler.py:15``). Must not exceed ``lr`` (except under ``constant``)."""
+    warmup_ratio: float | None = None
+    """Warm-up as a share of the run's steps: ``W = warmup_ratio * S``. Set at most one of
+    ``warmup_ratio``, ``warmup_steps``, ``warmup_epochs``; none: no warm-up."""
+    warmup_steps: int | None = None
+    """Warm-up in optimizer steps: ``W = warmup_steps``."""
+    warmup_epochs: float | None = None
+    """Warm-up in epochs (released: 0.1, ``t2i_generation.yml:17``): ``W = warmup_epochs *
+    steps_per_epoch`` (``trainer/__init__.py:12``), fractional as released; the epoch is defined
+    at ``train.epochs``."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 disables)."""
 
@@ -136,12 +176,22 @@ class OptimConfig:
 class TrainConfig:
     output_dir: str = "runs/aia"
     """Where checkpoints, metrics.jsonl and TensorBoard events go."""
-    max_steps: int = 1000
-    """Optimizer steps."""
+    max_steps: int | None = None
+    """Optimizer steps. Set this or ``train.epochs``, not both; neither: 1000."""
+    epochs: float | None = None
+    """Run length in epochs (released: ``max_epochs: 4``, ``t2i_generation.yml:16``), run as
+    ``int(epochs * steps_per_epoch)`` steps (``train.py:49``). One epoch is the released
+    ``len(gen loader) // p_gen`` (``trainer_t2i.py:70,74``) on our streams: with N usable samples
+    of the reference task (generation if the run has generation data, else understanding) and
+    W processes, ``steps_per_epoch = (ceil(N / W) // batch_size) // m``, where ``m`` is the
+    task's micro-batches per step (``grad_accum * ratio`` under ``data.mixing=both``, else
+    ``grad_accum * ratio / (ratio_und + ratio_gen)``) (:mod:`aia.training.schedule`)."""
     grad_accum: int = 1
-    """Accumulation rounds per optimizer step (each round is ratio_und + ratio_gen micro-batches)."""
+    """Accumulation rounds per optimizer step (under ``data.mixing=both`` each round is ratio_und +
+    ratio_gen micro-batches; under ``random``/``alternate`` one micro-batch of the step's task)."""
     seed: int = 0
-    """Seed of initialisation-independent randomness: data order, CFG blanking, dropout."""
+    """Seed of initialisation-independent randomness: data order, CFG blanking, the task draw of
+    ``data.mixing=random``, dropout."""
     mixed_precision: str = "no"
     """accelerate mixed precision: no, bf16 or fp16 (overrides an accelerate launch config's
     ``mixed_precision``)."""
@@ -172,8 +222,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, check_paths: bool = True) -> RunConfig:
-        """Check ranges and (optionally) that the model and data paths exist. Returns self."""
+        """Check ranges and (optionally) that the model and data paths exist. Returns self.
+
+        With neither ``train.max_steps`` nor ``train.epochs`` set, ``train.max_steps`` becomes 1000.
+        """
         _check_values(self)
+        if self.train.max_steps is None and self.train.epochs is None:
+            self.train.max_steps = DEFAULT_MAX_STEPS
         if check_paths:
             if not self.model.path:
                 raise ConfigError("model.path: required (a directory written by save_pretrained)")
@@ -212,6 +267,10 @@ def _check_values(cfg: RunConfig) -> None:
     need(cfg.data.max_length >= 8, "data.max_length", "must be >= 8")
     need(0 <= cfg.data.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
     need(cfg.data.padding_side in ("left", "right"), "data.padding_side", "must be left or right")
+    need(cfg.data.mixing in MIXINGS, "data.mixing", f"must be one of {', '.join(MIXINGS)}")
+    transforms = ("processor", "center_crop")
+    need(cfg.data.gen_image_transform in transforms, "data.gen_image_transform", "must be processor or center_crop")
+    need(cfg.data.image_area is None or cfg.data.image_area >= 1, "data.image_area", "must be >= 1 or null")
     need(cfg.aia.mode in ("huber", "mse"), "aia.mode", "must be huber or mse")
     need(cfg.aia.weight_und >= 0, "aia.weight_und", "must be >= 0")
     need(cfg.aia.weight_gen >= 0, "aia.weight_gen", "must be >= 0")
@@ -221,9 +280,32 @@ def _check_values(cfg: RunConfig) -> None:
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     schedulers = ("cosine", "linear", "constant", "constant_with_warmup")
     need(cfg.optim.scheduler in schedulers, "optim.scheduler", f"must be one of {', '.join(schedulers)}")
-    need(0 <= cfg.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
+    o = cfg.optim
+    need(o.min_lr >= 0, "optim.min_lr", "must be >= 0")
+    if o.scheduler != "constant":
+        need(o.min_lr <= o.lr, "optim.min_lr", f"must not exceed optim.lr={o.lr} (the floor of the LR curve)")
+    warmups = [k for k in ("warmup_ratio", "warmup_steps", "warmup_epochs") if getattr(o, k) is not None]
+    if len(warmups) > 1:
+        raise ConfigError(
+            f"optim.{warmups[0]} / optim.{warmups[1]}: set at most one of optim.warmup_ratio, "
+            "optim.warmup_steps, optim.warmup_epochs (the others null)"
+        )
+    need(o.warmup_ratio is None or 0 <= o.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)")
+    need(o.warmup_steps is None or o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(o.warmup_epochs is None or o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+    if o.scheduler == "constant" and warmups and getattr(o, warmups[0]) > 0:
+        raise ConfigError(
+            f"optim.{warmups[0]}: optim.scheduler=constant has no warm-up (use constant_with_warmup, "
+            "or set it to 0 or null)"
+        )
     need(cfg.optim.max_grad_norm >= 0, "optim.max_grad_norm", "must be >= 0")
-    need(cfg.train.max_steps >= 1, "train.max_steps", "must be >= 1")
+    if cfg.train.max_steps is not None and cfg.train.epochs is not None:
+        raise ConfigError(
+            "train.max_steps / train.epochs: set one of them, not both "
+            f"(got {cfg.train.max_steps} and {cfg.train.epochs}; set the other to null)"
+        )
+    need(cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps", "must be >= 1")
+    need(cfg.train.epochs is None or cfg.train.epochs > 0, "train.epochs", "must be > 0")
     need(cfg.train.grad_accum >= 1, "train.grad_accum", "must be >= 1")
     need(cfg.train.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be no, bf16 or fp16")
     need(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")

@@ -62,7 +62,7 @@ class MetricsWriter:
         if self.writer is None:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")  # strict JSON: a non-finite run stops first
         step = row["step"]
         for k, v in row.items():
             if isinstance(v, float) and k != "step":

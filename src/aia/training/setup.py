@@ -7,7 +7,7 @@ numbers (LoRA initialisation, dropout), and a resumed run reloads the same piece
 from __future__ import annotations
 
 import functools
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +16,13 @@ from torch import nn
 
 from aia.adapters import get_adapter
 from aia.adapters.base import unwrap
+from aia.data.images import center_crop, resize_to_area
+from aia.errors import ConfigError
 from aia.targets.presets import TargetProfile
 from aia.training.config import RunConfig
+from aia.training.schedule import LRSchedule, Plan, plan
 from aia.training.step import UnifiedStep
-from aia.training.streams import TaskStream
+from aia.training.streams import TaskStream, micro_batches_per_step
 
 __all__ = [
     "DEFAULT_FROZEN",
@@ -27,6 +30,7 @@ __all__ = [
     "add_lora",
     "describe",
     "freeze",
+    "image_transform",
     "make_accelerator",
     "make_optimizer",
     "setup",
@@ -49,11 +53,14 @@ class Run:
     """The same module unwrapped."""
     optimizer: torch.optim.Optimizer
     scheduler: object
-    """The LR scheduler, stepped once per optimizer step (registered for checkpointing)."""
+    """The LR scheduler (:class:`aia.training.schedule.LRSchedule`), stepped once per optimizer
+    step (registered for checkpointing)."""
+    plan: Plan
+    """The run's length and warm-up in optimizer steps."""
     processor: object
     streams: dict[str, TaskStream]
     ratio: dict[str, int]
-    """Micro-batches per accumulation round, per task with data."""
+    """``data.ratio_*`` of the tasks that run (with data and a ratio > 0)."""
     trainable: int
     frozen: int
 
@@ -147,21 +154,17 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(module: nn.Module, cfg: RunConfig):
-    """AdamW over ``module``'s trainable parameters (weight decay on matrices only) and its LR scheduler."""
-    from transformers import get_scheduler
-
+def make_optimizer(module: nn.Module, cfg: RunConfig, run_plan: Plan):
+    """AdamW over ``module``'s trainable parameters (weight decay on matrices only) and its LR
+    scheduler (:class:`aia.training.schedule.LRSchedule` over ``run_plan``)."""
     optimizer = torch.optim.AdamW(
         _param_groups(module, cfg.optim.weight_decay),
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.betas),
         eps=cfg.optim.eps,
     )
-    scheduler = get_scheduler(
-        cfg.optim.scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(cfg.optim.warmup_ratio * cfg.train.max_steps),
-        num_training_steps=cfg.train.max_steps,
+    scheduler = LRSchedule(
+        optimizer, cfg.optim.scheduler, run_plan.warmup_steps, run_plan.total_steps, cfg.optim.min_lr
     )
     return optimizer, scheduler
 
@@ -177,14 +180,16 @@ def _configure_deepspeed(accelerator, cfg: RunConfig, micro_batches: int) -> Non
 def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accelerator=None) -> Run:
     """Build and ``accelerator.prepare`` everything a run needs, in this order: accelerator,
     seed, model (loaded from ``cfg.model.path`` unless given), frozen parameters, activation
-    checkpointing, LoRA, adapter, data streams, targets, step module, optimizer, scheduler.
+    checkpointing, LoRA, adapter, data streams, targets, the run's length and warm-up
+    (:func:`aia.training.schedule.plan`, which needs the streams' sizes), step module,
+    optimizer, scheduler.
     """
     from accelerate.utils import set_seed
 
     from aia.adapters import load_model
 
     ratio = task_ratios(cfg)
-    micro_batches = cfg.train.grad_accum * sum(ratio.values())
+    micro_batches = micro_batches_per_step(cfg.train.grad_accum, ratio, cfg.data.mixing)
     accelerator = accelerator or make_accelerator(cfg, micro_batches)
     accelerator.gradient_accumulation_steps = micro_batches
     set_seed(cfg.train.seed)
@@ -205,8 +210,9 @@ def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
     if cfg.aia.enabled:
         depth = unwrap(model).config.get_text_config().num_hidden_layers
         targets = TargetProfile.load(cfg.aia.targets, num_layers=depth)
+    run_plan = plan(cfg, {t: len(s) for t, s in streams.items()}, ratio, accelerator.num_processes)
     step_module = UnifiedStep(model, adapter, targets, cfg)
-    optimizer, scheduler = make_optimizer(step_module, cfg)
+    optimizer, scheduler = make_optimizer(step_module, cfg, run_plan)
     _configure_deepspeed(accelerator, cfg, micro_batches)
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us: once per optimizer step
@@ -217,12 +223,51 @@ def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         core=accelerator.unwrap_model(step_module),
         optimizer=optimizer,
         scheduler=scheduler,
+        plan=run_plan,
         processor=processor,
         streams=streams,
         ratio=ratio,
         trainable=trainable,
         frozen=frozen,
     )
+
+
+def _square_size(image_processor) -> int | None:
+    """The fixed square output size of an image processor (``crop_size``, else ``size`` as
+    height = width or ``shortest_edge``), or None if it has none (e.g. Emu3's dynamic size)."""
+
+    def get(size, key):
+        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+    for attr in ("crop_size", "size"):
+        size = getattr(image_processor, attr, None)
+        if size is None:
+            continue
+        height, width = get(size, "height"), get(size, "width")
+        if height is not None and height == width:
+            return int(height)
+        if attr == "size" and height is None and get(size, "shortest_edge") is not None:
+            return int(get(size, "shortest_edge"))
+    return None
+
+
+def image_transform(cfg: RunConfig, task: str, processor) -> Callable | None:
+    """The PIL transform ``task``'s images get before the processor (``data.image_area``, then
+    for generation ``data.gen_image_transform``), or None when there is none."""
+    steps: list[Callable] = []
+    if cfg.data.image_area is not None:
+        steps.append(functools.partial(resize_to_area, area=cfg.data.image_area))
+    if task == "gen" and cfg.data.gen_image_transform == "center_crop":
+        size = _square_size(getattr(processor, "image_processor", processor))
+        if size is None:
+            raise ConfigError(
+                "data.gen_image_transform: center_crop needs an image processor with a fixed square size; "
+                f"{type(processor).__name__} has none (use processor)"
+            )
+        steps.append(functools.partial(center_crop, size=size))
+    if not steps:
+        return None
+    return functools.reduce(lambda f, g: lambda image: g(f(image)), steps)
 
 
 def _stream(cfg: RunConfig, task: str, adapter, progress: bool) -> TaskStream:
@@ -237,6 +282,7 @@ def _stream(cfg: RunConfig, task: str, adapter, progress: bool) -> TaskStream:
         cfg.data.cfg_drop,
         progress=progress,
         cache=cfg.data.cache_examples,
+        image_transform=image_transform(cfg, task, adapter.processor),
     )
 
 
@@ -246,6 +292,7 @@ def describe(run: Run, resumed_from: Path | None) -> str:
     return (
         f"aia train: {run.trainable / 1e6:.2f}M trainable, {run.frozen / 1e6:.2f}M frozen parameters; tasks "
         f"{', '.join(f'{t} ({len(s)} samples)' for t, s in run.streams.items())}; AIA "
-        f"{'on' if cfg.aia.enabled else 'off'}; {run.world} process(es)"
+        f"{'on' if cfg.aia.enabled else 'off'}; mixing {cfg.data.mixing}; {run.plan.describe()}; "
+        f"{run.world} process(es)"
         + (f"; resumed from {resumed_from.name}" if resumed_from else "")
     )

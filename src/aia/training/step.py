@@ -114,7 +114,8 @@ class StepSums:
 
     ``sums`` holds ``loss``, ``loss/ntp`` and per task ``loss/ntp/<task>`` (with AIA on also
     ``loss/aia/<task>`` and ``aia_samples/<task>``); ``counts`` the micro-batches per task (in
-    schedule order); ``curves`` per task the sum over AIA-carrying samples of their per-layer
+    schedule order; only the step's task under ``data.mixing`` random or alternate, so its row
+    has only that task's keys); ``curves`` per task the sum over AIA-carrying samples of their per-layer
     intensity; ``grad_norm`` the norm before clipping.
     """
 
@@ -138,6 +139,15 @@ class StepSums:
             self.sums[f"loss/aia/{task}"] += res["aia"].detach().float()
             self.sums[f"aia_samples/{task}"] += res["aia_samples"].detach()
             self.curves[task] = self.curves[task] + res["intensity"].detach().float() * res["aia_samples"].detach()
+
+    def non_finite(self, accelerator) -> str | None:
+        """The first of this step's terms (NTP or AIA per task, the gradient norm) that is not
+        finite on any rank, else None. Collective: call it on every rank after every step."""
+        names = sorted(k for k in self.sums if k.startswith(("loss/ntp/", "loss/aia/"))) + ["grad_norm"]
+        values = [self.sums[k] for k in names[:-1]] + [self.grad_norm]
+        bad = torch.stack([(~torch.isfinite(v.float())).float() for v in values])
+        bad = accelerator.reduce(bad, reduction="sum")
+        return next((name for name, b in zip(names, bad.tolist(), strict=True) if b > 0), None)
 
     def row(self, accelerator, step: int, lr: float, step_time: float, intensity: bool) -> dict:
         """The metrics row of optimizer step ``step`` (1-based), averaged or summed over ranks.
@@ -173,7 +183,7 @@ def optimizer_step(run: Run, step: int) -> StepSums:
     """
     accelerator, cfg = run.accelerator, run.cfg
     sums = StepSums(accelerator.device, aia=cfg.aia.enabled)
-    for task, counter in step_schedule(step, cfg.train.grad_accum, run.ratio):
+    for task, counter in step_schedule(step, cfg.train.grad_accum, run.ratio, cfg.data.mixing, cfg.train.seed):
         batch = run.streams[task].batch(counter, cfg.data.batch_size, run.rank, run.world).to(accelerator.device)
         with accelerator.accumulate(run.step_module), run.core.capturing():
             res = run.step_module(task, **batch_tensors(batch))

@@ -7,12 +7,20 @@ more than ``max_bad_fraction`` of a file is bad, training stops with an error na
 examples. A sample longer than ``max_length`` whose image ends before the limit is
 truncated after it.
 
+Images can be transformed before the processor (``image_transform``, built from
+``data.image_area`` and ``data.gen_image_transform``): the stream then loads the image
+itself and hands it to the adapter's ``encode(..., image=...)``.
+
 Everything that picks data is a pure function of ``(seed, step)``, so a resumed run
 draws exactly what the uninterrupted run would have drawn, and every rank agrees on
 the task of every micro-batch:
 
-* an optimizer step is ``grad_accum`` rounds; a round is ``ratio_und`` understanding
-  micro-batches then ``ratio_gen`` generation micro-batches (:func:`step_schedule`);
+* the tasks of an optimizer step follow ``data.mixing`` (:func:`step_schedule`): under
+  ``both`` a step is ``grad_accum`` rounds of ``ratio_und`` understanding micro-batches then
+  ``ratio_gen`` generation micro-batches; under ``random`` and ``alternate`` a step is
+  ``grad_accum`` micro-batches of one task, drawn by a generator seeded by ``(seed, step)``
+  or taken from a fixed cycle; a task's micro-batches are numbered over the whole run by
+  counting the steps of that task before the step, so no data position repeats or is skipped;
 * micro-batch ``c`` of a task on rank ``r`` of ``W`` takes stream positions
   ``(c * W + r) * bs ... + bs - 1``; position ``p`` is record ``perm_e[p mod N]`` of epoch
   ``e = p // N``, with a fresh permutation per epoch;
@@ -24,18 +32,21 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from aia.adapters import Adapter, Batch, Example
 from aia.core.spans import Role
-from aia.data.records import infer_task, read_records
+from aia.data.records import image_path, infer_task, load_image, read_records
 from aia.errors import DataError, ImageError
+from aia.training.config import MIXINGS
 
-__all__ = ["TaskStream", "step_schedule", "truncate"]
+__all__ = ["TaskStream", "micro_batches_per_step", "step_schedule", "step_task", "truncate"]
 
 
 def truncate(example: Example, max_length: int) -> Example | None:
@@ -74,6 +85,8 @@ class TaskStream:
         progress: show a progress bar while validating.
         cache: keep the validation pass's encoded samples and draw from them (memory grows
             with the data); blanked generation prompts are encoded when drawn.
+        image_transform: a PIL image -> PIL image function applied to every record's image
+            before the adapter's processor (None: the adapter loads the image itself).
     """
 
     def __init__(
@@ -87,8 +100,10 @@ class TaskStream:
         cfg_drop: float = 0.0,
         progress: bool = True,
         cache: bool = False,
+        image_transform: Callable[[Image.Image], Image.Image] | None = None,
     ):
         self.path, self.task, self.adapter = Path(path), task, adapter
+        self.image_transform = image_transform
         self.max_length, self.seed, self.cfg_drop = max_length, seed, cfg_drop
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) of the last draw
         records = read_records(self.path)
@@ -100,7 +115,7 @@ class TaskStream:
             try:
                 if infer_task(record) != task:
                     raise DataError(f"a {infer_task(record)!r} record in the {task!r} file")
-                example = adapter.encode(record, task, self.path.parent)
+                example = self._encode(record)
             except (ImageError, DataError, KeyError, TypeError) as err:
                 self.rejected.append(Rejected(i, f"{type(err).__name__}: {err}"))
                 continue
@@ -125,6 +140,13 @@ class TaskStream:
                 f"{self.path}: {bad} of {len(records)} samples are unusable "
                 f"(> data.max_bad_fraction={max_bad_fraction}); e.g. {self._examples()}"
             )
+
+    def _encode(self, record: dict, cfg_blank: bool = False) -> Example:
+        """The adapter's encoding of ``record``, its image first transformed if so configured."""
+        image = None
+        if self.image_transform is not None:
+            image = self.image_transform(load_image(image_path(record, self.path.parent)))
+        return self.adapter.encode(record, self.task, self.path.parent, image=image, cfg_blank=cfg_blank)
 
     def _examples(self, n: int = 3) -> str:
         return "; ".join(f"record {r.index}: {r.reason}" for r in self.rejected[:n])
@@ -157,17 +179,75 @@ class TaskStream:
             if self.examples is not None and not blank:
                 examples.append(self.examples[i])
                 continue
-            example = self.adapter.encode(self.records[i], self.task, self.path.parent, cfg_blank=blank)
+            example = self._encode(self.records[i], cfg_blank=blank)
             examples.append(truncate(example, self.max_length))
         return self.adapter.collate(examples)
 
 
-def step_schedule(step: int, grad_accum: int, ratio: dict[str, int]) -> list[tuple[str, int]]:
-    """The micro-batches of optimizer step ``step``: ``[(task, counter), ...]``.
+def micro_batches_per_step(grad_accum: int, ratio: dict[str, int], mixing: str = "both") -> int:
+    """How many micro-batches one optimizer step has (the length of every :func:`step_schedule`)."""
+    return grad_accum * (sum(ratio.values()) if mixing == "both" else 1)
+
+
+def _is_und(step: int, seed: int, p_und: float) -> bool:
+    """``data.mixing=random``: whether step ``step`` is an understanding step."""
+    return random.Random(f"{seed}/task/{step}").random() < p_und
+
+
+#: (seed, ratio_und, ratio_gen) -> the draws of steps 0, 1, ... (1: und), extended on demand
+_DRAWS: dict[tuple[int, int, int], bytearray] = {}
+
+
+def _und_steps_before(step: int, ratio: dict[str, int], mixing: str, seed: int) -> int:
+    """How many of steps ``0 .. step - 1`` are understanding steps (``random`` or ``alternate``)."""
+    und, gen = ratio.get("und", 0), ratio.get("gen", 0)
+    if mixing == "alternate":
+        full, rest = divmod(step, und + gen)
+        return full * und + min(rest, und)
+    draws = _DRAWS.setdefault((seed, und, gen), bytearray())
+    p_und = und / (und + gen)
+    while len(draws) <= step:  # a memo of the pure draws: 1 byte per step
+        draws.append(_is_und(len(draws), seed, p_und))
+    return draws.count(1, 0, step)
+
+
+def step_task(step: int, ratio: dict[str, int], mixing: str, seed: int = 0) -> str:
+    """The one task of optimizer step ``step`` under ``random`` or ``alternate`` mixing."""
+    und, gen = ratio.get("und", 0), ratio.get("gen", 0)
+    if mixing == "alternate":
+        is_und = step % (und + gen) < und
+    elif mixing == "random":
+        is_und = _is_und(step, seed, und / (und + gen))
+    else:
+        raise ValueError(f"step_task: mixing {mixing!r} has no single task per step")
+    return "und" if is_und else "gen"
+
+
+def step_schedule(
+    step: int, grad_accum: int, ratio: dict[str, int], mixing: str = "both", seed: int = 0
+) -> list[tuple[str, int]]:
+    """The micro-batches of optimizer step ``step`` (0-based): ``[(task, counter), ...]``.
 
     ``counter`` numbers the task's micro-batches over the whole run, so it also gives the
-    data position. Tasks with ratio 0 are absent.
+    data position. Tasks with ratio 0 are absent (``ratio`` holds the tasks that run).
+
+    * ``both``: ``grad_accum`` rounds of ``ratio["und"]`` und then ``ratio["gen"]`` gen micro-batches;
+    * ``random``: ``grad_accum`` micro-batches of one task, und with probability
+      ``ratio_und / (ratio_und + ratio_gen)`` from ``random.Random(f"{seed}/task/{step}")``;
+    * ``alternate``: ``grad_accum`` micro-batches of one task; steps cycle through
+      ``ratio_und`` und steps then ``ratio_gen`` gen steps.
+
+    Under ``random``/``alternate`` a task's counters continue from its steps before ``step``
+    (counted, not stored), so the result depends on ``step`` alone: the same on every rank,
+    and after a resume.
     """
+    if mixing not in MIXINGS:
+        raise ValueError(f"step_schedule: mixing must be one of {MIXINGS}, got {mixing!r}")
+    if mixing != "both":
+        task = step_task(step, ratio, mixing, seed)
+        und_before = _und_steps_before(step, ratio, mixing, seed)
+        before = und_before if task == "und" else step - und_before
+        return [(task, before * grad_accum + j) for j in range(grad_accum)]
     out = []
     for round_ in range(grad_accum):
         for task in ("und", "gen"):

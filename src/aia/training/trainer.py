@@ -1,8 +1,12 @@
 """``aia train``: unified fine-tuning with NTP + lambda_task * AIA, on accelerate.
 
 One optimizer step = ``grad_accum`` rounds of ``ratio_und`` understanding and
-``ratio_gen`` generation micro-batches (:func:`aia.training.streams.step_schedule`), the same
-schedule on every rank. Each micro-batch is one task; its loss is the adapter's NTP
+``ratio_gen`` generation micro-batches (``data.mixing=both``), or ``grad_accum``
+micro-batches of one task drawn at random (``random``, as released) or in a fixed cycle
+(``alternate``) (:func:`aia.training.streams.step_schedule`), the same schedule on every
+rank. The run lasts ``train.max_steps`` steps or ``train.epochs`` epochs, and the LR follows
+the released warm-up + decay curve (:mod:`aia.training.schedule`). Each micro-batch is one
+task; its loss is the adapter's NTP
 loss plus ``lambda_task * L_AIA`` (Eq. 2/3) from the intensities that
 :func:`aia.capture` records during the same forward pass. With ``aia.enabled=false``
 the capture is not entered at all: the run is the plain NTP baseline.
@@ -39,6 +43,7 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
+from aia.errors import InputError
 from aia.training.checkpoint import save_checkpoint, save_final, start_or_resume
 from aia.training.config import RunConfig, TrainConfig
 from aia.training.metrics import METRIC_KEYS, MetricsWriter
@@ -58,6 +63,10 @@ class TrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
+class DivergedError(InputError):
+    """A loss term or the gradient norm became NaN or infinite: the run stops (exit status 2)."""
+
+
 def _every(n: int, step: int) -> bool:
     """Whether 1-based ``step`` is one of every ``n`` (never when ``n`` is 0)."""
     return bool(n) and step % n == 0
@@ -67,9 +76,9 @@ def _logs_intensity(cfg: RunConfig, step: int) -> bool:
     return cfg.aia.enabled and _every(cfg.train.intensity_every, step)
 
 
-def _saves_checkpoint(train_cfg: TrainConfig, step: int) -> bool:
-    """A checkpoint after 1-based ``step``, other than the last one's (always saved)."""
-    return _every(train_cfg.save_every, step) and step < train_cfg.max_steps
+def _saves_checkpoint(train_cfg: TrainConfig, step: int, total: int) -> bool:
+    """A checkpoint after 1-based ``step``, other than the last one's (step ``total``, always saved)."""
+    return _every(train_cfg.save_every, step) and step < total
 
 
 def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accelerator=None) -> TrainResult:
@@ -87,18 +96,25 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
     out = Path(cfg.train.output_dir)
     run = setup(cfg, model, processor, accelerator)
     acc = run.accelerator
-    start, resumed_from = start_or_resume(acc, out, cfg.train.resume)
+    start, resumed_from = start_or_resume(acc, out, cfg.train.resume, cfg)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         print(describe(run, resumed_from), file=sys.stderr)
     metrics = MetricsWriter(out, start, enabled=acc.is_main_process)
-    bar = tqdm(total=cfg.train.max_steps, initial=start, desc="aia train", disable=not run.progress, file=sys.stderr)
+    total = run.plan.total_steps
+    bar = tqdm(total=total, initial=start, desc="aia train", disable=not run.progress, file=sys.stderr)
     history: list[dict] = []
-    for step in range(start + 1, cfg.train.max_steps + 1):  # 1-based: the step being taken
+    for step in range(start + 1, total + 1):  # 1-based: the step being taken
         lr = run.scheduler.get_last_lr()[0]
         t0 = time.perf_counter()
         sums = optimizer_step(run, step - 1)
+        bad = sums.non_finite(acc)
+        if bad is not None:  # stop before anything is logged or saved from a non-finite state
+            raise DivergedError(
+                f"step {step}: {bad} is not finite (lr {lr:.3g}); nothing was saved from this step, "
+                f"the last good checkpoint is {(out / 'latest').read_text().strip() if (out / 'latest').is_file() else 'none'}"
+            )
         run.scheduler.step()
         step_time = time.perf_counter() - t0
         bar.update(1)
@@ -107,11 +123,11 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
             history.append(row)
             metrics.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-        if _saves_checkpoint(cfg.train, step):
+        if _saves_checkpoint(cfg.train, step, total):
             save_checkpoint(acc, run.step_module, run.processor, out, step, cfg)
     bar.close()
-    if start < cfg.train.max_steps:
-        save_checkpoint(acc, run.step_module, run.processor, out, cfg.train.max_steps, cfg)
+    if start < total:
+        save_checkpoint(acc, run.step_module, run.processor, out, total, cfg)
     final = save_final(acc, run.step_module, run.processor, out)
     metrics.close()
     skipped = {t: len(s.rejected) for t, s in run.streams.items()}
