@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from aia.cli import main
 from aia.testing.tiny import tiny_janus
 from aia.training.trainer import DivergedError, train
 from tests.training.test_trainer import make_cfg

@@ -32,3 +32,20 @@ def test_resume_refuses_changed_state_and_config_and_falls_back_from_a_stale_lat
     (out / "checkpoint-4" / "random_states_0.pkl").write_bytes(b"not what was saved")
     with pytest.raises(InputError, match="do not match the digest"):
         train(make_cfg(tiny_data, out, "train.max_steps=5"), *tiny_janus(seed=0))
+
+
+def test_a_second_trainer_on_the_same_folder_refuses_to_start(tiny_data, tmp_path):
+    from aia.training.checkpoint import run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out):
+        with pytest.raises(InputError, match=r"another aia train \(pid \d+\) is running in this folder"):
+            train(make_cfg(tiny_data, out), *tiny_janus(seed=0))
+    train(make_cfg(tiny_data, out), *tiny_janus(seed=0))  # released: runs
+
+
+def test_infinite_config_values_are_refused_at_load(tiny_data, tmp_path):
+    from aia.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="aia.weight_gen: must be a finite number, got inf"):
+        make_cfg(tiny_data, tmp_path, "aia.weight_gen=.inf")

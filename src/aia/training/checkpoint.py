@@ -29,6 +29,7 @@ __all__ = [
     "RESUMABLE_CHANGES",
     "config_changes",
     "latest_checkpoint",
+    "run_lock",
     "save_checkpoint",
     "save_final",
     "save_model",
@@ -183,6 +184,36 @@ def written_atomically(accelerator, path: Path) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.lock`` for the run, so that a second ``aia train`` on the same folder refuses to
+    start instead of interleaving its logs and checkpoints with this one's. Only the global rank 0
+    process locks (it is the one that writes); the lock goes with the process, even on kill -9."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise InputError(f"another aia train ({holder}) is running in this folder; wait for it or use "
+                             "another train.output_dir", path=out) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

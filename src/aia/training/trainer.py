@@ -44,7 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aia.errors import InputError
-from aia.training.checkpoint import save_checkpoint, save_final, start_or_resume
+from aia.training.checkpoint import run_lock, save_checkpoint, save_final, start_or_resume
 from aia.training.config import RunConfig, TrainConfig
 from aia.training.metrics import METRIC_KEYS, MetricsWriter
 from aia.training.setup import DEFAULT_FROZEN, describe, freeze, setup
@@ -94,6 +94,11 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         A :class:`TrainResult` with the metrics history of this process.
     """
     out = Path(cfg.train.output_dir)
+    with run_lock(out):  # one trainer per output folder
+        return _train(cfg, out, model, processor, accelerator)
+
+
+def _train(cfg: RunConfig, out: Path, model, processor, accelerator) -> TrainResult:
     run = setup(cfg, model, processor, accelerator)
     acc = run.accelerator
     start, resumed_from = start_or_resume(acc, out, cfg.train.resume, cfg)
