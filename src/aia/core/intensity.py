@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "METHODS",
@@ -43,9 +44,6 @@ __all__ = [
 ]
 
 METHODS = ("auto", "reference", "sdpa", "flex")
-# Head-dim multiple of the padded width: CUDA's fused kernels want multiples of 8; the CPU
-# flash kernel runs d + 1 as fast as d + 8 and every padded column costs activation memory.
-_PAD_MULTIPLE = {"cuda": 8}
 
 
 def span_valid(query_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -176,25 +174,280 @@ def attention_with_mass(
             by a second, dropout-free call so that it stays the statistic of Eq. 1.
 
     Returns:
-        ``(output [B, H, Tq, dv] or None, mass [B, H, Tq])``, both in the input dtype.
+        ``(output [B, H, Tq, dv] or None, mass [B, H, Tq])``, both in the input dtype. The
+        output is laid out ``[B, Tq, H, dv]`` in memory, as SDPA's own output, so that
+        ``output.transpose(1, 2).contiguous()`` costs no copy.
+
+    Where the fused op and its backward can be called directly (:func:`_fused_backend`), this
+    runs :class:`_MassAttention`, whose saved state is what plain SDPA saves plus ``O(B H Tq)``;
+    elsewhere (autocast, the math backend, cuDNN, ...) the padded tensors go through
+    ``F.scaled_dot_product_attention`` and its own autograd (:func:`_attention_with_mass_sdpa`).
     """
     d = query.shape[-1]
     scale = scaling if scaling is not None else d**-0.5
-    ind = key_mask[:, None, :, None].to(query.dtype).expand(key.shape[0], key.shape[1], -1, 1)  # [B, Hkv, Tk, 1]
     if value is None or dropout > 0.0:
         # Mass alone: the indicator in column 0 of a width-d value, no padding of q or k needed.
-        v = F.pad(ind, (0, d - 1))
-        mass = _sdpa(query, key, v, attention_mask, scale, causal, 0.0)[..., 0]
+        mass = _attention_with_mass(query, key, None, key_mask, attention_mask, scale, causal)[1]
         out = None if value is None else _sdpa(query, key, value, attention_mask, scale, causal, dropout)
         return out, mass
-    dv = value.shape[-1]
-    multiple = _PAD_MULTIPLE.get(query.device.type, 1)
-    width = -(-(max(d, dv) + 1) // multiple) * multiple
+    return _attention_with_mass(query, key, value, key_mask, attention_mask, scale, causal)
+
+
+# CPU: d + 1 (rounded up to 8 past _CPU_ROUND_FROM keys); CUDA: a multiple of 8 (FlashAttention
+# and memory-efficient kernels). With _MassAttention the width only costs transient memory
+# (the padded tensors live for one layer's forward or backward); its time is measured in
+# docs/PERFORMANCE.md ("The route rule").
+_PAD_MULTIPLE = {"cuda": 8}
+_CPU_ROUND_FROM = None  # set from the measurements in docs/PERFORMANCE.md; None: always d + 1
+_FLASH, _EFFICIENT = 1, 2  # torch's SDPBackend enum values, as torch._fused_sdp_choice returns them
+_USE_MASS_FUNCTION = True  # False: always the portable route (benchmarks/bench_step.py's "aia-portable")
+
+
+def _pad_width(d: int, dv: int, device: torch.device, tk: int) -> int:
+    """Common head width of the padded q, k and [v, 1[k in K], 0...]: at least max(d, dv + 1)."""
+    need = max(d, dv + 1)
+    multiple = _PAD_MULTIPLE.get(device.type, 1)
+    if device.type == "cpu" and _CPU_ROUND_FROM is not None and tk >= _CPU_ROUND_FROM and need > d:
+        multiple = 8
+    return -(-need // multiple) * multiple
+
+
+def _attention_with_mass(query, key, value, key_mask, attention_mask, scale, causal):
+    tq, tk = query.shape[2], key.shape[2]
+    is_causal = causal and attention_mask is None and tq > 1
+    if is_causal and tk > tq:
+        raise ValueError("causal attention without a mask needs as many keys as queries; pass attention_mask")
+    d, dv = query.shape[-1], (0 if value is None else value.shape[-1])
+    width = _pad_width(d, dv, query.device, tk)
+    backend = _fused_backend(query, key, width, attention_mask, is_causal)
+    if backend is None:
+        return _attention_with_mass_sdpa(query, key, value, key_mask, attention_mask, scale, is_causal, width)
+    out, mass = _MassAttention.apply(query, key, value, key_mask, attention_mask, scale, is_causal, width, backend)
+    return (None if value is None else out.transpose(1, 2)), mass
+
+
+def _attention_with_mass_sdpa(query, key, value, key_mask, attention_mask, scale, is_causal, width):
+    """The portable route: padded tensors through ``F.scaled_dot_product_attention`` and its autograd.
+
+    SDPA saves the padded q, k, v and output for backward (``width / d`` times plain SDPA's) and the
+    output slice needs a copy for the caller's ``transpose(1, 2).contiguous()``.
+    """
+    d = query.shape[-1]
+    dv = 0 if value is None else value.shape[-1]
     q = F.pad(query, (0, width - d))
     k = F.pad(key, (0, width - d))
-    v = torch.cat([value, ind, value.new_zeros(*value.shape[:-1], width - dv - 1)], dim=-1)
-    out = _sdpa(q, k, v, attention_mask, scale, causal, 0.0)  # [B, H, Tq, width]
-    return out[..., :dv], out[..., dv]
+    v = _padded_value(value, key_mask, key.shape[1], width, query.dtype)
+    out = _sdpa(q, k, v, attention_mask, scale, is_causal, 0.0)  # [B, H, Tq, width]
+    return (None if value is None else out[..., :dv]), out[..., dv]
+
+
+def _padded_value(value, key_mask, hkv, width, dtype):
+    """``[value, 1[k in K], 0 ...]``, ``[B, Hkv, Tk, width]``."""
+    b, tk = key_mask.shape
+    ind = key_mask[:, None, :, None].to(dtype).expand(b, hkv, tk, 1)
+    if value is None:
+        return F.pad(ind, (0, width - 1))
+    return torch.cat([value, ind, value.new_zeros(*value.shape[:-1], width - value.shape[-1] - 1)], dim=-1)
+
+
+def _fused_backend(query, key, width, attention_mask, is_causal) -> int | None:
+    """Which fused op :class:`_MassAttention` calls, or ``None`` for the portable SDPA route.
+
+    The choice is torch's own (``torch._fused_sdp_choice`` on tensors of the padded shapes, so that
+    ``torch.nn.attention.sdpa_kernel`` and every kernel constraint apply as they would to
+    ``F.scaled_dot_product_attention``); only the kernels whose forward returns the log-sum-exp
+    and whose backward is callable are taken: CPU flash; CUDA flash and memory-efficient.
+    """
+    device = query.device.type
+    if not _USE_MASS_FUNCTION or device not in ("cpu", "cuda") or torch.is_autocast_enabled(device) or not hasattr(torch, "_fused_sdp_choice"):
+        return None
+    if query.is_nested or key.is_nested:
+        return None
+    h, hkv = query.shape[1], key.shape[1]
+    if device == "cuda" and attention_mask is not None:
+        if attention_mask.dtype not in (torch.bool, query.dtype):
+            return None
+    grad = query.requires_grad or key.requires_grad
+    b, tq, tk = query.shape[0], query.shape[2], key.shape[2]
+    heads = hkv if device == "cpu" else h  # CUDA gets expanded kv (see _MassAttention)
+    # stand-ins of the padded shapes without their memory (stride 0 but in the last dim)
+    row = torch.empty(width, dtype=query.dtype, device=query.device)
+    q = row.detach().requires_grad_(grad).expand(b, h, tq, width)
+    k = row.expand(b, heads, tk, width)
+    try:
+        choice = torch._fused_sdp_choice(
+            q, k, k, attn_mask=attention_mask, dropout_p=0.0, is_causal=is_causal, enable_gqa=heads != h
+        )
+    except (RuntimeError, TypeError):
+        return None
+    allowed = (_FLASH,) if device == "cpu" else (_FLASH, _EFFICIENT)
+    return choice if choice in allowed else None
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A bool mask as SDPA converts it for its fused kernels (0 where allowed, -inf elsewhere)."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def _efficient_bias(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """The additive bias as SDPA hands it to the CUDA memory-efficient kernel (``preprocess_mask``):
+    expanded to ``[B, H, Tq, Tk]``, its rows 16-aligned."""
+    bias = _additive(mask, q.dtype)
+    if bias is None:
+        return None
+    while bias.dim() < 4:
+        bias = bias.unsqueeze(0)
+    tk = k.shape[2]
+    bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], tk)
+    if tk % 16:
+        return F.pad(bias, (0, 16 - tk % 16))[..., :tk]
+    if any(s % 16 for s in bias.stride()[:-1]):
+        return bias.contiguous()
+    return bias
+
+
+def _widen(x: torch.Tensor, heads: int, width: int) -> torch.Tensor:
+    """``[B, Hx, T, dx]`` -> ``[B, heads, T, width]``: zero columns appended, kv heads repeated (GQA)."""
+    b, hx, t, dx = x.shape
+    if hx == heads and dx == width:
+        return x
+    out = x.new_zeros(b, heads, t, width)
+    out.view(b, hx, heads // hx, t, width)[..., :dx] = x[:, :, None]
+    return out
+
+
+def _columns(x: torch.Tensor | None, col: torch.Tensor, width: int) -> torch.Tensor:
+    """``[x, col, 0 ...]``: ``x`` ``[B, H, T, dx]`` (or ``None``, ``dx = 0``), ``col`` ``[B, H, T]`` or broadcastable."""
+    dx = 0 if x is None else x.shape[-1]
+    b, h, t = x.shape[:3] if x is not None else col.shape
+    out = col.new_zeros(b, t, h, width).transpose(1, 2)  # [B, T, H, width] in memory, as SDPA's output
+    if x is not None:
+        out[..., :dx] = x
+    out[..., dx] = col
+    return out
+
+
+def _fused_forward(backend, q, k, v, attn_mask, scale, is_causal):
+    """``(out, lse, aux)`` of the fused op ``backend`` on the padded tensors."""
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, is_causal, attn_mask=_additive(attn_mask, q.dtype), scale=scale
+        )
+        return out, lse, ()
+    if backend == _FLASH:  # CUDA FlashAttention-2 (no mask: torch never picks it with one)
+        out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, is_causal, False, scale=scale
+        )
+        return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)
+    out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, _efficient_bias(attn_mask, q, k), True, 0.0, is_causal, scale=scale
+    )
+    return out, lse, (seed, offset)
+
+
+def _fused_backward(backend, grad, q, k, v, out, lse, aux, attn_mask, scale, is_causal):
+    """``(grad_q, grad_k, grad_v)`` of :func:`_fused_forward`'s op."""
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad, q, k, v, out, lse, 0.0, is_causal, attn_mask=_additive(attn_mask, q.dtype), scale=scale
+        )
+    if backend == _FLASH:
+        cum_q, cum_k, max_q, max_k, seed, offset = aux
+        return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+            grad, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, is_causal, seed, offset, scale=scale
+        )
+    seed, offset = aux
+    grads = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        grad,
+        q,
+        k,
+        v,
+        _efficient_bias(attn_mask, q, k),
+        out,
+        lse,
+        seed,
+        offset,
+        0.0,
+        [True, True, True, False],
+        is_causal,
+        scale=scale,
+    )
+    return grads[:3]
+
+
+class _MassAttention(torch.autograd.Function):
+    """Indicator-column attention whose saved state is plain SDPA's plus ``O(B H Tq)``.
+
+    Forward runs the fused op on the padded ``q``, ``k`` and ``[v, 1[k in K], 0...]`` and keeps the
+    unpadded inputs, the unpadded output (laid out ``[B, Tq, H, dv]``, the caller's next layout),
+    the mass column and the log-sum-exp. Backward rebuilds the padded tensors for the duration of
+    the call, the padded output as ``[out, mass, 0...]`` (the zero value columns give exactly zero
+    output columns) and the padded output gradient as ``[grad_out, grad_mass, 0...]``, and calls the
+    op's own backward: the gradients are those of SDPA on the padded tensors, bit for bit the
+    values the portable route's autograd computes. The padded gradients are sliced, not copied.
+    CPU keeps GQA unexpanded (the CPU flash op takes ``Hkv < H``); CUDA expands kv for the op
+    and sums the key/value gradients over each group.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, key_mask, attn_mask, scale, is_causal, width, backend):
+        h = query.shape[1]
+        heads = key.shape[1] if query.device.type == "cpu" else h
+        dv = 0 if value is None else value.shape[-1]
+        ind = key_mask[:, None, :].to(query.dtype)
+        q, k = _widen(query, h, width), _widen(key, heads, width)
+        v = _columns(None if value is None else _widen(value, heads, dv), ind.expand(-1, heads, -1), width)
+        out_p, lse, aux = _fused_forward(backend, q, k, v, attn_mask, scale, is_causal)
+        del q, k, v
+        mass = out_p[..., dv].contiguous()  # [B, H, Tq]
+        out = None if value is None else out_p[..., :dv].transpose(1, 2).contiguous()  # [B, Tq, H, dv]
+        del out_p
+        ctx.save_for_backward(query, key, value, key_mask, attn_mask, out, mass)
+        ctx.lse, ctx.aux = lse, aux
+        ctx.scale, ctx.is_causal, ctx.width, ctx.backend = scale, is_causal, width, backend
+        return out, mass
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_mass):
+        query, key, value, key_mask, attn_mask, out, mass = ctx.saved_tensors
+        width = ctx.width
+        b, h, tq, d = query.shape
+        hkv = key.shape[1]
+        heads = hkv if query.device.type == "cpu" else h
+        dv = 0 if value is None else value.shape[-1]
+        if grad_mass is None:
+            grad_mass = torch.zeros_like(mass)
+        if value is not None and grad_out is None:
+            grad_out = torch.zeros_like(out)
+        ind = key_mask[:, None, :].to(query.dtype)
+        q, k = _widen(query, h, width), _widen(key, heads, width)
+        v = _columns(None if value is None else _widen(value, heads, dv), ind.expand(-1, heads, -1), width)
+        out_p = _columns(None if out is None else out.transpose(1, 2), mass, width)
+        grad_p = _columns(None if grad_out is None else grad_out.transpose(1, 2), grad_mass, width)
+        gq, gk, gv = _fused_backward(
+            ctx.backend, grad_p, q, k, v, out_p, ctx.lse, ctx.aux, attn_mask, ctx.scale, ctx.is_causal
+        )
+        del q, k, v, out_p, grad_p
+        gq, gk = gq[..., :d], gk[..., :d]
+        gv = None if value is None else gv[..., :dv]
+        if heads != hkv:
+            gk = gk.unflatten(1, (hkv, heads // hkv)).sum(2)
+            gv = None if gv is None else gv.unflatten(1, (hkv, heads // hkv)).sum(2)
+        needs = ctx.needs_input_grad
+        return (
+            gq if needs[0] else None,
+            gk if needs[1] else None,
+            gv if needs[2] else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,31 +1,44 @@
-"""``aia demo``: the paper's pipeline at micro scale, on scikit-learn's handwritten digits.
+"""``aia demo``: the paper's protocol at micro scale, on scikit-learn's handwritten digits.
 
 Every step goes through the code a user runs on Janus-Pro or Emu3; only the model is
 tiny (a 4-layer ``LlamaForCausalLM`` whose vocabulary holds the words of the prompts
-and 32 VQ-code tokens: a purely unified model of Emu3's kind, :mod:`aia.demo.digits`):
+and 32 VQ-code tokens: a purely unified model of Emu3's kind, :mod:`aia.demo.digits`).
+The paper adds AIA when post-training an already pretrained unified model (Janus-Pro) or
+in the SFT of one (Emu3); the demo does the same:
 
 1. data: a stratified train/test split of the 1,797 bundled 8x8 digits, a k-means VQ
    fitted on the training split, PNGs + JSONL records (``DIR/data``); a random initial
    model saved with its processor (``DIR/init``);
 2. references: an understanding-only and a generation-only model trained with
-   :func:`aia.training.trainer.train` (AIA off), from the same initial weights;
+   :func:`aia.training.trainer.train` (AIA off) from the initial weights;
 3. targets: :func:`aia.measure.teacher.profile_model` of each reference on its own task
    (teacher forcing, training data), then :func:`aia.targets.stages.derive_targets`
    (``DIR/targets.yaml``; per-layer variant ``DIR/targets_per_layer.yaml``);
-4. unified models, same initial weights, data, seed and steps: the NTP baseline, NTP +
-   AIA with the derived targets, and (``ablations=True``) the paper's two ablations, w/o
-   Huber (``aia.mode=mse``) and w/o stage-level targets (per-layer targets); each run's
-   config is written to ``DIR/configs/<run>.yaml`` (``aia train`` reads it as it is);
-5. evaluation (:mod:`aia.demo.judge`) of every run reloaded from its saved ``final/``
+4. pretraining: one unified model trained on both tasks with NTP only from the initial
+   weights (``DIR/runs/pretrained``): the "released checkpoint" of the protocol. Its
+   intensity curves (evaluation step) are the analogue of the paper's Fig. 1;
+5. post-training, once per seed of ``seeds``: the NTP baseline, NTP + AIA with the derived
+   targets and (``ablations``) the paper's two ablations, w/o Huber (``aia.mode=mse``) and
+   w/o stage-level targets (per-layer targets), all continuing from the pretrained
+   checkpoint's ``final/`` directory with the same data, steps, learning rate and seed: they
+   differ only in the AIA term. The seed sets the data order (``train.seed``) and the
+   sampling of the generation evaluation; the checkpoint is shared by every seed. Runs go to
+   ``DIR/runs/seed<k>/<run>``, their configs to ``DIR/configs/seed<k>/<run>.yaml`` (``aia
+   train`` reads them as they are);
+6. evaluation (:mod:`aia.demo.judge`) of every model reloaded from its saved ``final/``
    directory with :func:`aia.adapters.load_model`, on the held-out split, and its
-   intensity curves profiled on the training data;
-6. ``DIR/report.md``, ``DIR/results.json``, ``DIR/intensity.png`` (curves and targets,
-   paper Fig. 1/5 style), ``DIR/losses.png`` (NTP curves, Fig. 3 style),
-   ``DIR/losses_aia.png``, ``DIR/samples.png`` (generated digits); ``.svg`` next to each.
+   intensity curves profiled on the training data (``DIR/profiles``);
+7. ``DIR/report.md``, ``DIR/results.json``, ``DIR/intensity.png`` (the pretrained model's
+   curves, the references, the targets and the post-trained curves of every seed),
+   ``DIR/losses_pretraining.png`` (NTP curves of the runs from scratch),
+   ``DIR/losses.png`` / ``DIR/losses_aia.png`` (NTP / AIA curves of the first seed's
+   post-training runs), ``DIR/samples.png`` (generated digits); ``.svg`` next to each.
 
 ``results.json`` keys:
 
-* ``seed``, ``quick``, ``device``, ``ablations``: the call's arguments.
+* ``seed``, ``seeds``, ``quick``, ``device``, ``ablations``: the call's arguments (``seed``
+  seeds the split, the VQ, the initial weights and the runs from scratch; ``seeds`` lists
+  the post-training seeds ``seed, seed + 1, ...``).
 * ``settings``: every hyper-parameter used (:class:`DemoSettings`).
 * ``data.train`` / ``data.test``: images per split; ``data.num_codes``: VQ codebook size;
   ``data.vq_rmse_test``: RMS pixel error (0..16 scale) of VQ round trips of the test images.
@@ -33,8 +46,10 @@ and 32 VQ-code tokens: a purely unified model of Emu3's kind, :mod:`aia.demo.dig
 * ``judge.acc_real_test``: the judge's accuracy on the real test images (the ceiling of
   generation accuracy); ``judge.acc_vq_test``: on their VQ round trips (the ceiling for a
   model that writes exactly the VQ codes of real digits).
-* ``runs.<run>`` for ``und_only``, ``gen_only``, ``baseline``, ``aia`` and, with
-  ablations (default except with ``--quick``), ``aia_mse``, ``aia_per_layer``; metrics of the tasks the run trained on:
+* ``runs.<run>`` for ``und_only``, ``gen_only`` and ``pretrained`` (the shared models);
+  ``per_seed``: one ``{"seed": k, "runs": {<run>: row}}`` per post-training seed, with the
+  runs ``baseline``, ``aia`` and, with ablations (default except with ``--quick``),
+  ``aia_mse``, ``aia_per_layer``. A row holds the metrics of the tasks the run trained on:
 
   - ``und_acc``: understanding accuracy on the test split (greedy among the ten digits);
   - ``gen_acc``: the judge's accuracy on ``settings.gen_samples_per_digit`` images
@@ -47,20 +62,22 @@ and 32 VQ-code tokens: a purely unified model of Emu3's kind, :mod:`aia.demo.dig
     against the stage-level targets of ``targets.yaml``;
   - ``curve_und`` / ``curve_gen``: that curve (one value per layer).
 
-* ``targets.<task>``: the stage-level per-layer targets; ``targets_per_layer.<task>``:
-  the per-layer ones (the references' curves).
-* ``aia_vs_baseline.<metric>`` for ``und_acc`` and ``gen_acc``: ``diff`` (AIA minus
-  baseline), ``se`` (standard error of that difference, two independent binomials),
-  ``verdict`` (``"better"`` / ``"worse"`` beyond 2 se, else ``"no measurable difference"``);
-  ``aia_vs_baseline.helped``: true if a task got better and none worse.
+* ``targets.<task>`` / ``targets_delta.<task>``: the stage-level per-layer targets and their
+  Huber deltas; ``targets_per_layer.<task>``: the per-layer ones (the references' curves).
+* ``aia_vs_baseline.<metric>`` for each metric of :data:`aia.demo.runs.METRICS` (``und_acc``,
+  ``gen_acc``, ``heldout_ntp_und``, ``heldout_ntp_gen``, ``gap_und``, ``gap_gen``):
+  ``per_seed`` (AIA minus baseline at each seed), ``diff`` (their mean), ``se`` (their standard
+  error across seeds, ``std(ddof=1) / sqrt(N)``; null with one seed), ``verdict`` (beyond 2 se:
+  ``"better"`` / ``"worse"`` for accuracies and held-out NTP, ``"closer"`` / ``"farther"`` for the
+  intensity gap; else ``"no measurable difference"``; with one seed ``"one seed: not assessed"``);
+  ``aia_vs_baseline.helped``: true if an accuracy got better and none worse.
 * ``ablations_vs_baseline.<run>.<metric>`` for ``aia_mse`` and ``aia_per_layer`` (when they
   ran): the same comparison of each ablation against the baseline; ``{}`` without ablations.
   (Which way an ablation goes is not fixed: the paper's Table 3 has w/o Huber at or above the
   NTP baseline on 7 of its 8 metrics.)
 * ``timing.wall_s``: wall-clock seconds of the whole demo; ``timing.stages_s``: seconds per
-  pipeline step (:data:`aia.demo.runs.STEPS`: ``data``, ``references``, ``targets``, ``unified``,
-  ``evaluation``, ``report``).
-  The timings are the only numbers that vary between two runs with the same seed on the
+  pipeline step (:data:`aia.demo.runs.STEPS`).
+  The timings are the only numbers that vary between two runs with the same seeds on the
   same machine.
 """
 
@@ -79,16 +96,20 @@ import numpy as np
 import torch
 import yaml
 
-from aia.demo.runs import RUNS, STEPS
+from aia.demo.runs import ABLATIONS, METRICS, POST_RUNS, RUNS, STEPS
 
 if TYPE_CHECKING:
     from aia.demo.digits import DigitsSplit, DigitsVQ
     from aia.measure.profile import IntensityProfile
     from aia.targets.presets import TargetProfile
 
-__all__ = ["DEFAULT", "QUICK", "DemoSettings", "run_demo"]
+__all__ = ["DEFAULT", "DEFAULT_SEEDS", "QUICK", "QUICK_SEEDS", "DemoSettings", "run_demo"]
 
 TASKS = ("und", "gen")
+DEFAULT_SEEDS = 5
+"""Post-training seeds of a default run."""
+QUICK_SEEDS = 2
+"""Post-training seeds of a ``--quick`` run."""
 
 
 @dataclass(frozen=True)
@@ -102,15 +123,18 @@ class DemoSettings:
     hidden_size: int = 64
     """Hidden size (4 heads of 16, MLP 2x)."""
     steps: int = 600
-    """Optimizer steps of every training run (one und and one gen micro-batch per step in unified runs)."""
+    """Optimizer steps of the runs from scratch: the references and the unified pretraining (one und
+    and one gen micro-batch per step in unified runs)."""
+    lr: float = 2e-3
+    """Peak learning rate of the runs from scratch (AdamW, cosine schedule, 5% warm-up)."""
+    post_steps: int = 150
+    """Optimizer steps of every post-training run (baseline, AIA, ablations), from the pretrained checkpoint."""
+    post_lr: float = 5e-4
+    """Peak learning rate of the post-training runs (fresh AdamW, cosine schedule, 5% warm-up)."""
     batch_size: int = 32
     """Samples per micro-batch."""
-    lr: float = 2e-3
-    """Peak learning rate (AdamW, cosine schedule, 5% warm-up)."""
     weight_und: float = 40.0
-    """AIA lambda of understanding batches: the paper text's default lambda = 40. (With the released
-    code's 10/5, the generation curve of this 4-layer model stays where NTP puts it: its deviations
-    lie near the Huber delta, where the loss's gradient is at most lambda * delta / L.)"""
+    """AIA lambda of understanding batches: the paper text's default lambda = 40."""
     weight_gen: float = 40.0
     """AIA lambda of generation batches (as ``weight_und``)."""
     stages: int = 2
@@ -124,7 +148,7 @@ class DemoSettings:
 
 
 DEFAULT = DemoSettings()
-QUICK = replace(DEFAULT, steps=150, profile_samples=32, gen_samples_per_digit=10)
+QUICK = replace(DEFAULT, steps=150, post_steps=60, profile_samples=32, gen_samples_per_digit=10)
 
 
 def run_demo(
@@ -134,25 +158,39 @@ def run_demo(
     device: str = "cpu",
     ablations: bool | None = None,
     progress: bool = True,
+    seeds: int | None = None,
+    settings: DemoSettings | None = None,
 ) -> dict:
     """Run the whole micro pipeline into ``out`` and return ``results.json`` as a dict.
 
     Args:
         out: output directory (created; files of an earlier demo there are overwritten).
         quick: :data:`QUICK` settings (fewer steps and samples: same outputs, lower quality).
-        seed: seeds the split, the VQ, the initial weights, data order and sampling.
+        seed: seeds the split, the VQ, the initial weights and the runs from scratch (references,
+            pretraining); the first post-training seed.
         device: ``"cpu"`` or ``"cuda"``.
         ablations: also train the w/o-Huber and w/o-stage-level AIA runs (default: yes, except
-            with ``quick``, which keeps to the four runs that answer the main question).
+            with ``quick``, which keeps to the runs that answer the main question).
         progress: step headers and progress bars on stderr.
+        seeds: how many times the post-training comparison is repeated, with seeds ``seed``,
+            ``seed + 1``, ... (data order and sampling; the pretrained checkpoint is shared).
+            Default :data:`DEFAULT_SEEDS`, with ``quick`` :data:`QUICK_SEEDS`.
+        settings: hyper-parameters instead of :data:`DEFAULT` / :data:`QUICK`.
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA device is available")
     if not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if seeds is None:
+        seeds = QUICK_SEEDS if quick else DEFAULT_SEEDS
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     if ablations is None:
         ablations = not quick
-    demo = _Demo(Path(out).resolve(), QUICK if quick else DEFAULT, quick, seed, device, ablations, progress)
+    if settings is None:
+        settings = QUICK if quick else DEFAULT
+    post_seeds = tuple(range(seed, seed + seeds))
+    demo = _Demo(Path(out).resolve(), settings, quick, seed, post_seeds, device, ablations, progress)
     with _deterministic(device):
         return _run(demo)
 
@@ -168,9 +206,23 @@ class _Demo:
     s: DemoSettings
     quick: bool
     seed: int
+    seeds: tuple[int, ...]
     device: str
     ablations: bool
     progress: bool
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One training run: its name in :data:`RUNS` and, for post-training runs, its seed."""
+
+    name: str
+    seed: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Its path under ``runs/``, ``configs/`` and ``profiles/``: ``name`` or ``seed<k>/name``."""
+        return self.name if self.seed is None else f"seed{self.seed}/{self.name}"
 
 
 @dataclass
@@ -202,15 +254,15 @@ class _Models:
     """Evaluated models loaded once from their ``final/`` directories, and their intensity profiles."""
 
     device: str
-    loaded: dict[str, tuple] = field(default_factory=dict)
-    profiles: dict[tuple[str, str], IntensityProfile] = field(default_factory=dict)
+    loaded: dict[_Run, tuple] = field(default_factory=dict)
+    profiles: dict[tuple[_Run, str], IntensityProfile] = field(default_factory=dict)
 
-    def get(self, name: str, final: Path) -> tuple:
+    def get(self, run: _Run, final: Path) -> tuple:
         from aia.adapters import load_model
 
-        if name not in self.loaded:
-            self.loaded[name] = load_model(final, device=self.device)
-        return self.loaded[name]
+        if run not in self.loaded:
+            self.loaded[run] = load_model(final, device=self.device)
+        return self.loaded[run]
 
 
 def _run(demo: _Demo) -> dict:
@@ -228,15 +280,19 @@ def _run(demo: _Demo) -> dict:
     models = _Models(demo.device)
     targets = _targets_from_references(demo, data, finals, models)
 
-    clock.start("unified", "unified models: NTP baseline, NTP + AIA" + (", ablations" if demo.ablations else ""))
-    finals |= _train_unified(demo, data, targets)
+    clock.start("pretraining", "the unified model pretrained on both tasks with NTP only (the released checkpoint)")
+    finals[_Run("pretrained")] = _train_run(demo, data, _Run("pretrained"), data.init, demo.s.steps, demo.s.lr)
+
+    what = "NTP baseline, NTP + AIA" + (", ablations" if demo.ablations else "")
+    clock.start("post-training", f"post-training from the checkpoint, {len(demo.seeds)} seed(s): {what}")
+    finals |= _post_train(demo, data, targets, finals[_Run("pretrained")])
 
     clock.start("evaluation", "evaluation on the held-out split; intensity curves on the training data")
-    runs, samples, judge = _evaluate(demo, data, finals, targets, models)
+    rows, samples, judge = _evaluate(demo, data, finals, targets, models)
 
     clock.start("report", "report")
-    results = _collect_results(demo, data, runs, judge, targets)
-    _write_figures(demo, finals, targets, models, samples)
+    results = _collect_results(demo, data, rows, judge, targets)
+    _write_figures(demo, finals, results, targets, samples)
     results["timing"] = {"wall_s": time.perf_counter() - start, "stages_s": clock.stop()}
     _write_results(demo, results)
     return results
@@ -257,52 +313,69 @@ def _prepare_data(demo: _Demo) -> _Data:
     return _Data(split, vq, files, out / "init")
 
 
-def _train_references(demo: _Demo, data: _Data) -> dict[str, Path]:
+def _train_references(demo: _Demo, data: _Data) -> dict[_Run, Path]:
     """Step 2: the understanding-only and generation-only references (AIA off); their ``final/`` dirs."""
-    return {name: _train_run(demo, data, name) for name in ("und_only", "gen_only")}
+    return {
+        _Run(name): _train_run(demo, data, _Run(name), data.init, demo.s.steps, demo.s.lr)
+        for name in ("und_only", "gen_only")
+    }
 
 
-def _train_run(demo: _Demo, data: _Data, name: str, aia: dict | None = None) -> Path:
-    """Train run ``name`` of :data:`RUNS` from the initial model (AIA settings ``aia``, or off); its ``final/`` dir."""
+def _train_run(
+    demo: _Demo, data: _Data, run: _Run, start: Path, steps: int, lr: float, aia: dict | None = None
+) -> Path:
+    """Train ``run`` from the model in ``start`` (AIA settings ``aia``, or off); its ``final/`` dir."""
     from aia.training.config import load_config
     from aia.training.trainer import train
 
     if demo.progress:
-        print(f"-- training {name}: {RUNS[name][0]}", file=sys.stderr, flush=True)
-    cfg = load_config(_run_config(demo, data, name, aia))
+        print(f"-- training {run.key}: {RUNS[run.name][0]}", file=sys.stderr, flush=True)
+    cfg = load_config(_run_config(demo, data, run, start, steps, lr, aia))
     return train(cfg, accelerator=_accelerator(demo.device)).final_dir
 
 
-def _targets_from_references(demo: _Demo, data: _Data, finals: dict[str, Path], models: _Models) -> _Targets:
+def _targets_from_references(demo: _Demo, data: _Data, finals: dict[_Run, Path], models: _Models) -> _Targets:
     """Step 3: profile each reference on its own task; stage-level and per-layer targets to ``out/*.yaml``."""
     from aia.targets.stages import derive_targets
 
-    und_ref = _profile(demo, data, models, "und_only", finals["und_only"], "und")
-    gen_ref = _profile(demo, data, models, "gen_only", finals["gen_only"], "gen")
+    und_ref = _profile(demo, data, models, _Run("und_only"), finals[_Run("und_only")], "und")
+    gen_ref = _profile(demo, data, models, _Run("gen_only"), finals[_Run("gen_only")], "gen")
     stage = derive_targets(gen_ref, und_ref, stages=demo.s.stages, name="digits references")
     per_layer = derive_targets(gen_ref, und_ref, per_layer=True, name="digits references, per layer")
     paths = stage.to_yaml(demo.out / "targets.yaml"), per_layer.to_yaml(demo.out / "targets_per_layer.yaml")
     return _Targets(stage, per_layer, *paths)
 
 
-def _train_unified(demo: _Demo, data: _Data, targets: _Targets) -> dict[str, Path]:
-    """Step 4: the NTP baseline, NTP + AIA and (``demo.ablations``) the two ablations; their ``final/`` dirs."""
-    weights = {"weight_und": demo.s.weight_und, "weight_gen": demo.s.weight_gen}
-    aia = {"targets": str(targets.stage_path), **weights}
-    runs = {"baseline": None, "aia": aia}
-    if demo.ablations:
-        runs["aia_mse"] = {"targets": str(targets.stage_path), "mode": "mse", **weights}
-        runs["aia_per_layer"] = {"targets": str(targets.per_layer_path), **weights}
-    return {name: _train_run(demo, data, name, settings) for name, settings in runs.items()}
+def _post_runs(demo: _Demo) -> tuple[str, ...]:
+    return tuple(name for name in POST_RUNS if demo.ablations or name not in ABLATIONS)
+
+
+def _post_train(demo: _Demo, data: _Data, targets: _Targets, pretrained: Path) -> dict[_Run, Path]:
+    """Step 5: per seed, the NTP baseline, NTP + AIA and (``demo.ablations``) the two ablations, all from
+    the pretrained checkpoint; their ``final/`` dirs."""
+    s = demo.s
+    weights = {"weight_und": s.weight_und, "weight_gen": s.weight_gen}
+    aia = {
+        "baseline": None,
+        "aia": {"targets": str(targets.stage_path), **weights},
+        "aia_mse": {"targets": str(targets.stage_path), "mode": "mse", **weights},
+        "aia_per_layer": {"targets": str(targets.per_layer_path), **weights},
+    }
+    finals = {}
+    for seed in demo.seeds:
+        for name in _post_runs(demo):
+            run = _Run(name, seed)
+            finals[run] = _train_run(demo, data, run, pretrained, s.post_steps, s.post_lr, aia[name])
+    return finals
 
 
 def _evaluate(
-    demo: _Demo, data: _Data, finals: dict[str, Path], targets: _Targets, models: _Models
-) -> tuple[dict[str, dict], dict[str, np.ndarray], dict[str, float]]:
-    """Step 5: every run's metrics on the held-out split and its intensity curves on the training data.
+    demo: _Demo, data: _Data, finals: dict[_Run, Path], targets: _Targets, models: _Models
+) -> tuple[dict[_Run, dict], dict[_Run, np.ndarray], dict[str, float]]:
+    """Step 6: every run's metrics on the held-out split and its intensity curves on the training data.
 
-    Returns ``(runs, samples, judge)``: ``results["runs"]``, the first sampled image of each digit per
-    generating run, and the judge's accuracies on the real and VQ round-tripped test images.
+    Returns ``(rows, samples, judge)``: a results row per run, the first sampled image of each digit
+    per generating run, and the judge's accuracies on the real and VQ round-tripped test images.
     """
     from aia.demo.judge import fit_judge
 
@@ -313,65 +386,67 @@ def _evaluate(
         "acc_real_test": float(judge.score(split.test_images.reshape(flat), split.test_labels)),
         "acc_vq_test": float(judge.score(data.test_round_trip().reshape(flat), split.test_labels)),
     }
-    generator = torch.Generator(device=demo.device).manual_seed(demo.seed)
-    runs, samples = {}, {}
-    for name, final in finals.items():
-        runs[name], images = _evaluate_run(demo, data, name, final, targets, models, judge, generator)
+    rows, samples = {}, {}
+    for run, final in finals.items():
+        rows[run], images = _evaluate_run(demo, data, run, final, targets, models, judge)
         if images is not None:
-            samples[name] = images
-    return runs, samples, scores
+            samples[run] = images
+    return rows, samples, scores
 
 
-def _collect_results(demo: _Demo, data: _Data, runs: dict, judge: dict, targets: _Targets) -> dict:
-    """Step 6: ``results.json`` (without ``timing``) from the evaluation."""
+def _collect_results(demo: _Demo, data: _Data, rows: dict[_Run, dict], judge: dict, targets: _Targets) -> dict:
+    """Step 7: ``results.json`` (without ``timing``) from the evaluation."""
     s, split = demo.s, data.split
-    n_und, n_gen = len(split.test_labels), 10 * s.gen_samples_per_digit
     recon = data.test_round_trip()
+    per_seed = [
+        {"seed": seed, "runs": {name: rows[_Run(name, seed)] for name in _post_runs(demo)}} for seed in demo.seeds
+    ]
     results = {
         "seed": demo.seed,
+        "seeds": list(demo.seeds),
         "quick": demo.quick,
         "device": demo.device,
         "ablations": demo.ablations,
         "settings": asdict(s),
         "data": {
             "train": len(split.train_labels),
-            "test": n_und,
+            "test": len(split.test_labels),
             "num_codes": data.vq.num_codes,
             "vq_rmse_test": float(np.sqrt(((recon - split.test_images) ** 2).mean())),
         },
         "chance": 0.1,
         "judge": judge,
-        "runs": runs,
+        "runs": {run.name: row for run, row in rows.items() if run.seed is None},
+        "per_seed": per_seed,
         "targets": {t: targets.stage.per_layer(t)[0] for t in TASKS},
+        "targets_delta": {t: targets.stage.per_layer(t)[1] for t in TASKS},
         "targets_per_layer": {t: targets.per_layer.per_layer(t)[0] for t in TASKS},
     }
-
-    def versus_baseline(name: str) -> dict:
-        return {
-            k: _compare(runs[name][k], runs["baseline"][k], n, n) for k, n in (("und_acc", n_und), ("gen_acc", n_gen))
-        }
-
-    results["aia_vs_baseline"] = versus_baseline("aia")
+    results["aia_vs_baseline"] = _versus_baseline(per_seed, "aia")
     verdicts = [results["aia_vs_baseline"][k]["verdict"] for k in ("und_acc", "gen_acc")]
     results["aia_vs_baseline"]["helped"] = "better" in verdicts and "worse" not in verdicts
     results["ablations_vs_baseline"] = {
-        name: versus_baseline(name) for name in ("aia_mse", "aia_per_layer") if name in runs
+        name: _versus_baseline(per_seed, name) for name in ABLATIONS if name in per_seed[0]["runs"]
     }
     return results
 
 
 def _write_figures(
-    demo: _Demo, finals: dict[str, Path], targets: _Targets, models: _Models, samples: dict[str, np.ndarray]
+    demo: _Demo, finals: dict[_Run, Path], results: dict, targets: _Targets, samples: dict[_Run, np.ndarray]
 ) -> None:
-    """Step 6: intensity curves (every profile, in run order), losses and sampled digits."""
+    """Step 7: intensity curves (pretrained, references, targets, post-trained), losses and sampled digits."""
     from aia.demo.report import write_figures
 
-    profiles = [models.profiles[k] for k in sorted(models.profiles, key=_order)]
-    write_figures(demo.out, profiles, targets.stage, finals, samples)
+    first = demo.seeds[0]
+    label = lambda run: RUNS[run.name][0] + ("" if run.seed is None else f" (seed {run.seed})")  # noqa: E731
+    scratch = {label(r): f.parent for r, f in finals.items() if r.seed is None}
+    post = {label(r): f.parent for r, f in finals.items() if r.seed == first}
+    shown = {label(r): images for r, images in samples.items() if r.seed in (None, first)}
+    write_figures(demo.out, results, targets.stage, scratch, post, shown)
 
 
 def _write_results(demo: _Demo, results: dict) -> None:
-    """Step 6: ``results.json`` and ``report.md``."""
+    """Step 7: ``results.json`` and ``report.md``."""
     from aia.demo.report import write_report
 
     out = demo.out
@@ -384,56 +459,63 @@ def _write_results(demo: _Demo, results: dict) -> None:
 # -- pieces of the steps -------------------------------------------------------------------------
 
 
-def _profile(demo: _Demo, data: _Data, models: _Models, name: str, final: Path, task: str) -> IntensityProfile:
-    """Run ``name``'s intensity profile on ``task`` training data, saved to ``out/profiles`` (once per pair)."""
+def _profile(demo: _Demo, data: _Data, models: _Models, run: _Run, final: Path, task: str) -> IntensityProfile:
+    """``run``'s intensity profile on ``task`` training data, saved to ``out/profiles`` (once per pair)."""
     from aia.measure.profile import save_profile
     from aia.measure.teacher import profile_model
 
-    if (name, task) not in models.profiles:
-        model, proc = models.get(name, final)
+    if (run, task) not in models.profiles:
+        model, proc = models.get(run, final)
         p = profile_model(
-            model, proc, data.files[f"{task}_train"], task, demo.s.profile_samples, batch_size=32, model_name=name,
-            progress=demo.progress,
+            model, proc, data.files[f"{task}_train"], task, demo.s.profile_samples, batch_size=32,
+            model_name=run.key, progress=demo.progress,
         )  # fmt: skip
-        save_profile(p, demo.out / "profiles" / f"{name}_{task}.json")
-        models.profiles[name, task] = p
-    return models.profiles[name, task]
+        path = demo.out / "profiles" / f"{run.key}_{task}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_profile(p, path)
+        models.profiles[run, task] = p
+    return models.profiles[run, task]
 
 
 def _evaluate_run(
-    demo: _Demo, data: _Data, name: str, final: Path, targets: _Targets, models: _Models, judge, generator
+    demo: _Demo, data: _Data, run: _Run, final: Path, targets: _Targets, models: _Models, judge
 ) -> tuple[dict, np.ndarray | None]:
-    """One row of ``results["runs"]`` and, for a generating run, the first sampled image of each digit."""
+    """One results row and, for a generating run, the first sampled image of each digit.
+
+    The sampling generator is seeded with the run's seed (``demo.seed`` for the shared runs), so
+    the runs of one seed are sampled with the same random numbers.
+    """
     from aia.adapters import get_adapter
     from aia.demo.judge import heldout_ntp, sample_codes, understanding_accuracy
 
     per_digit = demo.s.gen_samples_per_digit
-    model, proc = models.get(name, final)
+    model, proc = models.get(run, final)
     adapter = get_adapter(model, proc)
     row: dict = {}
     first_images = None
-    for task in RUNS[name][1]:
+    for task in RUNS[run.name][1]:
         if task == "und":
             row["und_acc"] = understanding_accuracy(model, adapter, data.files["und_test"])
         else:
+            generator = torch.Generator(device=demo.device).manual_seed(demo.seed if run.seed is None else run.seed)
             digits = [d for d in range(10) for _ in range(per_digit)]
             images = data.vq.decode(sample_codes(model, adapter, digits, generator))
             row["gen_acc"] = float((judge.predict(images.reshape(len(images), -1)) == np.array(digits)).mean())
             first_images = images[::per_digit]
         row[f"ntp_{task}"] = _final_ntp(final.parent, task)
         row[f"heldout_ntp_{task}"] = heldout_ntp(model, adapter, data.files[f"{task}_test"], task)
-        p = _profile(demo, data, models, name, final, task)
+        p = _profile(demo, data, models, run, final, task)
         row[f"gap_{task}"] = float(np.abs(p.mean - np.asarray(targets.stage.per_layer(task)[0])).mean())
         row[f"curve_{task}"] = p.mean.tolist()
     return row, first_images
 
 
-def _run_config(demo: _Demo, data: _Data, name: str, aia: dict | None) -> Path:
-    """Write ``out/configs/<name>.yaml``, the ``aia train`` config of one run; returns its path."""
+def _run_config(demo: _Demo, data: _Data, run: _Run, start: Path, steps: int, lr: float, aia: dict | None) -> Path:
+    """Write ``out/configs/<run key>.yaml``, the ``aia train`` config of one run; returns its path."""
     s, out = demo.s, demo.out
-    tasks = RUNS[name][1]
+    tasks = RUNS[run.name][1]
     cfg = {
-        "model": {"path": str(data.init)},
+        "model": {"path": str(start)},
         "data": {
             "und": str(data.files["und_train"]) if "und" in tasks else None,
             "gen": str(data.files["gen_train"]) if "gen" in tasks else None,
@@ -441,18 +523,18 @@ def _run_config(demo: _Demo, data: _Data, name: str, aia: dict | None) -> Path:
             "cache_examples": True,  # 1,437 tiny token-only samples: encode once, not every step
         },
         "aia": {"enabled": False} if aia is None else {"enabled": True, **aia},
-        "optim": {"lr": s.lr, "warmup_ratio": 0.05},
+        "optim": {"lr": lr, "warmup_ratio": 0.05},
         "train": {
-            "output_dir": str(out / "runs" / name),
-            "max_steps": s.steps,
-            "seed": demo.seed,
+            "output_dir": str(out / "runs" / run.key),
+            "max_steps": steps,
+            "seed": demo.seed if run.seed is None else run.seed,
             "intensity_every": 10,
             "save_total_limit": 1,
             "resume": False,
             "progress": demo.progress,
         },
     }
-    path = out / "configs" / f"{name}.yaml"
+    path = out / "configs" / f"{run.key}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -466,18 +548,33 @@ def _final_ntp(run_dir: Path, task: str) -> float:
     return float(np.mean(tail))
 
 
-def _compare(a: float, b: float, n_a: int, n_b: int) -> dict:
-    se = math.sqrt(a * (1 - a) / n_a + b * (1 - b) / n_b)
-    diff = a - b
+def _versus_baseline(per_seed: list[dict], name: str) -> dict:
+    """Run ``name`` against the baseline of the same seed, for every metric of :data:`METRICS`."""
+    return {
+        key: _compare([entry["runs"][name][key] - entry["runs"]["baseline"][key] for entry in per_seed], sign)
+        for key, (_, sign) in METRICS.items()
+    }
+
+
+def _compare(diffs: list[float], sign: int) -> dict:
+    """Mean of paired per-seed differences, its standard error across seeds and the 2-se verdict.
+
+    ``sign``: +1 when higher is better, -1 when lower is better, 0 for the intensity gap (lower
+    is closer to the targets).
+    """
+    n = len(diffs)
+    diff = float(np.mean(diffs))
+    if n < 2:
+        return {"per_seed": diffs, "diff": diff, "se": None, "verdict": "one seed: not assessed"}
+    se = float(np.std(diffs, ddof=1) / math.sqrt(n))
     if abs(diff) > 2 * se and diff != 0:
-        verdict = "better" if diff > 0 else "worse"
+        if sign == 0:
+            verdict = "closer" if diff < 0 else "farther"
+        else:
+            verdict = "better" if diff * sign > 0 else "worse"
     else:
         verdict = "no measurable difference"
-    return {"diff": diff, "se": se, "verdict": verdict}
-
-
-def _order(key: tuple[str, str]) -> tuple[int, int]:
-    return list(RUNS).index(key[0]), TASKS.index(key[1])
+    return {"per_seed": diffs, "diff": diff, "se": se, "verdict": verdict}
 
 
 # -- process setup -------------------------------------------------------------------------------
@@ -509,8 +606,15 @@ class _StepClock:
 
 @contextlib.contextmanager
 def _deterministic(device: str):
-    """Deterministic kernels for the demo's duration (restored after)."""
+    """Deterministic kernels and one intra-op CPU thread for the demo's duration (both restored after).
+
+    One thread: the demo's matrices are tiny (hidden size 64), so a second thread buys little on an idle
+    machine and costs several times the wall time on a busy one (threads of several processes spin-waiting
+    for cores); and the numbers then do not depend on the machine's core count.
+    """
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     if device.startswith("cuda"):
         import os
 
@@ -520,6 +624,7 @@ def _deterministic(device: str):
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.set_num_threads(threads)
 
 
 def _accelerator(device: str):

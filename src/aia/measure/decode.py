@@ -52,7 +52,7 @@ from aia.core.spans import Role, SpanConfig, task_spans
 from aia.data.records import task_records
 from aia.errors import DataError, ImageError
 from aia.measure.profile import IntensityProfile
-from aia.measure.samples import SampleTally, check_length, model_length_limit
+from aia.measure.samples import SampleTally, check_length, model_length_limit, prompts_of
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "DecodeSettings", "Decoded", "decode_example", "decode_profile"]
 
@@ -91,8 +91,13 @@ class DecodeSettings:
         if task == "und":
             return {"decoding": "greedy", "max_new_tokens": self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS}
         decoding = "greedy" if self.temperature == 0 else "multinomial"
-        return {"decoding": decoding, "temperature": self.temperature, "cfg_weight": self.cfg_weight,
-                "seed": self.seed, "max_new_tokens": self.max_new_tokens}
+        return {
+            "decoding": decoding,
+            "temperature": self.temperature,
+            "cfg_weight": self.cfg_weight,
+            "seed": self.seed,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
 
 @dataclass
@@ -419,5 +424,11 @@ def decode_profile(
             tally.skip(err)
             continue
         tally.add(decoded.intensity)
-    protocol = {"spans": asdict(span_config), "method": method, **settings.to_dict(task), "max_length": limit}
+    protocol = {
+        "spans": asdict(span_config),
+        "prompts": prompts_of(adapter),
+        "method": method,
+        **settings.to_dict(task),
+        "max_length": limit,
+    }
     return tally.profile(model, model_name, data, len(records), protocol)

@@ -4,6 +4,7 @@ and the :class:`~aia.measure.profile.IntensityProfile` at the end."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,7 +17,15 @@ from aia.adapters.base import unwrap
 from aia.errors import DataError
 from aia.measure.profile import IntensityProfile
 
-__all__ = ["SampleTally", "check_length", "check_samples", "model_length_limit", "model_name_of", "stack_samples"]
+__all__ = [
+    "SampleTally",
+    "check_length",
+    "check_samples",
+    "model_length_limit",
+    "model_name_of",
+    "prompts_of",
+    "stack_samples",
+]
 
 
 def check_samples(samples: int) -> None:
@@ -59,6 +68,12 @@ def check_length(length: int, limit: int | None) -> None:
     ``aia train`` drops it: positions beyond the model's range give meaningless attention)."""
     if limit is not None and length > limit:
         raise DataError(f"too long: {length} tokens > max_length {limit}")
+
+
+def prompts_of(adapter) -> dict | None:
+    """The adapter's resolved prompt choices, for the profile's settings (None for families without any)."""
+    prompts = getattr(adapter, "prompt_config", None)
+    return dataclasses.asdict(prompts) if prompts is not None else None
 
 
 def model_name_of(model: nn.Module) -> str:
@@ -127,5 +142,6 @@ class SampleTally:
             )
         per_sample = stack_samples(self.rows, data, n_records, self.task, self.samples)  # [N, L]
         name = model_name or model_name_of(model)
-        return IntensityProfile.from_per_sample(name, self.task, per_sample, skipped=skipped, mode=self.mode,
-                                               settings=settings)
+        return IntensityProfile.from_per_sample(
+            name, self.task, per_sample, skipped=skipped, mode=self.mode, settings=settings
+        )

@@ -24,7 +24,7 @@ from aia.core.spans import SpanConfig
 from aia.data.records import task_records
 from aia.errors import DataError, ImageError
 from aia.measure.profile import IntensityProfile
-from aia.measure.samples import SampleTally, check_length, model_length_limit
+from aia.measure.samples import SampleTally, check_length, model_length_limit, prompts_of
 
 __all__ = ["profile_model"]
 
@@ -86,7 +86,13 @@ def profile_model(
             examples = []
     if examples and not tally.full:
         _measure_batch(model, adapter, examples, method, tally)
-    settings = {"spans": asdict(span_config), "method": method, "batch_size": batch_size, "max_length": limit}
+    settings = {
+        "spans": asdict(span_config),
+        "prompts": prompts_of(adapter),
+        "method": method,
+        "batch_size": batch_size,
+        "max_length": limit,
+    }
     return tally.profile(model, model_name, data, len(records), settings)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from aia.adapters.prompts import PromptConfig
 from aia.core.spans import SpanConfig
 from aia.errors import ConfigError
 from aia.fields import field_docs
@@ -99,8 +100,10 @@ class DataConfig:
     of ratio_und understanding steps then ratio_gen generation steps."""
     batch_size: int = 4
     """Samples per micro-batch, per task, per process (the released Janus-Pro config: 4)."""
-    cfg_drop: float = 0.1
-    """Share of generation prompts blanked for classifier-free guidance (they carry no AIA term)."""
+    cfg_drop: float | None = None
+    """Share of generation prompts blanked for classifier-free guidance (they carry no AIA term). Default
+    (null): ``prompts.cfg_drop`` if set, else the family's (Janus, Chameleon 0.1 as the released AIA code;
+    Emu3 0.05, its fine-tuning's null_prompt_prob)."""
     max_length: int = 4096
     """Longest sequence. Longer samples are truncated only after their image; a sample whose
     image would be cut is dropped and counted."""
@@ -219,6 +222,9 @@ class RunConfig:
     aia: AIAConfig = field(default_factory=AIAConfig)
     spans: SpanConfig = field(default_factory=SpanConfig)
     """Query/key span choices of the AIA statistic (:class:`aia.core.spans.SpanConfig`)."""
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    """Prompt choices where the sources differ (:class:`aia.adapters.prompts.PromptConfig`); null fields
+    take the family's defaults, which equal the checkpoint's own chat template."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -264,7 +270,7 @@ def _check_values(cfg: RunConfig) -> None:
     if not ((cfg.data.und and cfg.data.ratio_und > 0) or (cfg.data.gen and cfg.data.ratio_gen > 0)):
         raise ConfigError("data.ratio_und / data.ratio_gen: no task with a data file has a ratio > 0")
     need(cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1")
-    need(0 <= cfg.data.cfg_drop < 1, "data.cfg_drop", "must be in [0, 1)")
+    need(cfg.data.cfg_drop is None or 0 <= cfg.data.cfg_drop < 1, "data.cfg_drop", "must be in [0, 1)")
     need(cfg.data.max_length >= 8, "data.max_length", "must be >= 8")
     need(0 <= cfg.data.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
     need(cfg.data.padding_side in ("left", "right"), "data.padding_side", "must be left or right")

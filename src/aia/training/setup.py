@@ -203,7 +203,9 @@ def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         model = add_lora(model, processor, cfg)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    adapter = get_adapter(model, processor, span_config=cfg.spans, padding_side=cfg.data.padding_side)
+    adapter = get_adapter(
+        model, processor, span_config=cfg.spans, padding_side=cfg.data.padding_side, prompt_config=cfg.prompts
+    )
     show = cfg.train.progress and accelerator.is_main_process
     streams = {t: _stream(cfg, t, adapter, progress=show) for t in ratio}
     targets = None
@@ -279,11 +281,23 @@ def _stream(cfg: RunConfig, task: str, adapter, progress: bool) -> TaskStream:
         cfg.data.max_length,
         cfg.data.max_bad_fraction,
         cfg.train.seed,
-        cfg.data.cfg_drop,
+        cfg_drop(cfg, adapter),
         progress=progress,
         cache=cfg.data.cache_examples,
         image_transform=image_transform(cfg, task, adapter.processor),
     )
+
+
+#: CFG drop rate of a family whose adapter has no prompt choices (the released AIA code's)
+DEFAULT_CFG_DROP = 0.1
+
+
+def cfg_drop(cfg: RunConfig, adapter) -> float:
+    """``data.cfg_drop``, else the adapter's resolved ``prompts.cfg_drop`` (the family's default)."""
+    if cfg.data.cfg_drop is not None:
+        return cfg.data.cfg_drop
+    prompts = getattr(adapter, "prompt_config", None)
+    return prompts.cfg_drop if prompts is not None and prompts.cfg_drop is not None else DEFAULT_CFG_DROP
 
 
 def describe(run: Run, resumed_from: Path | None) -> str:
