@@ -279,7 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the paper's pipeline at micro scale on scikit-learn's digits (minutes, CPU)")
     d.add_argument("--out", required=True, help="output directory (report.md, results.json, figures, runs)")
     d.add_argument("--quick", action="store_true", help="fewer steps and samples, no ablation runs (about a minute)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the split, VQ, weights, data order and sampling")
+    d.add_argument(
+        "--seed", type=int, default=0,
+        help="seeds the split, VQ, initial weights and the runs from scratch; the first post-training seed",
+    )
+    d.add_argument(
+        "--seeds", type=int, default=None,
+        help="post-training seeds: the comparison is repeated with seeds SEED, SEED+1, ... (default 5; 2 with --quick)",
+    )
     d.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     d.add_argument(
         "--ablations",
@@ -444,7 +451,9 @@ def _cmd_train(args) -> int:
 def _cmd_demo(args) -> int:
     from aia.demo.pipeline import run_demo
 
-    results = run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, ablations=args.ablations)
+    results = run_demo(
+        args.out, quick=args.quick, seed=args.seed, device=args.device, ablations=args.ablations, seeds=args.seeds
+    )
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
     verdict = results["aia_vs_baseline"]
     print(

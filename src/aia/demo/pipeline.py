@@ -21,8 +21,8 @@ in the SFT of one (Emu3); the demo does the same:
    targets and (``ablations``) the paper's two ablations, w/o Huber (``aia.mode=mse``) and
    w/o stage-level targets (per-layer targets), all continuing from the pretrained
    checkpoint's ``final/`` directory with the same data, steps, learning rate and seed: they
-   differ only in the AIA term. The seed sets the data order (``train.seed``) and the
-   sampling of the generation evaluation; the checkpoint is shared by every seed. Runs go to
+   differ only in the AIA term. The seed sets the data order and CFG prompt blanking
+   (``train.seed``) and the sampling of the generation evaluation; the checkpoint is shared by every seed. Runs go to
    ``DIR/runs/seed<k>/<run>``, their configs to ``DIR/configs/seed<k>/<run>.yaml`` (``aia
    train`` reads them as they are);
 6. evaluation (:mod:`aia.demo.judge`) of every model reloaded from its saved ``final/``

@@ -218,9 +218,7 @@ def _scope_text(results: dict) -> str:
             + " (the loss does what it is meant to do)."
         )
     measured = [
-        f"{METRICS[k][0]} {cmp[k]['verdict']} (AIA − baseline {_diff(cmp[k])})"
-        for k in ("und_acc", "gen_acc")
-        if cmp[k]["verdict"] in ("better", "worse")
+        f"{METRICS[k][0]} {_diff(cmp[k])}" for k in ("und_acc", "gen_acc") if cmp[k]["verdict"] in ("better", "worse")
     ]
     if measured:
         supports.append(
@@ -261,7 +259,7 @@ def _scope_text(results: dict) -> str:
         "Ranking the ablations as the paper does: the ablation rows compare each variant with this demo's "
         "baseline only." + ablation_note,
         f"Variation from the pretraining, the references or the split: the {n} seed(s) vary the post-training "
-        "data order and the sampling only; the checkpoint, the references and the targets come from seed "
+        "data order, prompt blanking and sampling only; the checkpoint, the references and the targets come from seed "
         f"{results['seed']}. " + _few_seeds(n),
     ]
     return (
@@ -277,7 +275,7 @@ def write_report(out: Path, results: dict) -> Path:
     shared, per_seed, diffs = _tables(results)
     seeds = results["seeds"]
     pre = results["runs"]["pretrained"]
-    abl = ", ".join(RUNS[n][0] for n in ABLATIONS if n in results["ablations_vs_baseline"])
+    abl = " and ".join(RUNS[n][0].split("AIA ")[-1] for n in ABLATIONS if n in results["ablations_vs_baseline"])
     text = f"""# AIA micro demo: scikit-learn handwritten digits
 
 Seed {results["seed"]}, post-training seeds {", ".join(map(str, seeds))}, device {results["device"]}\
@@ -299,7 +297,7 @@ one (Emu3). The demo follows that protocol at micro scale, with `aia train` for 
 4. Post-training from the pretrained checkpoint, once per seed: the NTP baseline, NTP + AIA
    (lambda und/gen = {s["weight_und"]}/{s["weight_gen"]}){", and the ablations " + abl if abl else ""}; each
    {s["post_steps"]} steps at peak lr {s["post_lr"]}, the same data and the same seed within a seed, differing only
-   in the AIA term. The seed sets the data order and the sampling of the generation evaluation; the checkpoint,
+   in the AIA term. The seed sets the data order, the CFG prompt blanking and the sampling of the generation evaluation; the checkpoint,
    the references and the targets are shared.
 
 ## Shared models: references and the pretrained checkpoint
