@@ -172,6 +172,11 @@ class JanusAdapter(AdapterBase):
                 b.template("\n")
             b.text(after, Role.PROMPT)
 
+    def generation_settings(self) -> dict:
+        """What a saved checkpoint's ``generation_config`` needs for ``generate(generation_mode="image")``:
+        the begin-of-image id (transformers reads ``generation_kwargs["boi_token_id"]``) and the pad id."""
+        return {"generation_kwargs": {"boi_token_id": self.boi_id}, "pad_token_id": self.pad_id}
+
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.language_model
 

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from aia.adapters.base import unwrap
 from aia.errors import InputError
 from aia.training.config import RunConfig
 
@@ -233,7 +234,13 @@ def save_model(accelerator, step_module, processor, path: Path) -> None:
     if not accelerator.is_main_process:
         return
     state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    accelerator.unwrap_model(step_module).model.save_pretrained(path, state_dict=state, safe_serialization=True)
+    core = accelerator.unwrap_model(step_module)
+    settings = getattr(core.adapter, "generation_settings", dict)()  # e.g. Janus's boi_token_id
+    generation = getattr(unwrap(core.model), "generation_config", None)
+    for key, value in settings.items() if generation is not None else ():
+        current = getattr(generation, key, None)
+        setattr(generation, key, {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value)
+    core.model.save_pretrained(path, state_dict=state, safe_serialization=True)
     if processor is not None:
         processor.save_pretrained(path)
 
