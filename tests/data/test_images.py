@@ -9,18 +9,6 @@ from PIL import Image
 from aia.data import center_crop, resize_to_area
 
 
-def released_center_crop_arr(pil_image, image_size):
-    """The released code's generation transform, as written (``dataset/t2i_dataset.py:15-29``)."""
-    while min(*pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
-    scale = image_size / min(*pil_image.size)
-    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
-    arr = np.array(pil_image)
-    crop_y = (arr.shape[0] - image_size) // 2
-    crop_x = (arr.shape[1] - image_size) // 2
-    return Image.fromarray(arr[crop_y : crop_y + image_size, crop_x : crop_x + image_size])
-
-
 def emu3_smart_resize(image, image_area):
     """Emu3's ``smart_resize`` (``emu3/train/prepare_data.py``), as written."""
     w, h = image.size
@@ -33,12 +21,18 @@ def noise(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("size", [(100, 60), (60, 100), (50, 50), (1000, 700), (777, 1601), (20, 13)])
-def test_center_crop_is_the_released_transform(size):
-    image = noise(*size)
-    out = center_crop(image, 48)
+def test_center_crop_follows_the_released_steps_worked_by_hand():
+    """dataset/t2i_dataset.py:15-29: halve (BOX) while the short side is >= 2x the size, bicubic-scale the
+    short side to the size, keep the middle square. The expected images are built step by step here."""
+    image = noise(100, 60)  # short side 60 < 96: no halving; scale 48/60 -> 80 x 48; middle from x = 16
+    want = image.resize((80, 48), resample=Image.BICUBIC).crop((16, 0, 64, 48))
+    assert np.array_equal(np.asarray(center_crop(image, 48)), np.asarray(want))
+    image = noise(1000, 700)  # halved 3 times: 500x350, 250x175, 125x87; scale 48/87 -> 69 x 48; x from 10
+    halved = image.resize((500, 350), Image.BOX).resize((250, 175), Image.BOX).resize((125, 87), Image.BOX)
+    want = halved.resize((69, 48), resample=Image.BICUBIC).crop((10, 0, 58, 48))
+    assert np.array_equal(np.asarray(center_crop(image, 48)), np.asarray(want))
+    out = center_crop(noise(20, 13), 48)  # a small image is scaled up
     assert out.size == (48, 48) and out.mode == "RGB"
-    assert np.array_equal(np.asarray(out), np.asarray(released_center_crop_arr(image, 48)))
 
 
 def test_center_crop_keeps_the_middle_and_drops_the_sides():
