@@ -225,3 +225,21 @@ def test_image_transforms_from_the_config(tiny_data):
     for task in ("und", "gen"):  # both tasks
         assert image_transform(area, task, processors["emu3"])(wide).size == (30, 13)
     assert image_transform(load_config(None, base, check_paths=False), "gen", processors["janus"]) is None
+
+
+def test_image_root_keeps_images_inside_it(tiny_data, janus_adapter, tmp_path):
+    import json as _json
+
+    from aia.data.records import read_records as _read
+
+    records = _read(tiny_data[0])
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes((tiny_data[0].parent / records[0]["image"]).read_bytes())
+    records[0]["image"] = str(outside)  # absolute, outside the data folder
+    records[1]["image"] = "../" + tiny_data[0].parent.name + "/" + records[1]["image"]  # .. but back inside
+    path = tiny_data[0].parent / "und_rooted.jsonl"
+    path.write_text("".join(_json.dumps(r) + "\n" for r in records))
+    free = TaskStream(path, "und", janus_adapter, 512, 1.0, seed=0, progress=False)
+    assert not free.rejected  # without a root, paths may point anywhere
+    rooted = TaskStream(path, "und", janus_adapter, 512, 1.0, seed=0, progress=False, image_root=tiny_data[0].parent)
+    assert [r.index for r in rooted.rejected] == [0] and "lies outside data.image_root" in rooted.rejected[0].reason

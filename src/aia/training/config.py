@@ -112,6 +112,10 @@ class DataConfig:
     unreadable image, no image, too long)."""
     padding_side: str = "right"
     """Padding side of micro-batches: right or left."""
+    image_root: str | None = None
+    """Containment for shared data sets: every image path (relative to its data file, or absolute) must
+    resolve inside this folder, else the record is rejected and counted. Default (null): image paths may
+    point anywhere the user can read, as for any local tool."""
     cache_examples: bool = False
     """Keep every sample encoded by the validation pass in memory and reuse it in every epoch
     instead of re-reading and re-encoding it (CFG-blanked prompts are still encoded when drawn).
@@ -444,7 +448,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), check
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections")
         base = path.parent
-        for section, key in (("model", "path"), ("data", "und"), ("data", "gen"), ("aia", "targets")):
+        for section, key in (("model", "path"), ("data", "und"), ("data", "gen"), ("data", "image_root"), ("aia", "targets")):
             value = (data.get(section) or {}).get(key)
             if isinstance(value, str) and value and not Path(value).is_absolute():
                 looks_like_path = section != "aia" or value.endswith((".yaml", ".yml"))

@@ -285,6 +285,7 @@ def _stream(cfg: RunConfig, task: str, adapter, progress: bool) -> TaskStream:
         progress=progress,
         cache=cfg.data.cache_examples,
         image_transform=image_transform(cfg, task, adapter.processor),
+        image_root=cfg.data.image_root,
     )
 
 

@@ -46,7 +46,19 @@ from aia.data.records import image_path, infer_task, load_image, read_records
 from aia.errors import DataError, ImageError
 from aia.training.config import MIXINGS
 
-__all__ = ["TaskStream", "micro_batches_per_step", "step_schedule", "step_task", "truncate"]
+__all__ = ["TaskStream", "contained", "micro_batches_per_step", "step_schedule", "step_task", "truncate"]
+
+
+def contained(path: Path, root: Path) -> Path:
+    """``path`` if it resolves inside ``root`` (symbolic links and ``..`` followed).
+
+    Raises:
+        DataError: it points outside ``root``.
+    """
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(root):
+        raise DataError(f"image {path} lies outside data.image_root {root}")
+    return resolved
 
 
 def truncate(example: Example, max_length: int) -> Example | None:
@@ -85,6 +97,7 @@ class TaskStream:
         progress: show a progress bar while validating.
         cache: keep the validation pass's encoded samples and draw from them (memory grows
             with the data); blanked generation prompts are encoded when drawn.
+        image_root: every image must lie inside this folder (``data.image_root``); None: anywhere.
         image_transform: a PIL image -> PIL image function applied to every record's image
             before the adapter's processor (None: the adapter loads the image itself).
     """
@@ -101,9 +114,11 @@ class TaskStream:
         progress: bool = True,
         cache: bool = False,
         image_transform: Callable[[Image.Image], Image.Image] | None = None,
+        image_root: str | Path | None = None,
     ):
         self.path, self.task, self.adapter = Path(path), task, adapter
         self.image_transform = image_transform
+        self.image_root = Path(image_root).resolve() if image_root is not None else None
         self.max_length, self.seed, self.cfg_drop = max_length, seed, cfg_drop
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) of the last draw
         records = read_records(self.path)
@@ -144,6 +159,8 @@ class TaskStream:
     def _encode(self, record: dict, cfg_blank: bool = False) -> Example:
         """The adapter's encoding of ``record``, its image first transformed if so configured."""
         image = None
+        if self.image_root is not None:
+            contained(image_path(record, self.path.parent), self.image_root)
         if self.image_transform is not None:
             image = self.image_transform(load_image(image_path(record, self.path.parent)))
         return self.adapter.encode(record, self.task, self.path.parent, image=image, cfg_blank=cfg_blank)
