@@ -93,8 +93,10 @@ def test_config_changes_on_resume():
     assert config_changes(saved, saved, 10) == []
     assert config_changes(saved, {**saved, "train": {"max_steps": 40, "log_every": 5}}, 10) == [
         "train.max_steps: 30 -> 40", "train.log_every: 1 -> 5"]
-    with pytest.raises(InputError, match=r"cannot resume with a changed optim.lr: 0.001 -> 0.01"):
-        config_changes(saved, {**saved, "optim": {"lr": 1e-2}}, 10)
+    assert config_changes(saved, {**saved, "optim": {"lr": 1e-2}}, 10) == ["optim.lr: 0.001 -> 0.01"]
+    with pytest.raises(InputError, match=r"cannot resume with a changed optim.weight_decay: 0.0 -> 0.1"):
+        config_changes({**saved, "optim": {"lr": 1e-3, "weight_decay": 0.0}},
+                       {**saved, "optim": {"lr": 1e-3, "weight_decay": 0.1}}, 10)
     with pytest.raises(InputError, match="train.max_steps=10 but this run has already done 30 steps"):
         config_changes(saved, {**saved, "train": {"max_steps": 10, "log_every": 1}}, 30)
 

@@ -81,7 +81,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 #: run-config fields a resumed run may change (applied from the resume on, and logged); any
 #: other change is refused, since the checkpoint's state was built with the old value
-RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.save_every", "train.save_total_limit",
+RESUMABLE_CHANGES = ("optim.lr", "optim.min_lr", "train.max_steps", "train.log_every", "train.save_every", "train.save_total_limit",
                      "train.intensity_every", "train.progress", "train.resume", "train.output_dir")
 
 

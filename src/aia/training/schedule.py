@@ -67,13 +67,14 @@ class LRSchedule(LRScheduler):
 
     Each parameter group's peak is its initial ``lr``. The value is set as it is computed
     (not as a factor of the peak), so it equals :func:`learning_rate` exactly. ``state_dict``
-    holds the step (and the peaks), not the curve's shape (kind, warm-up, length, floor):
-    those come from the run's config, so a resume that may change ``train.max_steps``
+    holds the step, not the curve's shape (kind, warm-up, length, floor, peaks): those come
+    from the run's config, so a resume that may change ``train.max_steps``, ``optim.lr`` or
+    ``optim.min_lr``
     (:data:`aia.training.checkpoint.RESUMABLE_CHANGES`) continues on the new curve, and
     loading sets the groups' ``lr`` for the resumed step.
     """
 
-    _SHAPE = ("kind", "warmup", "total", "floor")
+    _SHAPE = ("kind", "warmup", "total", "floor", "base_lrs")
 
     def __init__(self, optimizer, kind: str, warmup: float, total: int, floor: float, last_epoch: int = -1):
         self.kind, self.warmup, self.total, self.floor = kind, float(warmup), int(total), float(floor)
