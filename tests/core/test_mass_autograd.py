@@ -13,7 +13,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.masking_utils import eager_mask, sdpa_mask
 
 import aia.core.intensity as intensity
-from aia.core.intensity import _attention_with_mass_sdpa, _fused_backend, attention_with_mass, mass_reference
+from aia.core.intensity import _attention_with_mass_sdpa, attention_with_mass, mass_reference
+
+
+def route(q, k, v, kmask, attn):
+    """The fused op the Function would call (torch's SDPBackend number), or None (portable route)."""
+    width = intensity._pad_width(q.shape[-1], v.shape[-1], q.device)
+    return intensity._mass_route(q, k, v, kmask, attn, attn is None, width)[0]
 
 
 def make(b=3, h=4, hkv=2, t=13, d=8, dv=6, dtype=torch.float64, pad="left", mask="bool", seed=0, device="cpu"):
@@ -77,7 +83,7 @@ def grads(fn, q, k, v, keep, seed=7):
 @pytest.mark.parametrize("hkv", [4, 2])
 def test_values_and_gradients_equal_fp64_reference(mask, pad, hkv):
     q, k, v, kmask, attn, keep = make(hkv=hkv, pad=pad, mask=mask)
-    assert _fused_backend(q.requires_grad_(), k, 9, attn, attn is None) is not None  # the Function runs
+    assert route(q.requires_grad_(), k, v, kmask, attn) is not None  # the Function runs
     got = grads(lambda q, k, v: attention_with_mass(q, k, v, kmask, attn, causal=attn is None), q, k, v, keep)
     want = grads(lambda q, k, v: reference(q, k, v, kmask, attn), q, k, v, keep)
     rows = keep[:, None, :, None]
@@ -212,12 +218,12 @@ def test_dropout_keeps_the_mass_dropout_free():
 def test_falls_back_where_the_op_is_not_torch_s_choice(monkeypatch):
     q, k, v, kmask, attn, keep = make(hkv=2, mask="bool", dtype=torch.float64)
     with sdpa_kernel(SDPBackend.MATH):
-        assert _fused_backend(q, k, 9, attn, False) is None
+        assert route(q, k, v, kmask, attn) is None
         got = grads(lambda q, k, v: attention_with_mass(q, k, v, kmask, attn), q, k, v, keep)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert _fused_backend(q, k, 9, attn, False) is None
+        assert route(q, k, v, kmask, attn) is None
     monkeypatch.setattr(intensity, "_USE_MASS_FUNCTION", False)
-    assert _fused_backend(q, k, 9, attn, False) is None
+    assert route(q, k, v, kmask, attn) is None
     want = grads(lambda q, k, v: reference(q, k, v, kmask, attn), q, k, v, keep)
     rows = keep[:, None, :]
     torch.testing.assert_close(got[1] * rows, want[1] * rows, rtol=0, atol=1e-12)
@@ -227,10 +233,11 @@ def test_falls_back_where_the_op_is_not_torch_s_choice(monkeypatch):
 
 def test_pad_width_rule():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert intensity._pad_width(64, 64, cuda, 4096) == 72
-    assert intensity._pad_width(64, 0, cuda, 640) == 64  # mass alone: no padding of q or k
-    assert intensity._pad_width(64, 0, cpu, 640) == 64
-    assert intensity._pad_width(64, 64, cpu, 640) == 65
+    assert intensity._pad_width(64, 64, cuda) == 72
+    assert intensity._pad_width(64, 0, cuda) == 64  # mass alone: no padding of q or k
+    assert intensity._pad_width(64, 0, cpu) == 64
+    assert intensity._pad_width(64, 64, cpu) == 65  # d + 1 at every length: measured fastest
+    assert intensity._pad_width(64, 80, cpu) == 81
 
 
 @pytest.mark.gpu
@@ -241,7 +248,7 @@ def test_cuda_function_against_reference(dtype, mask):
     q, k, v, kmask, attn, keep = make(b=3, h=8, hkv=2, t=300, d=64, dv=64, dtype=dtype, mask=mask, device="cuda")
     if attn is not None and attn.dtype != torch.bool:
         attn = attn.to(dtype)
-    assert _fused_backend(q.requires_grad_(), k, 72, attn, attn is None) is not None
+    assert route(q.requires_grad_(), k, v, kmask, attn) is not None
     got = grads(lambda q, k, v: attention_with_mass(q, k, v, kmask, attn, causal=attn is None), q, k, v, keep)
     want = grads(lambda q, k, v: reference(q, k, v, kmask, attn), q.double(), k.double(), v.double(), keep)
     tol = 2e-5 if dtype == torch.float32 else 3e-2

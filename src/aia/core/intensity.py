@@ -193,23 +193,19 @@ def attention_with_mass(
     return _attention_with_mass(query, key, value, key_mask, attention_mask, scale, causal)
 
 
-# CPU: d + 1 (rounded up to 8 past _CPU_ROUND_FROM keys); CUDA: a multiple of 8 (FlashAttention
-# and memory-efficient kernels). With _MassAttention the width only costs transient memory
-# (the padded tensors live for one layer's forward or backward); its time is measured in
-# docs/PERFORMANCE.md ("The route rule").
+# The padded head width: d + 1 on CPU, a multiple of 8 on CUDA (FlashAttention and memory-efficient
+# kernels need it). With _MassAttention the width costs time and transient memory only (the padded
+# tensors live for one layer's forward or backward). On CPU d + 1 is measured fastest at 640, 2048
+# and 4096 tokens (docs/PERFORMANCE.md, "The route rule"), so no rounding there.
 _PAD_MULTIPLE = {"cuda": 8}
-_CPU_ROUND_FROM = None  # set from the measurements in docs/PERFORMANCE.md; None: always d + 1
 _FLASH, _EFFICIENT = 1, 2  # torch's SDPBackend enum values, as torch._fused_sdp_choice returns them
 _USE_MASS_FUNCTION = True  # False: always the portable route (benchmarks/bench_step.py's "aia-portable")
 
 
-def _pad_width(d: int, dv: int, device: torch.device, tk: int) -> int:
-    """Common head width of the padded q, k and [v, 1[k in K], 0...]: at least max(d, dv + 1)."""
-    need = max(d, dv + 1)
+def _pad_width(d: int, dv: int, device: torch.device) -> int:
+    """Common head width of the padded q, k and ``[v, 1[k in K], 0...]``: at least ``max(d, dv + 1)``."""
     multiple = _PAD_MULTIPLE.get(device.type, 1)
-    if device.type == "cpu" and _CPU_ROUND_FROM is not None and tk >= _CPU_ROUND_FROM and need > d:
-        multiple = 8
-    return -(-need // multiple) * multiple
+    return -(-max(d, dv + 1) // multiple) * multiple
 
 
 def _attention_with_mass(query, key, value, key_mask, attention_mask, scale, causal):
@@ -218,12 +214,45 @@ def _attention_with_mass(query, key, value, key_mask, attention_mask, scale, cau
     if is_causal and tk > tq:
         raise ValueError("causal attention without a mask needs as many keys as queries; pass attention_mask")
     d, dv = query.shape[-1], (0 if value is None else value.shape[-1])
-    width = _pad_width(d, dv, query.device, tk)
-    backend = _fused_backend(query, key, width, attention_mask, is_causal)
+    width = _pad_width(d, dv, query.device)
+    backend, padded = _mass_route(query, key, value, key_mask, attention_mask, is_causal, width)
     if backend is None:
         return _attention_with_mass_sdpa(query, key, value, key_mask, attention_mask, scale, is_causal, width)
-    out, mass = _MassAttention.apply(query, key, value, key_mask, attention_mask, scale, is_causal, width, backend)
+    out, mass = _MassAttention.apply(
+        query, key, value, key_mask, attention_mask, scale, is_causal, width, backend, padded
+    )
     return (None if value is None else out.transpose(1, 2)), mass
+
+
+def _mass_route(query, key, value, key_mask, attention_mask, is_causal, width):
+    """``(backend, padded)`` for :class:`_MassAttention`, or ``(None, None)`` for the portable route.
+
+    ``padded`` is a list ``[q, k, v]`` of the padded tensors, built once here (without autograd)
+    for torch's kernel choice and handed to the Function, which empties the list so that they
+    are freed as soon as the fused op has run.
+    """
+    device = query.device.type
+    if not _USE_MASS_FUNCTION or device not in ("cpu", "cuda") or torch.is_autocast_enabled(device):
+        return None, None
+    with torch.no_grad():
+        padded = list(_padded_inputs(query, key, value, key_mask, width))
+    grad = query.requires_grad or key.requires_grad or (value is not None and value.requires_grad)
+    backend = _fused_backend(*padded, attention_mask, is_causal, grad)
+    return (backend, padded) if backend is not None else (None, None)
+
+
+def _kernel_heads(query: torch.Tensor, key: torch.Tensor) -> int:
+    """Heads of the padded k and v: CPU's flash op takes GQA as is; CUDA's kernels get kv expanded."""
+    return key.shape[1] if query.device.type == "cpu" else query.shape[1]
+
+
+def _padded_inputs(query, key, value, key_mask, width):
+    """``(q, k, [v, 1[k in K], 0...])`` at head width ``width`` for the fused op."""
+    heads = _kernel_heads(query, key)
+    ind = key_mask[:, None, :].to(query.dtype).expand(-1, heads, -1)
+    dv = 0 if value is None else value.shape[-1]
+    q, k = _widen(query, query.shape[1], width), _widen(key, heads, width)
+    return q, k, _columns(None if value is None else _widen(value, heads, dv), ind, width)
 
 
 def _attention_with_mass_sdpa(query, key, value, key_mask, attention_mask, scale, is_causal, width):
@@ -250,33 +279,29 @@ def _padded_value(value, key_mask, hkv, width, dtype):
     return torch.cat([value, ind, value.new_zeros(*value.shape[:-1], width - value.shape[-1] - 1)], dim=-1)
 
 
-def _fused_backend(query, key, width, attention_mask, is_causal) -> int | None:
-    """Which fused op :class:`_MassAttention` calls, or ``None`` for the portable SDPA route.
+def _fused_backend(q, k, v, attention_mask, is_causal, grad) -> int | None:
+    """Which fused op :class:`_MassAttention` calls on the padded ``q, k, v``, or ``None`` for the
+    portable SDPA route.
 
-    The choice is torch's own (``torch._fused_sdp_choice`` on tensors of the padded shapes, so that
+    The choice is torch's own (``torch._fused_sdp_choice`` on the padded tensors, so that
     ``torch.nn.attention.sdpa_kernel`` and every kernel constraint apply as they would to
     ``F.scaled_dot_product_attention``); only the kernels whose forward returns the log-sum-exp
     and whose backward is callable are taken: CPU flash; CUDA flash and memory-efficient.
     """
-    device = query.device.type
-    if not _USE_MASS_FUNCTION or device not in ("cpu", "cuda") or torch.is_autocast_enabled(device) or not hasattr(torch, "_fused_sdp_choice"):
+    device = q.device.type
+    if device not in ("cpu", "cuda") or not hasattr(torch, "_fused_sdp_choice") or q.is_nested or k.is_nested:
         return None
-    if query.is_nested or key.is_nested:
+    if device == "cuda" and attention_mask is not None and attention_mask.dtype not in (torch.bool, q.dtype):
         return None
-    h, hkv = query.shape[1], key.shape[1]
-    if device == "cuda" and attention_mask is not None:
-        if attention_mask.dtype not in (torch.bool, query.dtype):
-            return None
-    grad = query.requires_grad or key.requires_grad
-    b, tq, tk = query.shape[0], query.shape[2], key.shape[2]
-    heads = hkv if device == "cpu" else h  # CUDA gets expanded kv (see _MassAttention)
-    # stand-ins of the padded shapes without their memory (stride 0 but in the last dim)
-    row = torch.empty(width, dtype=query.dtype, device=query.device)
-    q = row.detach().requires_grad_(grad).expand(b, h, tq, width)
-    k = row.expand(b, heads, tk, width)
     try:
         choice = torch._fused_sdp_choice(
-            q, k, k, attn_mask=attention_mask, dropout_p=0.0, is_causal=is_causal, enable_gqa=heads != h
+            q.detach().requires_grad_(grad),
+            k,
+            v,
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=is_causal,
+            enable_gqa=k.shape[1] != q.shape[1],
         )
     except (RuntimeError, TypeError):
         return None
@@ -308,24 +333,36 @@ def _efficient_bias(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor)
     return bias
 
 
+def _blank(like: torch.Tensor, b: int, h: int, t: int, width: int) -> torch.Tensor:
+    """Uninitialised ``[B, h, T, width]`` laid out in ``like``'s order of the head and time dims
+    (transformers' queries and SDPA's outputs are ``[B, T, H, d]`` in memory), so that filling it
+    from ``like`` is a plain row copy."""
+    if like.stride(1) < like.stride(2):
+        return like.new_empty(b, t, h, width).transpose(1, 2)
+    return like.new_empty(b, h, t, width)
+
+
 def _widen(x: torch.Tensor, heads: int, width: int) -> torch.Tensor:
     """``[B, Hx, T, dx]`` -> ``[B, heads, T, width]``: zero columns appended, kv heads repeated (GQA)."""
     b, hx, t, dx = x.shape
     if hx == heads and dx == width:
         return x
-    out = x.new_zeros(b, heads, t, width)
-    out.view(b, hx, heads // hx, t, width)[..., :dx] = x[:, :, None]
+    out = _blank(x, b, heads, t, width)
+    grouped = out.view(b, hx, heads // hx, t, width)
+    grouped[..., :dx] = x[:, :, None]
+    grouped[..., dx:] = 0
     return out
 
 
 def _columns(x: torch.Tensor | None, col: torch.Tensor, width: int) -> torch.Tensor:
-    """``[x, col, 0 ...]``: ``x`` ``[B, H, T, dx]`` (or ``None``, ``dx = 0``), ``col`` ``[B, H, T]`` or broadcastable."""
+    """``[x, col, 0 ...]``: ``x`` ``[B, H, T, dx]`` (or ``None``, ``dx = 0``), ``col`` ``[B, H, T]``."""
     dx = 0 if x is None else x.shape[-1]
-    b, h, t = x.shape[:3] if x is not None else col.shape
-    out = col.new_zeros(b, t, h, width).transpose(1, 2)  # [B, T, H, width] in memory, as SDPA's output
+    b, h, t = col.shape
+    out = col.new_empty(b, h, t, width) if x is None else _blank(x, b, h, t, width)
     if x is not None:
         out[..., :dx] = x
     out[..., dx] = col
+    out[..., dx + 1 :] = 0
     return out
 
 
@@ -392,13 +429,10 @@ class _MassAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, key_mask, attn_mask, scale, is_causal, width, backend):
-        h = query.shape[1]
-        heads = key.shape[1] if query.device.type == "cpu" else h
+    def forward(ctx, query, key, value, key_mask, attn_mask, scale, is_causal, width, backend, padded):
         dv = 0 if value is None else value.shape[-1]
-        ind = key_mask[:, None, :].to(query.dtype)
-        q, k = _widen(query, h, width), _widen(key, heads, width)
-        v = _columns(None if value is None else _widen(value, heads, dv), ind.expand(-1, heads, -1), width)
+        q, k, v = padded
+        padded.clear()
         out_p, lse, aux = _fused_forward(backend, q, k, v, attn_mask, scale, is_causal)
         del q, k, v
         mass = out_p[..., dv].contiguous()  # [B, H, Tq]
@@ -414,17 +448,13 @@ class _MassAttention(torch.autograd.Function):
     def backward(ctx, grad_out, grad_mass):
         query, key, value, key_mask, attn_mask, out, mass = ctx.saved_tensors
         width = ctx.width
-        b, h, tq, d = query.shape
-        hkv = key.shape[1]
-        heads = hkv if query.device.type == "cpu" else h
+        d, hkv, heads = query.shape[-1], key.shape[1], _kernel_heads(query, key)
         dv = 0 if value is None else value.shape[-1]
         if grad_mass is None:
             grad_mass = torch.zeros_like(mass)
         if value is not None and grad_out is None:
             grad_out = torch.zeros_like(out)
-        ind = key_mask[:, None, :].to(query.dtype)
-        q, k = _widen(query, h, width), _widen(key, heads, width)
-        v = _columns(None if value is None else _widen(value, heads, dv), ind.expand(-1, heads, -1), width)
+        q, k, v = _padded_inputs(query, key, value, key_mask, width)
         out_p = _columns(None if out is None else out.transpose(1, 2), mass, width)
         grad_p = _columns(None if grad_out is None else grad_out.transpose(1, 2), grad_mass, width)
         gq, gk, gv = _fused_backward(
@@ -441,12 +471,7 @@ class _MassAttention(torch.autograd.Function):
             gq if needs[0] else None,
             gk if needs[1] else None,
             gv if needs[2] else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            *([None] * 7),
         )
 
 
