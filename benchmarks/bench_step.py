@@ -199,7 +199,6 @@ def measure_widths(args, seq, widths) -> dict[str, list[float]]:
     q = torch.randn(b, seq, h, d, generator=g).to(device, dtype).transpose(1, 2).requires_grad_()
     k, v = (torch.randn(b, hkv, seq, d, generator=g).to(device, dtype).requires_grad_() for _ in range(2))
     kmask = (torch.arange(seq, device=device) < TEXT)[None].expand(b, seq)
-    backend = intensity._fused_backend(q, k, max(widths), None, True)
 
     def caller(out, mass=None):  # what the attention interface does with them: [B, T, H * dv]
         return out.transpose(1, 2).contiguous(), mass
@@ -207,9 +206,13 @@ def measure_widths(args, seq, widths) -> dict[str, list[float]]:
     def plain():
         return caller(F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=h != hkv))
 
+    def mass_function(value, w):  # the route's own steps, at a forced width
+        backend, padded = intensity._mass_route(q, k, value, kmask, None, True, w)
+        return intensity._MassAttention.apply(q, k, value, kmask, None, d**-0.5, True, w, backend, padded)
+
     def fused(w):
         def run():
-            out, mass = intensity._MassAttention.apply(q, k, v, kmask, None, d**-0.5, True, w, backend)
+            out, mass = mass_function(v, w)
             return caller(out.transpose(1, 2), mass)
 
         return run
@@ -218,7 +221,7 @@ def measure_widths(args, seq, widths) -> dict[str, list[float]]:
         return caller(*intensity._attention_with_mass_sdpa(q, k, v, kmask, None, d**-0.5, True, d + 1))
 
     def two_calls():  # the output from plain SDPA, the mass from a second (mass-only) call
-        mass = intensity._MassAttention.apply(q, k, None, kmask, None, d**-0.5, True, d, backend)[1]
+        mass = mass_function(None, d)[1]
         return plain()[0], mass
 
     cases = {"sdpa": plain, **{f"w{w}": fused(w) for w in widths}, f"portable-w{d + 1}": portable}
