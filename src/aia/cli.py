@@ -444,7 +444,8 @@ def _cmd_train(args) -> int:
     from aia.training.trainer import train
 
     result = train(cfg)
-    print(f"wrote {result.final_dir}")
+    if result.is_main_process:
+        print(f"wrote {result.final_dir}")
     return 0
 
 

@@ -9,7 +9,7 @@ import torch
 from aia.errors import InputError
 from aia.training.checkpoint import config_changes, latest_checkpoint, written_atomically
 from aia.training.metrics import MetricsWriter, read_metrics
-from aia.training.step import StepSums
+from aia.training.step import StepNorm, StepSums
 
 SINGLE = SimpleNamespace(
     is_main_process=True,
@@ -112,27 +112,49 @@ def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path, capsys):
         MetricsWriter(tmp_path, start=2)
 
 
-def test_step_sums_row_averages_per_task():
-    sums = StepSums(torch.device("cpu"), aia=True)
+def _fake_batch(targets: list[int], enabled: list[bool]) -> SimpleNamespace:
+    """A micro-batch with ``targets[i]`` supervised tokens in sample i (labels -100 elsewhere)."""
+    width = max(targets) + 2
+    labels = torch.full((len(targets), width), -100)
+    for i, n in enumerate(targets):
+        labels[i, 1 : 1 + n] = 7
+    mask = torch.tensor(enabled)[:, None].expand(-1, width)
+    return SimpleNamespace(labels=labels, query_mask=mask, key_mask=mask)
 
-    def res(loss, ntp, aia, curve, n):
-        return {
-            "loss": torch.tensor(loss),
-            "ntp": torch.tensor(ntp),
-            "aia": torch.tensor(aia),
-            "intensity": torch.tensor(curve),
-            "aia_samples": torch.tensor(float(n)),
-        }
 
-    sums.add("und", res(3.0, 1.0, 0.2, [1.0, 2.0], 2))
-    sums.add("gen", res(5.0, 2.0, 0.6, [3.0, 0.0], 1))
-    sums.add("gen", res(7.0, 4.0, 0.6, [0.0, 3.0], 1))
+def test_step_norm_weights_place_each_micro_batch_in_the_global_batch():
+    two = SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=lambda t, reduction: t * 2)
+    batches = [("und", _fake_batch([3, 1], [True, False])), ("gen", _fake_batch([4], [True])),
+               ("gen", _fake_batch([2, 2], [False, False]))]
+    norm = StepNorm(batches, two)  # the other rank holds the same counts
+    assert norm.share == {"und": 1 / 3, "gen": 2 / 3} and norm.micro_batches == 3
+    assert norm.tokens == {"und": 8, "gen": 16} and norm.samples == {"und": 2, "gen": 2}
+    # share x world x micro-batches x this micro-batch's part of the global counts
+    assert norm.weights("und", batches[0][1]) == pytest.approx((1 / 3 * 6 * 4 / 8, 1 / 3 * 6 * 1 / 2))
+    assert norm.weights("gen", batches[2][1]) == pytest.approx((2 / 3 * 6 * 4 / 16, 0.0))
+
+
+def test_step_sums_row_is_the_global_batch_loss():
+    batches = [("und", _fake_batch([2, 2], [True, True])), ("gen", _fake_batch([1], [True])),
+               ("gen", _fake_batch([3], [True]))]
+    norm = StepNorm(batches, SimpleNamespace(num_processes=1, device=torch.device("cpu"), reduce=SINGLE.reduce))
+    sums = StepSums(torch.device("cpu"), aia=True, norm=norm, weights={"und": 10.0, "gen": 1.0})
+
+    def res(ntp, tokens, aia, curve, n):
+        return {"ntp": torch.tensor(ntp), "ntp_tokens": tokens, "aia": torch.tensor(aia),
+                "intensity": torch.tensor(curve), "aia_samples": torch.tensor(float(n))}
+
+    sums.add("und", res(1.0, 4, 0.2, [1.0, 2.0], 2))
+    sums.add("gen", res(2.0, 1, 0.6, [3.0, 0.0], 1))
+    sums.add("gen", res(4.0, 3, 0.2, [0.0, 3.0], 1))
     sums.grad_norm = torch.tensor(0.5)
     row = sums.row(SINGLE, step=7, lr=1e-3, step_time=0.1, intensity=True)
     assert list(row)[:3] == ["step", "lr", "time/step_s"] and row["step"] == 7
-    assert row["loss"] == pytest.approx(5.0) and row["loss/ntp"] == pytest.approx(7 / 3)
-    assert row["loss/ntp/und"] == pytest.approx(1.0) and row["loss/ntp/gen"] == pytest.approx(3.0)
-    assert row["loss/aia/gen"] == pytest.approx(0.6) and row["grad_norm"] == pytest.approx(0.5)
-    assert row["aia_samples/gen"] == 2.0
+    # gen: token losses 2*1 + 4*3 over 4 tokens (not the mean of the micro-batch means, 3.0)
+    assert row["loss/ntp/und"] == pytest.approx(1.0) and row["loss/ntp/gen"] == pytest.approx(3.5)
+    assert row["ntp_tokens/gen"] == 4 and row["aia_samples/gen"] == 2
+    assert row["loss/aia/gen"] == pytest.approx(0.4) and row["grad_norm"] == pytest.approx(0.5)
+    assert row["loss/ntp"] == pytest.approx(1 / 3 * 1.0 + 2 / 3 * 3.5)
+    assert row["loss"] == pytest.approx(row["loss/ntp"] + 1 / 3 * 10 * 0.2 + 2 / 3 * 1 * 0.4)
     assert row["intensity/und"] == [1.0, 2.0] and row["intensity/gen"] == [1.5, 1.5]
     assert "intensity/und" not in sums.row(SINGLE, step=8, lr=1e-3, step_time=0.1, intensity=False)

@@ -50,6 +50,7 @@ __all__ = [
     "SequenceBuilder",
     "collate_examples",
     "next_token_loss",
+    "supervised_tokens",
     "fill_image_tokens",
 ]
 
@@ -459,6 +460,12 @@ def fill_image_tokens(
     return filled, labels
 
 
+def supervised_tokens(labels: torch.Tensor) -> int:
+    """How many next-token targets ``labels`` ``[B, T]`` (unshifted, -100 where none) holds:
+    the denominator of :func:`next_token_loss`."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head) -> AdapterOutput:
     """Mean next-token cross-entropy, with the output head applied to target positions only.
 
@@ -471,7 +478,7 @@ def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head) -> Adapter
     targets = labels[:, 1:]  # [B, T-1]: the token each position predicts
     keep = targets != IGNORE_INDEX
     logits = head(hidden[:, :-1][keep])  # [N, V]
-    num_tokens = int(keep.sum())
+    num_tokens = supervised_tokens(labels)
     loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum") / max(num_tokens, 1)
     return AdapterOutput(loss=loss, num_tokens=num_tokens)
 

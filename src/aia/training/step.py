@@ -4,6 +4,22 @@
 :func:`optimizer_step` runs a step's micro-batch schedule
 (:func:`aia.training.streams.step_schedule`) through it and returns what the step
 accumulated (:class:`StepSums`), which :meth:`StepSums.row` turns into a metrics row.
+
+Loss normalisation (:class:`StepNorm`): the loss of an optimizer step is that of its
+*global batch* (every micro-batch of every rank)::
+
+    J = sum_task share_task * (S_task / N_task + lambda_task * A_task / V_task)
+
+with ``S_task`` the sum of the task's next-token losses over its ``N_task`` supervised
+tokens, ``A_task`` the sum of the per-sample AIA losses (Eq. 2) over its ``V_task``
+enabled samples, all counted over the global batch, and ``share_task`` the task's share
+of the step's micro-batches (``ratio_task / (ratio_und + ratio_gen)`` under
+``data.mixing=both``; 1 for the one task of a ``random`` / ``alternate`` step). The
+counts are known before the forward passes (labels and span masks), summed over ranks
+once per step; each micro-batch then contributes its exact part of ``J``, scaled by
+``world x micro-batches`` to undo the averaging of DDP / FSDP / DeepSpeed over ranks and
+of accelerate over accumulation rounds. So W ranks x b samples, 1 rank x W*b samples and
+accumulation of 2 x b/2 samples all take the same gradient, up to reduction order.
 """
 
 from __future__ import annotations
@@ -16,8 +32,9 @@ import torch
 from torch import nn
 
 from aia.adapters import Batch
-from aia.adapters.base import unwrap
+from aia.adapters.base import supervised_tokens, unwrap
 from aia.attention import capture
+from aia.core.intensity import span_valid
 from aia.core.loss import aia_loss
 from aia.targets.presets import TargetProfile
 from aia.training.config import RunConfig
@@ -26,14 +43,18 @@ from aia.training.streams import step_schedule
 if TYPE_CHECKING:
     from aia.training.setup import Run
 
-__all__ = ["StepSums", "UnifiedStep", "batch_tensors", "optimizer_step"]
+__all__ = ["StepNorm", "StepSums", "UnifiedStep", "batch_tensors", "optimizer_step"]
 
 
 class UnifiedStep(nn.Module):
     """The model plus the per-micro-batch loss, as one module (so DDP/FSDP wrap the whole step).
 
-    ``forward(task, **tensors)`` returns ``{"loss", "ntp", "aia", "intensity" [L], "aia_samples"}``;
-    with AIA on it runs inside ``with step.capturing():``, which also spans the backward.
+    ``forward(task, ntp_weight=1, aia_weight=1, **tensors)`` returns ``{"loss", "ntp", "aia",
+    "ntp_tokens", "intensity" [L], "aia_samples"}``: ``ntp`` is the micro-batch's mean over its
+    ``ntp_tokens`` supervised tokens, ``aia`` its mean over its ``aia_samples`` enabled samples,
+    and ``loss = ntp_weight * ntp + lambda_task * aia_weight * aia`` (the weights place the
+    micro-batch in its global batch, :class:`StepNorm`). With AIA on it runs inside
+    ``with step.capturing():``, which also spans the backward.
     """
 
     def __init__(self, model: nn.Module, adapter, targets: TargetProfile | None, cfg: RunConfig):
@@ -51,28 +72,38 @@ class UnifiedStep(nn.Module):
             self.register_buffer(f"target_{task}", t, persistent=False)
             self.register_buffer(f"delta_{task}", d, persistent=False)
 
-    def forward(self, task: str, **tensors: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, task: str, ntp_weight: float = 1.0, aia_weight: float = 1.0, **tensors: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         batch = Batch(
             task=task,
             inputs={k[6:]: v for k, v in tensors.items() if k.startswith("input_")},
             **{k: tensors[k] for k in ("labels", "roles", "attention_mask", "query_mask", "key_mask")},
         )
         if not self.aia_cfg.enabled:
-            ntp = self.adapter.forward(self.model, batch).loss
-            zero = ntp.detach() * 0
-            return {"loss": ntp, "ntp": ntp, "aia": zero, "intensity": None, "aia_samples": zero}
+            out = self.adapter.forward(self.model, batch)
+            zero = out.loss.detach() * 0
+            return {
+                "loss": ntp_weight * out.loss,
+                "ntp": out.loss,
+                "ntp_tokens": out.num_tokens,
+                "aia": zero,
+                "intensity": None,
+                "aia_samples": zero,
+            }
         cap = self.capture
         if cap is None:
             raise RuntimeError("UnifiedStep with AIA must run inside `with step.capturing():`")
-        ntp = self.adapter.forward(self.model, batch).loss
+        out = self.adapter.forward(self.model, batch)
         intensity, valid = cap.intensity, cap.valid  # [L, B], [B]
         target, delta = getattr(self, f"target_{task}"), getattr(self, f"delta_{task}")
         aia = aia_loss(intensity, target, delta, valid, mode=self.aia_cfg.mode)
         n = valid.sum()
         mean_curve = (intensity.detach() * valid).sum(1) / n.clamp(min=1)  # [L]
         return {
-            "loss": ntp + self.weights[task] * aia,
-            "ntp": ntp,
+            "loss": ntp_weight * out.loss + self.weights[task] * aia_weight * aia,
+            "ntp": out.loss,
+            "ntp_tokens": out.num_tokens,
             "aia": aia,
             "intensity": mean_curve,
             "aia_samples": n.float(),
@@ -109,36 +140,69 @@ def batch_tensors(batch: Batch) -> dict[str, torch.Tensor]:
     return out
 
 
+class StepNorm:
+    """The global batch of one optimizer step: what each micro-batch's loss is divided by.
+
+    Built on every rank from the step's micro-batches (``[(task, batch), ...]``, the same
+    schedule everywhere) with one collective: per task the supervised tokens ``N_task`` and
+    the AIA-enabled samples ``V_task`` summed over all micro-batches of all ranks. See the
+    module docstring for the loss it defines.
+    """
+
+    def __init__(self, batches: list[tuple[str, Batch]], accelerator):
+        self.world = accelerator.num_processes
+        self.micro_batches = len(batches)
+        self.share = {task: sum(t == task for t, _ in batches) / len(batches) for task, _ in batches}
+        local = torch.zeros(4, dtype=torch.long)
+        for task, batch in batches:
+            col = 0 if task == "und" else 1
+            local[col] += supervised_tokens(batch.labels)
+            local[2 + col] += int(span_valid(batch.query_mask, batch.key_mask).sum())
+        total = accelerator.reduce(local.to(accelerator.device), reduction="sum").tolist()
+        self.tokens = {"und": total[0], "gen": total[1]}
+        self.samples = {"und": total[2], "gen": total[3]}
+
+    def weights(self, task: str, batch: Batch) -> tuple[float, float]:
+        """``(ntp_weight, aia_weight)`` of one micro-batch of ``task`` on this rank: its share of
+        the global token and enabled-sample counts, times ``share_task x world x micro-batches``
+        (the factor the ranks' and accumulation rounds' averaging divides by again)."""
+        scale = self.share[task] * self.world * self.micro_batches
+        n = supervised_tokens(batch.labels)
+        v = int(span_valid(batch.query_mask, batch.key_mask).sum())
+        return (
+            scale * n / max(self.tokens[task], 1),
+            scale * v / max(self.samples[task], 1),
+        )
+
+
 class StepSums:
     """What one optimizer step accumulated on this rank, over its micro-batches.
 
-    ``sums`` holds ``loss``, ``loss/ntp`` and per task ``loss/ntp/<task>`` (with AIA on also
-    ``loss/aia/<task>`` and ``aia_samples/<task>``); ``counts`` the micro-batches per task (in
-    schedule order; only the step's task under ``data.mixing`` random or alternate, so its row
-    has only that task's keys); ``curves`` per task the sum over AIA-carrying samples of their per-layer
-    intensity; ``grad_norm`` the norm before clipping.
+    ``sums`` holds per task ``loss/ntp/<task>`` (the sum of token losses) and with AIA on
+    ``loss/aia/<task>`` (the sum of per-sample AIA losses) and ``aia_samples/<task>``;
+    ``curves`` per task the sum over AIA-carrying samples of their per-layer intensity;
+    ``grad_norm`` the norm before clipping. :meth:`row` divides the sums of all ranks by the
+    global counts of ``norm`` (:class:`StepNorm`). Under ``data.mixing`` random or
+    alternate only the step's task has keys.
     """
 
-    def __init__(self, device: torch.device, aia: bool):
+    def __init__(self, device: torch.device, aia: bool, norm: StepNorm, weights: dict[str, float]):
         def zero() -> torch.Tensor:
             return torch.zeros((), device=device)
 
-        self.aia = aia
+        self.aia, self.norm, self.weights = aia, norm, weights
         self.sums: dict[str, torch.Tensor] = defaultdict(zero)
-        self.counts: dict[str, int] = defaultdict(int)
         self.curves: dict[str, torch.Tensor] = defaultdict(zero)  # 0, then [L]
         self.grad_norm = zero()
 
     def add(self, task: str, res: dict[str, torch.Tensor]) -> None:
         """Add one micro-batch's :class:`UnifiedStep` output."""
-        self.sums["loss"] += res["loss"].detach().float()
-        self.sums["loss/ntp"] += res["ntp"].detach().float()
-        self.sums[f"loss/ntp/{task}"] += res["ntp"].detach().float()
-        self.counts[task] += 1
+        self.sums[f"loss/ntp/{task}"] += res["ntp"].detach().float() * res["ntp_tokens"]
         if self.aia:
-            self.sums[f"loss/aia/{task}"] += res["aia"].detach().float()
-            self.sums[f"aia_samples/{task}"] += res["aia_samples"].detach()
-            self.curves[task] = self.curves[task] + res["intensity"].detach().float() * res["aia_samples"].detach()
+            samples = res["aia_samples"].detach()
+            self.sums[f"loss/aia/{task}"] += res["aia"].detach().float() * samples
+            self.sums[f"aia_samples/{task}"] += samples
+            self.curves[task] = self.curves[task] + res["intensity"].detach().float() * samples
 
     def non_finite(self, accelerator) -> str | None:
         """The first of this step's terms (NTP or AIA per task, the gradient norm) that is not
@@ -150,28 +214,33 @@ class StepSums:
         return next((name for name, b in zip(names, bad.tolist(), strict=True) if b > 0), None)
 
     def row(self, accelerator, step: int, lr: float, step_time: float, intensity: bool) -> dict:
-        """The metrics row of optimizer step ``step`` (1-based), averaged or summed over ranks.
+        """The metrics row of optimizer step ``step`` (1-based): the global batch's losses.
 
         Collective: call it on every rank at the same steps. ``intensity`` adds the per-layer
         intensities.
         """
-        n_total = sum(self.counts.values())
-        means = {"loss": self.sums["loss"] / n_total, "loss/ntp": self.sums["loss/ntp"] / n_total}
-        means["grad_norm"] = self.grad_norm
-        for task, n in self.counts.items():
-            means[f"loss/ntp/{task}"] = self.sums[f"loss/ntp/{task}"] / n
+        tasks = sorted(self.norm.share)
+        keys = [f"loss/ntp/{t}" for t in tasks] + ([f"loss/aia/{t}" for t in tasks] if self.aia else [])
+        reduced = accelerator.reduce(torch.stack([self.sums[k].float() for k in keys]), reduction="sum")
+        total = dict(zip(keys, reduced.tolist(), strict=True))
+        row: dict = {"step": step, "lr": lr, "time/step_s": step_time, "grad_norm": float(self.grad_norm)}
+        ntp = loss = 0.0
+        for t in tasks:
+            share = self.norm.share[t]
+            row[f"loss/ntp/{t}"] = total[f"loss/ntp/{t}"] / max(self.norm.tokens[t], 1)
+            row[f"ntp_tokens/{t}"] = self.norm.tokens[t]
+            ntp += share * row[f"loss/ntp/{t}"]
+            loss += share * row[f"loss/ntp/{t}"]
             if self.aia:
-                means[f"loss/aia/{task}"] = self.sums[f"loss/aia/{task}"] / n
-        keys = sorted(means)
-        reduced = accelerator.reduce(torch.stack([means[k].float() for k in keys]), reduction="mean")
-        row: dict = {"step": step, "lr": lr, "time/step_s": step_time}
-        row.update({k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)})
-        for task in self.counts if self.aia else ():
-            # an intensity sum [L] and its sample count per task, summed over ranks
-            total = accelerator.reduce(torch.cat([self.curves[task], self.sums[f"aia_samples/{task}"].view(1)]), "sum")
-            row[f"aia_samples/{task}"] = float(total[-1])
-            if intensity and total[-1] > 0:
-                row[f"intensity/{task}"] = [round(float(x), 6) for x in total[:-1] / total[-1]]
+                row[f"loss/aia/{t}"] = total[f"loss/aia/{t}"] / max(self.norm.samples[t], 1)
+                row[f"aia_samples/{t}"] = self.norm.samples[t]
+                loss += share * self.weights[t] * row[f"loss/aia/{t}"]
+        row["loss/ntp"], row["loss"] = ntp, loss
+        for t in tasks if self.aia and intensity else ():
+            # an intensity sum [L] per task, summed over ranks
+            curve = accelerator.reduce(self.curves[t].clone(), "sum")
+            if self.norm.samples[t] > 0:
+                row[f"intensity/{t}"] = [round(float(x), 6) for x in curve / self.norm.samples[t]]
         return row
 
 
@@ -179,18 +248,31 @@ def optimizer_step(run: Run, step: int) -> StepSums:
     """Run optimizer step ``step`` (0-based): forward and backward every micro-batch of its
     schedule, clip and step the optimizer at the last one (accelerate's ``accumulate``).
 
-    The LR scheduler is not stepped here.
+    The step's micro-batches are built first, so that their global token and sample counts
+    (:class:`StepNorm`) weight each one's loss. The LR scheduler is not stepped here.
     """
     accelerator, cfg = run.accelerator, run.cfg
-    sums = StepSums(accelerator.device, aia=cfg.aia.enabled)
-    for task, counter in step_schedule(step, cfg.train.grad_accum, run.ratio, cfg.data.mixing, cfg.train.seed):
-        batch = run.streams[task].batch(counter, cfg.data.batch_size, run.rank, run.world).to(accelerator.device)
+    schedule = step_schedule(step, cfg.train.grad_accum, run.ratio, cfg.data.mixing, cfg.train.seed)
+    batches = [
+        (task, run.streams[task].batch(counter, cfg.data.batch_size, run.rank, run.world)) for task, counter in schedule
+    ]
+    norm = StepNorm(batches, accelerator)
+    sums = StepSums(accelerator.device, aia=cfg.aia.enabled, norm=norm, weights=run.core.weights)
+    for task, batch in batches:
+        ntp_weight, aia_weight = norm.weights(task, batch)
+        expected = supervised_tokens(batch.labels)
+        batch = batch.to(accelerator.device)
         with accelerator.accumulate(run.step_module), run.core.capturing():
-            res = run.step_module(task, **batch_tensors(batch))
+            res = run.step_module(task, ntp_weight=ntp_weight, aia_weight=aia_weight, **batch_tensors(batch))
+            if res["ntp_tokens"] != expected:
+                raise RuntimeError(
+                    f"the {run.core.adapter.family} adapter's NTP loss averaged {res['ntp_tokens']} tokens, "
+                    f"but its labels hold {expected} targets: the global-batch normalisation needs them equal"
+                )
             accelerator.backward(res["loss"])
             if accelerator.sync_gradients:
-                norm = accelerator.clip_grad_norm_(run.params, cfg.optim.max_grad_norm or float("inf"))
-                sums.grad_norm = norm.detach().float() if norm is not None else sums.grad_norm
+                grad_norm = accelerator.clip_grad_norm_(run.params, cfg.optim.max_grad_norm or float("inf"))
+                sums.grad_norm = grad_norm.detach().float() if grad_norm is not None else sums.grad_norm
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         sums.add(task, res)

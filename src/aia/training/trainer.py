@@ -14,7 +14,9 @@ the capture is not entered at all: the run is the plain NTP baseline.
 Distribution (DDP, FSDP, DeepSpeed ZeRO-3) is accelerate's: launch with
 ``accelerate launch --config_file configs/accelerate/<...>.yaml -m aia train CONFIG``.
 Gradient accumulation is accelerate's ``accumulate``; the LR scheduler steps once per
-optimizer step whatever the number of processes.
+optimizer step whatever the number of processes. The loss is normalised over the step's
+global batch (:mod:`aia.training.step`), so ``W`` processes with ``data.batch_size=b`` train
+as one process with ``W*b``, and ``train.grad_accum=2`` with ``b/2`` as ``1`` with ``b``.
 
 The loop below reads top to bottom: :func:`aia.training.setup.setup` builds and prepares
 the run, :func:`aia.training.checkpoint.start_or_resume` picks up a checkpoint,
@@ -24,7 +26,8 @@ logs it, :mod:`aia.training.checkpoint` saves.
 Outputs in ``train.output_dir``:
 
 * ``metrics.jsonl``: one JSON object per logged step (keys in :data:`aia.training.metrics.METRIC_KEYS`),
-  values averaged over ranks and over the step's micro-batches of each task;
+  the losses of the step's global batch (all ranks, all micro-batches; normalisation in
+  :mod:`aia.training.step`);
 * ``tensorboard/``: the same scalars, and per-layer intensities as ``intensity/<task>/layer_<l>``;
 * ``checkpoint-<step>/``: ``model/`` (``save_pretrained`` + processor, loadable by plain
   transformers) and accelerate's state (model, optimizer, scheduler, RNG); written under
@@ -61,6 +64,8 @@ class TrainResult:
     final_dir: Path
     history: list[dict] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    is_main_process: bool = True
+    """Whether this process is the run's main one (the one that wrote the files)."""
 
 
 class DivergedError(InputError):
@@ -136,4 +141,4 @@ def _train(cfg: RunConfig, out: Path, model, processor, accelerator) -> TrainRes
     final = save_final(acc, run.step_module, run.processor, out)
     metrics.close()
     skipped = {t: len(s.rejected) for t, s in run.streams.items()}
-    return TrainResult(output_dir=out, final_dir=final, history=history, skipped=skipped)
+    return TrainResult(output_dir=out, final_dir=final, history=history, skipped=skipped, is_main_process=acc.is_main_process)
