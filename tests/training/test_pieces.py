@@ -43,19 +43,17 @@ def test_metrics_writer_off_the_main_process_writes_nothing(tmp_path):
 def test_written_atomically_replaces_only_when_complete(tmp_path):
     target = tmp_path / "final"
     with written_atomically(SINGLE, target) as tmp:
-        tmp.mkdir()
+        assert tmp.is_dir()  # created before any rank writes into it
         (tmp / "a").write_text("1")
     assert (target / "a").read_text() == "1" and not tmp.exists()
 
     with pytest.raises(OSError), written_atomically(SINGLE, target) as tmp:
-        tmp.mkdir()
         (tmp / "a").write_text("2")
         raise OSError("disk full")
     assert (target / "a").read_text() == "1"  # the complete one stays
 
     with written_atomically(SINGLE, target) as tmp:
-        assert not tmp.exists()  # the crash's leftover is cleared first
-        tmp.mkdir()
+        assert list(tmp.iterdir()) == []  # the crash's leftover is cleared first
         (tmp / "b").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["b"]
 
@@ -158,3 +156,22 @@ def test_step_sums_row_is_the_global_batch_loss():
     assert row["loss"] == pytest.approx(row["loss/ntp"] + 1 / 3 * 10 * 0.2 + 2 / 3 * 1 * 0.4)
     assert row["intensity/und"] == [1.0, 2.0] and row["intensity/gen"] == [1.5, 1.5]
     assert "intensity/und" not in sums.row(SINGLE, step=8, lr=1e-3, step_time=0.1, intensity=False)
+
+
+def test_deepspeed_zero3_is_refused_for_task_specific_trainable_modules():
+    from aia.errors import ConfigError
+    from aia.training.setup import check_deepspeed
+
+    model = torch.nn.Module()
+    model.generation_head = torch.nn.Linear(2, 2)
+    model.language_model = torch.nn.Linear(2, 2)
+    janus_like = SimpleNamespace(task_specific_modules=("generation_head",))
+    zero3 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+    with pytest.raises(ConfigError, match=r"ZeRO-3 would update generation_head.weight .* with an earlier step's"):
+        check_deepspeed(zero3, model, janus_like)
+    model.generation_head.requires_grad_(False)  # frozen: every trainable parameter is shared
+    check_deepspeed(zero3, model, janus_like)
+    model.generation_head.requires_grad_(True)
+    check_deepspeed(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2))),
+                    model, janus_like)
+    check_deepspeed(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)), model, janus_like)

@@ -401,6 +401,10 @@ class AdapterBase:
     :meth:`collate`.
     """
 
+    #: name parts of the modules that only one task runs through (their parameters get no
+    #: gradient from the other task's micro-batches); empty when both tasks share every module
+    task_specific_modules: tuple[str, ...] = ()
+
     def __init__(
         self, processor, span_config: SpanConfig, padding_side: str, prompt_config: PromptConfig | None = None
     ):

@@ -91,6 +91,8 @@ class JanusAdapter(AdapterBase):
     """Janus / Janus-Pro: SigLIP features for understanding, VQ codes for generation."""
 
     family = "janus"
+    #: the understanding aligner; the generation embedding, aligner and head
+    task_specific_modules = ("aligner", "generation_embeddings", "generation_aligner", "generation_head")
 
     def __init__(
         self,

@@ -172,15 +172,19 @@ def start_or_resume(accelerator, out: Path, resume: bool, cfg: RunConfig | None 
 def written_atomically(accelerator, path: Path) -> Iterator[Path]:
     """Fill a temporary sibling folder of ``path`` (yielded, on every rank), then rename it to ``path``.
 
-    A leftover temporary folder of an earlier crash is removed first. The rename (which
-    replaces an existing ``path``) is the main process's and happens only if the block
-    completes: an exception leaves ``path`` as it was.
+    A leftover temporary folder of an earlier crash is removed first and the folder created
+    before any rank writes into it. The rename (which replaces an existing ``path``) is the main
+    process's, after every rank has left the block, and happens only if the block completes:
+    an exception leaves ``path`` as it was.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     yield tmp
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if path.exists():
             shutil.rmtree(path)
@@ -235,6 +239,12 @@ def save_model(accelerator, step_module, processor, path: Path) -> None:
         return
     state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     core = accelerator.unwrap_model(step_module)
+    unknown = sorted(set(state) - set(core.model.state_dict()))
+    if unknown:  # a gather that named the weights otherwise would write a model that loads without them
+        raise RuntimeError(
+            f"the gathered weights name {len(unknown)} tensors the model does not have (e.g. {unknown[0]}); "
+            "nothing was written"
+        )
     settings = getattr(core.adapter, "generation_settings", dict)()  # e.g. Janus's boi_token_id
     generation = getattr(unwrap(core.model), "generation_config", None)
     for key, value in settings.items() if generation is not None else ():
@@ -251,6 +261,7 @@ def save_checkpoint(accelerator, step_module, processor, out: Path, step: int, c
     with written_atomically(accelerator, final) as tmp:
         accelerator.save_state(str(tmp))
         save_model(accelerator, step_module, processor, tmp / "model")
+        accelerator.wait_for_everyone()  # every rank's state files are written before they are digested
         if accelerator.is_main_process:
             state = {"step": step, "config": cfg.to_dict(), "state_sha256": state_digest(tmp)}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))

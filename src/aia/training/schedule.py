@@ -82,7 +82,21 @@ class LRSchedule(LRScheduler):
 
     def get_lr(self) -> list[float]:
         it = self.last_epoch
-        return [learning_rate(it, peak, self.floor, self.warmup, self.total, self.kind) for peak in self.base_lrs]
+        return [learning_rate(it, peak, self.floor, self.warmup, self.total, self.kind) for peak in self._peaks()]
+
+    def _peaks(self) -> list[float]:
+        """The peak of each parameter group the optimizer holds now. DeepSpeed ZeRO-3 regroups the
+        parameters into its own partitions after the scheduler is built: one shared peak then
+        applies to every group."""
+        groups = len(self.optimizer.param_groups)
+        if len(self.base_lrs) == groups:
+            return self.base_lrs
+        if len(set(self.base_lrs)) == 1:
+            return [self.base_lrs[0]] * groups
+        raise RuntimeError(
+            f"the optimizer now has {groups} parameter groups, not the {len(self.base_lrs)} it had with "
+            f"different peak learning rates {self.base_lrs}: cannot tell which peak applies to which group"
+        )
 
     def state_dict(self) -> dict:
         return {k: v for k, v in super().state_dict().items() if k not in self._SHAPE}

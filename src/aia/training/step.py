@@ -272,7 +272,8 @@ def optimizer_step(run: Run, step: int) -> StepSums:
             accelerator.backward(res["loss"])
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(run.params, cfg.optim.max_grad_norm or float("inf"))
-                sums.grad_norm = grad_norm.detach().float() if grad_norm is not None else sums.grad_norm
+                if grad_norm is not None:  # DeepSpeed: its engine's global norm, a float
+                    sums.grad_norm = torch.as_tensor(grad_norm, device=accelerator.device).detach().float()
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         sums.add(task, res)
