@@ -78,6 +78,8 @@ def build(args, seq, device, dtype):
     with torch.device(device):  # initialise on the device (a 1.5B model's CPU init takes long)
         model = LlamaForCausalLM(cfg)
     model = model.to(dtype=dtype).train()
+    if args.checkpointing:  # the released recipe's setting (trainer_t2i.py:27); non-reentrant, as aia train uses
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     b, t = batch_for(args, seq), seq
     g = torch.Generator().manual_seed(1)
@@ -104,12 +106,16 @@ def make_step(variant, model, opt, ids, qmask, kmask, target, delta, lam=5.0):
             loss = ntp(model(input_ids=ids, use_cache=False).logits)
         elif variant in ("aia", "aia-portable", "flex"):
             aia.core.intensity._USE_MASS_FUNCTION = variant != "aia-portable"
+            # backward inside the capture: activation checkpointing re-runs the attention there
             with aia.capture(model, method="flex" if variant == "flex" else "sdpa") as cap:
                 # keep only the logits' loss: holding the output object would keep the logits alive in backward
                 logits = model(input_ids=ids, use_cache=False, aia_query_mask=qmask, aia_key_mask=kmask).logits
                 loss = ntp(logits)
                 del logits
                 loss = loss + lam * aia_loss(cap.intensity, target, delta, cap.valid)
+                loss.backward()
+            opt.step()
+            return loss.detach()
         elif variant == "eager":
             out = model(input_ids=ids, use_cache=False, output_attentions=True)
             inten = torch.stack(
@@ -269,6 +275,8 @@ def run_worker(args, kind, seq, variants) -> object:
         cmd += ["--threads", str(args.threads)]
     if args.widths:
         cmd += ["--widths", args.widths]
+    if args.checkpointing:
+        cmd += ["--checkpointing"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -327,6 +335,11 @@ def main():
         help="instead of the step: time the attention call alone (forward + backward) for plain SDPA and the "
         "mass Function at these padded head widths, e.g. 65,72,80 (the route rule's measurement)",
     )
+    ap.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="non-reentrant activation checkpointing in every variant (the released recipe trains with it)",
+    )
     ap.add_argument("--worker", choices=["time", "memory", "widths"], help=argparse.SUPPRESS)
     ap.add_argument("--seq-one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -354,6 +367,7 @@ def main():
         return report_widths(args, seqs, dev)
     print(
         f"{args.preset}: {p['layers']} layers, hidden {p['hidden']}, {p['heads']} heads, {args.dtype}, {dev}, "
+        f"{'activation checkpointing, ' if args.checkpointing else ''}"
         f"torch {torch.__version__}; time: median of {args.reps} steps ({args.clock} clock); memory: {measure}; "
         "'above start': the peak less what was live when the step began (parameters, optimizer state, gradients)",
         flush=True,
