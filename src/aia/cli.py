@@ -95,10 +95,12 @@ def _cmd_profile(args) -> int:
     _device(args.device)
     _writable_file(args.out)
     task_records(args.data, args.task)  # a bad data file fails here, before the model loads
+    prompts = _prompt_config(args)
     model, processor = load_model(args.model_dir, dtype=_dtype(args.dtype), device=args.device)
     spans = SpanConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SpanConfig)})
     common = dict(
         span_config=spans,
+        prompt_config=prompts,
         method=args.method,
         model_name=str(args.model_dir),
         progress=not args.quiet,
@@ -207,6 +209,35 @@ def _add_span_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(*flags, dest=f.name, action="store_true", default=f.default, help=docs[f.name])
 
 
+#: the :class:`~aia.adapters.prompts.PromptConfig` fields that shape a profiled sequence (the others,
+#: generation labels and the CFG drop rate, are training choices)
+_PROFILE_PROMPT_FIELDS = ("system_prompt", "image_placement", "turn_separator", "answer_space", "question_suffix")
+
+
+def _add_prompt_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per sequence-shaping :class:`~aia.adapters.prompts.PromptConfig` field, its help the field's doc."""
+    from aia.adapters.prompts import IMAGE_PLACEMENTS, TURN_SEPARATORS, PromptConfig
+    from aia.fields import field_docs
+
+    docs = field_docs(PromptConfig)
+    defaults = {f.name: f.default for f in dataclasses.fields(PromptConfig)}
+    choices = {"image_placement": IMAGE_PLACEMENTS, "turn_separator": TURN_SEPARATORS, "answer_space": ("true", "false")}
+    for name in _PROFILE_PROMPT_FIELDS:
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, choices=choices.get(name), default=defaults[name], help=docs[name]
+        )
+
+
+def _prompt_config(args):
+    """The :class:`~aia.adapters.prompts.PromptConfig` of the prompt flags (unset ones: the family's default)."""
+    from aia.adapters.prompts import PromptConfig
+
+    given = {name: getattr(args, name) for name in _PROFILE_PROMPT_FIELDS}
+    if isinstance(given["answer_space"], str):
+        given["answer_space"] = given["answer_space"] == "true"
+    return PromptConfig(**given)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aia", description="Attention Interaction Alignment toolkit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -247,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
     p.add_argument("--method", default="auto", choices=["auto", "sdpa", "flex"], help="intensity route")
     _add_span_flags(p)
+    _add_prompt_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_profile)
 

@@ -67,3 +67,22 @@ def test_profile_with_no_usable_sample_fails(saved_model, tiny_data, tmp_path, c
     assert code != 0
     assert "could be measured" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_profile_prompt_flags_reach_the_adapter(saved_model, tiny_data, tmp_path):
+    """The released training code's prompt choices, given as flags, change the profiled sequences
+    exactly as the library's PromptConfig does, and the profile records them."""
+    from aia.adapters.prompts import PromptConfig
+    from aia.measure.teacher import profile_model
+
+    model_dir, model, processor = saved_model
+    flags = ["--system-prompt", "none", "--turn-separator", "bos", "--answer-space", "false"]
+    base = ["profile", str(model_dir), "--data", str(tiny_data[0]), "--task", "und", "--samples", "2", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "released.json"), *flags]) == 0
+    assert main([*base, "--out", str(tmp_path / "default.json")]) == 0
+    released, default = load_profile(tmp_path / "released.json"), load_profile(tmp_path / "default.json")
+    want = profile_model(model, processor, tiny_data[0], "und", samples=2, progress=False,
+                         prompt_config=PromptConfig(system_prompt="none", turn_separator="bos", answer_space=False))
+    np.testing.assert_allclose(released.per_sample, want.per_sample, atol=1e-6)
+    assert released.settings["prompts"] == want.settings["prompts"] != default.settings["prompts"]
+    assert released.settings["prompts"]["answer_space"] is False

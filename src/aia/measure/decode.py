@@ -47,6 +47,7 @@ from torch import nn
 
 from aia.adapters import get_adapter
 from aia.adapters.base import IGNORE_INDEX, Adapter, DecodeRunner, Example, unwrap
+from aia.adapters.prompts import PromptConfig
 from aia.attention import capture
 from aia.core.spans import Role, SpanConfig, task_spans
 from aia.data.records import task_records
@@ -377,6 +378,7 @@ def decode_profile(
     samples: int = 100,
     settings: DecodeSettings = DecodeSettings(),
     span_config: SpanConfig = SpanConfig(),
+    prompt_config: PromptConfig | None = None,
     method: str = "auto",
     model_name: str | None = None,
     progress: bool = True,
@@ -391,6 +393,8 @@ def decode_profile(
         task: ``"und"`` or ``"gen"``.
         samples: how many usable samples to measure.
         settings: how tokens are chosen (:class:`DecodeSettings`; defaults: the released protocol).
+        prompt_config: prompt choices (:class:`~aia.adapters.prompts.PromptConfig`; default: the
+            family's, which equal the checkpoint's own chat template).
         span_config: span choices; ``predictive`` picks the query positions (see the module docstring).
         method: capture route (``"auto"``, ``"sdpa"``, ``"flex"``).
         model_name: recorded in the profile (default: the model's ``name_or_path``).
@@ -407,7 +411,7 @@ def decode_profile(
     """
     data = Path(data)
     records = task_records(data, task)
-    adapter = get_adapter(model, processor, span_config=span_config)
+    adapter = get_adapter(model, processor, span_config=span_config, prompt_config=prompt_config)
     guided = task == "gen" and settings.cfg_weight != 1
     limit = model_length_limit(model, max_length)
     tally = SampleTally(task, samples, "decode", progress, " (e.g. an immediate end of turn)")

@@ -19,6 +19,7 @@ from torch import nn
 
 from aia.adapters import get_adapter
 from aia.adapters.base import Adapter, Example
+from aia.adapters.prompts import PromptConfig
 from aia.attention import capture
 from aia.core.spans import SpanConfig
 from aia.data.records import task_records
@@ -38,6 +39,7 @@ def profile_model(
     samples: int = 100,
     batch_size: int = 1,
     span_config: SpanConfig = SpanConfig(),
+    prompt_config: PromptConfig | None = None,
     method: str = "auto",
     model_name: str | None = None,
     progress: bool = True,
@@ -52,6 +54,8 @@ def profile_model(
         task: ``"und"`` or ``"gen"``; records of the other task are ignored.
         samples: how many usable samples to measure.
         batch_size: samples per forward pass (padding never enters a span).
+        prompt_config: prompt choices (:class:`~aia.adapters.prompts.PromptConfig`; default: the
+            family's, which equal the checkpoint's own chat template).
         span_config: span choices.
         method: capture route (``"auto"``, ``"sdpa"``, ``"flex"``).
         model_name: recorded in the profile (default: the model's ``name_or_path``).
@@ -67,7 +71,7 @@ def profile_model(
     """
     data = Path(data)
     records = task_records(data, task)
-    adapter = get_adapter(model, processor, span_config=span_config)
+    adapter = get_adapter(model, processor, span_config=span_config, prompt_config=prompt_config)
     limit = model_length_limit(model, max_length)
     tally = SampleTally(task, samples, "teacher", progress)
     examples: list[Example] = []
