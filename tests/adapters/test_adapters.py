@@ -457,3 +457,25 @@ def test_batch_to_moves_every_tensor(tiny_model):
     batch = adapter.collate([adapter.encode(UND, "und", None, image=IMAGE)]).to("meta")
     tensors = [batch.labels, batch.roles, batch.attention_mask, batch.query_mask, batch.key_mask]
     assert all(t.device.type == "meta" for t in [*tensors, *batch.inputs.values()])
+
+
+def test_emu3_image_by_image_under_zero3_gives_the_same_codes(tiny_data):
+    """Under DeepSpeed ZeRO-3 (parameters carry ``ds_id``) Emu3's VQ encodes one image per call, so
+    every rank calls it as often; the codes equal the same-size grouped encoding."""
+    from aia.testing.tiny import tiny_emu3
+
+    model, processor = tiny_emu3(seed=0)
+    adapter = get_adapter(model, processor)
+    batch = adapter.collate(encode_file(adapter, tiny_data[0])[:4])  # one image of another size
+    pixels, sizes = batch.inputs["pixel_values"], batch.inputs["image_sizes"]
+    assert len(torch.unique(sizes, dim=0)) == 2
+    calls = []
+    encode = model.model.get_image_tokens
+    model.model.get_image_tokens = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    grouped = adapter._image_tokens(model, pixels, sizes)
+    assert len(calls) == 2
+    for p in model.model.vqmodel.parameters():
+        p.ds_id = 0  # what deepspeed.zero marks its partitioned parameters with
+    one_by_one = adapter._image_tokens(model, pixels, sizes)
+    assert len(calls) == 2 + 4
+    assert torch.equal(one_by_one, grouped)

@@ -173,8 +173,15 @@ class Emu3Adapter(AdapterBase):
         codes near the border, making a sample's tokens depend on its batch.
         """
         per_image: list[torch.Tensor | None] = [None] * len(image_sizes)
-        for size in torch.unique(image_sizes, dim=0):
-            idx = (image_sizes == size).all(-1).nonzero().flatten().tolist()
+        if any(hasattr(p, "ds_id") for p in model.model.vqmodel.parameters()):
+            # DeepSpeed ZeRO-3 gathers the VQ's shards at every call, collectively: every rank must
+            # call it as often (one call per image; the same-size grouping varies by rank)
+            groups = [[i] for i in range(len(image_sizes))]
+        else:
+            groups = [(image_sizes == size).all(-1).nonzero().flatten().tolist()
+                      for size in torch.unique(image_sizes, dim=0)]
+        for idx in groups:
+            size = image_sizes[idx[0]]
             h, w = int(size[0]), int(size[1])
             tokens = model.model.get_image_tokens(pixel_values[idx, :, :h, :w], image_sizes[idx])  # [len(idx) * n]
             for i, t in zip(idx, tokens.view(len(idx), -1), strict=True):

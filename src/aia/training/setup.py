@@ -224,7 +224,6 @@ def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
     """
     from accelerate.utils import set_seed
 
-    from aia.adapters import load_model
 
     ratio = task_ratios(cfg)
     micro_batches = micro_batches_per_step(cfg.train.grad_accum, ratio, cfg.data.mixing)
@@ -232,7 +231,7 @@ def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
     accelerator.gradient_accumulation_steps = micro_batches
     set_seed(cfg.train.seed)
     if model is None:
-        model, processor = load_model(cfg.model.path, dtype=getattr(torch, cfg.model.dtype))
+        model, processor = _load(cfg, accelerator)
     model.train()
     trainable, frozen = freeze(model, cfg.model.frozen)
     if cfg.model.gradient_checkpointing:
@@ -271,6 +270,29 @@ def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         trainable=trainable,
         frozen=frozen,
     )
+
+
+def _load(cfg: RunConfig, accelerator):
+    """``(model, processor)`` from ``cfg.model.path``.
+
+    Under DeepSpeed ZeRO-3 without ``zero3_init_flag``, accelerate still registers its config with
+    transformers, which then builds the model partitioned (``deepspeed.zero.Init``) and runs
+    ``_init_weights`` on empty shards (Emu3's VQ-VAE fails there: "Fan in and fan out can not be
+    computed"); the model is loaded whole instead, as the flag says, and partitioned by ``prepare``.
+    """
+    from aia.adapters import load_model
+
+    dtype = getattr(torch, cfg.model.dtype)
+    ds = getattr(accelerator.state, "deepspeed_plugin", None)
+    if ds is None or ds.zero3_init_flag:
+        return load_model(cfg.model.path, dtype=dtype)
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        return load_model(cfg.model.path, dtype=dtype)
+    finally:
+        ds.set_deepspeed_weakref()
 
 
 def _square_size(image_processor) -> int | None:
