@@ -79,6 +79,12 @@ SYSTEM = "You are a helpful assistant."
 EOL = "<|extra_200|>"
 
 
+def _sharded(param: torch.Tensor) -> bool:
+    """Whether ``param`` is a shard gathered at its module's call: DeepSpeed ZeRO-3 (``ds_id``) or an
+    FSDP2 unit not yet gathered (a ``DTensor``)."""
+    return hasattr(param, "ds_id") or type(param).__name__ == "DTensor" or type(param.data).__name__ == "DTensor"
+
+
 class Emu3Adapter(AdapterBase):
     """Emu3: images are VQ tokens of the shared vocabulary, one end-of-line per row."""
 
@@ -173,9 +179,9 @@ class Emu3Adapter(AdapterBase):
         codes near the border, making a sample's tokens depend on its batch.
         """
         per_image: list[torch.Tensor | None] = [None] * len(image_sizes)
-        if any(hasattr(p, "ds_id") for p in model.model.vqmodel.parameters()):
-            # DeepSpeed ZeRO-3 gathers the VQ's shards at every call, collectively: every rank must
-            # call it as often (one call per image; the same-size grouping varies by rank)
+        if any(_sharded(p) for p in model.model.vqmodel.parameters()):
+            # DeepSpeed ZeRO-3 or FSDP2 gathers the VQ's shards at every call, collectively: every
+            # rank must call it as often (one call per image; the same-size grouping varies by rank)
             groups = [[i] for i in range(len(image_sizes))]
         else:
             groups = [(image_sizes == size).all(-1).nonzero().flatten().tolist()
