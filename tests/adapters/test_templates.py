@@ -438,3 +438,46 @@ def test_custom_system_prompt_other_families(family):
         ref = processor(text="Be brief." + chameleon_text(turns, 0, processor=processor), images=IMAGE,
                         return_tensors="pt")["input_ids"][0].tolist()
         assert ex.input_ids[: answer_starts(ex.roles)[0]].tolist() == ref
+
+
+# -- text-only prompts (the lmms-eval plugin's questions without an image) ----------------------
+
+PLAIN_TEXT = {
+    "janus": "{bos}<|User|>: {q}\n\n<|Assistant|>:",
+    "emu3": "{bos}" + EMU3_SYSTEM + " USER: {q} ASSISTANT:",
+    "chameleon": "{bos}{q}",  # ChameleonProcessor appends its chat separator
+}
+
+
+def test_text_prompt_of_each_family(family):
+    model, processor = TINY_MODELS[family](seed=0)
+    adapter = get_adapter(model, processor)
+    question = "what is red?"
+    templated = adapter.text_prompt(question)
+    processor.chat_template = None
+    text, kwargs = adapter.text_prompt(question)
+    assert text == PLAIN_TEXT[family].format(bos=processor.tokenizer.bos_token, q=question) and kwargs == {}
+    if family != "chameleon":  # the tiny processors carry Janus's and Emu3's real chat templates
+        assert templated == (text, {})  # the hand-written format is what the template renders
+
+
+def test_text_prompt_through_a_chat_template_keeps_the_family_settings():
+    model, processor = TINY_MODELS["chameleon"](seed=0)
+    processor.chat_template = "{% for m in messages %}{{ m['content'][0]['text'] }}{% endfor %}<sep>"
+    text, kwargs = get_adapter(model, processor).text_prompt("hi")
+    assert text == processor.tokenizer.bos_token + "hi<sep>"
+    assert kwargs == {"return_for_text_completion": True}  # the template ended the turn
+
+
+def test_text_prompt_for_a_model_without_an_adapter():
+    from aia.adapters.base import chat_text_prompt
+
+    model, processor = TINY_UNDERSTANDING_MODELS["qwen2_vl"](seed=0)
+    processor.chat_template = (  # chatml, as Qwen2-VL's
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'][0]['text'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    text, kwargs = chat_text_prompt(processor, "hi", system="be brief")
+    bos = processor.tokenizer.bos_token or ""
+    assert text == bos + "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert kwargs == {}

@@ -96,6 +96,23 @@ def test_generate_until_without_lmms_eval(family, model_dirs, tmp_path):
     check_matches_answer(stub, family, model_dirs, tmp_path)
 
 
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_text_only_requests_without_lmms_eval(family, model_dirs):
+    """A request without an image is answered from the family adapter's text-only prompt."""
+    from aia.adapters import get_adapter
+    from aia.evaluate import lmms as plugin
+
+    stub = type("AIAStub", (plugin._AIAModel, _StubLmms), {})
+    lm = load(stub, model_dirs[family], docs(), batch_size=2)
+    seen = []
+    text_prompt = type(lm.adapter).text_prompt
+    lm.adapter.text_prompt = lambda question: seen.append(question) or text_prompt(lm.adapter, question)
+    text_only = lm.generate_until(requests(visual=lambda doc: []))
+    assert len(text_only) == len(DOCS) and all(isinstance(text, str) for text in text_only)
+    assert seen == [q.replace("<image>", "").strip() for q, *_ in DOCS]  # the placeholder goes with the image
+    assert type(lm.adapter) is type(get_adapter(lm.model, lm.processor))
+
+
 # ----------------------------------------------------------------- with lmms-eval installed
 @pytest.fixture(scope="module")
 def lmms_eval():

@@ -51,6 +51,8 @@ __all__ = [
     "collate_examples",
     "next_token_loss",
     "supervised_tokens",
+    "chat_text_prompt",
+    "with_bos",
     "fill_image_tokens",
 ]
 
@@ -404,6 +406,10 @@ class AdapterBase:
     #: name parts of the modules that only one task runs through (their parameters get no
     #: gradient from the other task's micro-batches); empty when both tasks share every module
     task_specific_modules: tuple[str, ...] = ()
+    #: a text-only prompt's system message (None: the chat template's own)
+    text_system: str | None = None
+    #: processor keyword arguments a text-only prompt is encoded with
+    text_processor_kwargs: dict = {}
 
     def __init__(
         self, processor, span_config: SpanConfig, padding_side: str, prompt_config: PromptConfig | None = None
@@ -431,6 +437,38 @@ class AdapterBase:
     def image_block(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``[T]`` bool: the image placeholder positions of ``input_ids``."""
         return input_ids == self.image_token_id
+
+    def text_prompt(self, question: str) -> tuple[str, dict]:
+        """A question without an image, as the family's chat format writes it, up to where the answer
+        starts: ``(text, processor kwargs)``; the text starts with BOS (encode it with
+        ``add_special_tokens=False``). With a chat template: :func:`chat_text_prompt`; without one:
+        the family's own format (:meth:`plain_text_prompt`)."""
+        if getattr(self.processor, "chat_template", None):
+            return chat_text_prompt(self.processor, question, self.text_system, self.text_processor_kwargs)
+        return with_bos(self.tokenizer, self.plain_text_prompt(question)), {}
+
+    def plain_text_prompt(self, question: str) -> str:
+        """:meth:`text_prompt` for a processor without a chat template."""
+        from aia.errors import InputError
+
+        raise InputError(f"the {getattr(self, 'family', 'model')} processor has no chat template; cannot build a "
+                         "text-only prompt")
+
+
+def with_bos(tokenizer, text: str) -> str:
+    """``text`` starting with the tokenizer's BOS text (unchanged if it has none or already starts so)."""
+    bos = tokenizer.bos_token
+    return bos + text if bos and not text.startswith(bos) else text
+
+
+def chat_text_prompt(processor, question: str, system: str | None = None, processor_kwargs: dict | None = None):
+    """A question without an image through ``processor``'s chat template (generation prompt added,
+    ``system`` as a system message first): ``(text starting with BOS, processor kwargs)``."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
+    if system:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return with_bos(processor.tokenizer, text), dict(processor_kwargs or {})
 
 
 def aia_kwargs(batch: Batch) -> dict[str, torch.Tensor]:

@@ -132,6 +132,12 @@ class ChameleonAdapter(AdapterBase):
         b.tokens([self.image_token_id] * num_codes, Role.IMAGE, supervised)
         b.tokens(self.eoi_id, Role.IMAGE_MARKER, supervised and structure)
 
+    #: the chat template already ends the turn: the processor must not append its separator
+    text_processor_kwargs = {"return_for_text_completion": True}
+
+    def plain_text_prompt(self, question: str) -> str:
+        return question  # the processor appends the chat separator
+
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model
 

@@ -168,6 +168,11 @@ class Emu3Adapter(AdapterBase):
             b.tokens(self.image_token_id, Role.IMAGE_MARKER, rest)
         b.tokens(self.eof_id, Role.IMAGE_MARKER, rest).tokens(self.eoi_id, Role.IMAGE_MARKER, rest)
 
+    text_system = SYSTEM  # Emu3-Chat's system message, which its chat template does not add
+
+    def plain_text_prompt(self, question: str) -> str:
+        return f"{SYSTEM} USER: {question} ASSISTANT:"
+
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.text_model
 

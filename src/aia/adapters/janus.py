@@ -179,6 +179,9 @@ class JanusAdapter(AdapterBase):
         the begin-of-image id (transformers reads ``generation_kwargs["boi_token_id"]``) and the pad id."""
         return {"generation_kwargs": {"boi_token_id": self.boi_id}, "pad_token_id": self.pad_id}
 
+    def plain_text_prompt(self, question: str) -> str:
+        return f"{USER} {question}\n\n{ASSISTANT}"
+
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.language_model
 

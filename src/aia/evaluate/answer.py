@@ -67,7 +67,6 @@ SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 OPTION_PROMPT = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-EMU3_SYSTEM = "You are a helpful assistant."
 #: new tokens per answer when not given (the answers asked for are a word or a letter)
 MAX_NEW_TOKENS = 128
 

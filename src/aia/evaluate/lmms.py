@@ -102,39 +102,19 @@ def _flat(visuals) -> list:
     return [v for v in out if v is not None]
 
 
-def _text_only_prompt(family: str | None, processor, question: str) -> tuple[str, dict]:
-    """As :func:`aia.evaluate.answer._chat_text`, without the image."""
-    from aia.errors import InputError
-    from aia.evaluate.answer import EMU3_SYSTEM
+def _text_only_prompt(adapter, processor, question: str) -> tuple[str, dict]:
+    """The family adapter's text-only prompt, or for a model without an adapter its processor's chat
+    template (:func:`aia.adapters.base.chat_text_prompt`)."""
+    from aia.adapters.base import chat_text_prompt
 
-    extra = {}
-    if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
-        if family == "emu3":
-            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": EMU3_SYSTEM}]})
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        if family == "chameleon":
-            extra["return_for_text_completion"] = True
-    elif family == "janus":
-        text = f"<|User|>: {question}\n\n<|Assistant|>:"
-    elif family == "emu3":
-        text = f"{EMU3_SYSTEM} USER: {question} ASSISTANT:"
-    elif family == "chameleon":
-        text = question  # the processor appends the chat separator
-    else:
-        raise InputError("the processor has no chat template and the model is not Janus, Emu3 or Chameleon; "
-                         "cannot build its prompt")
-    bos = processor.tokenizer.bos_token
-    if bos and not text.startswith(bos):
-        text = bos + text
-    return text, extra
+    return adapter.text_prompt(question) if adapter is not None else chat_text_prompt(processor, question)
 
 
-def _generate_text_only(model, processor, family, prompts: list[str], max_new_tokens: int) -> list[str]:
+def _generate_text_only(model, processor, adapter, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy answers to text-only prompts, batched with left padding (as ``answer._generate``)."""
     from aia.evaluate.generate import _generation_config
 
-    texts, extra = zip(*(_text_only_prompt(family, processor, p) for p in prompts), strict=True)
+    texts, extra = zip(*(_text_only_prompt(adapter, processor, p) for p in prompts), strict=True)
     inputs = processor(text=list(texts), return_tensors="pt", padding=True, padding_side="left",
                        add_special_tokens=False, **extra[0])
     inputs = {k: v.to(model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
@@ -201,6 +181,9 @@ class _AIAModel:
         if self.family is None and not getattr(self.processor, "chat_template", None):
             raise InputError("not a Janus, Emu3 or Chameleon model, and its processor has no chat template",
                              path=pretrained, field="pretrained")
+        from aia.adapters import get_adapter
+
+        self.adapter = get_adapter(self._model, self.processor) if self.family is not None else None
         self._warned: set[str] = set()
 
     # lmms-eval's usual attributes
@@ -274,7 +257,7 @@ class _AIAModel:
                                strict=True):
                 answers[i] = text
         if without:
-            texts = _generate_text_only(self._model, self.processor, self.family, [questions[i] for i in without],
+            texts = _generate_text_only(self._model, self.processor, self.adapter, [questions[i] for i in without],
                                         max_new_tokens)
             for i, text in zip(without, texts, strict=True):
                 answers[i] = text
