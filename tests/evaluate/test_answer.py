@@ -255,11 +255,14 @@ JANUS_TEMPLATE = (
 
 
 def test_generation_prompt_with_and_without_the_chat_template():
-    from aia.evaluate.generate import _janus_prompt
+    """``aia generate``'s Janus prompt (the adapter's text-only prompt): Janus-Pro's own chat template
+    and the hand-written format give the same text."""
+    from aia.adapters import get_adapter
 
-    _, processor = tiny_janus(seed=0, num_layers=1)
+    model, processor = tiny_janus(seed=0, num_layers=1)
+    adapter = get_adapter(model, processor)
     processor.chat_template = None
-    plain_gen = _janus_prompt(processor, "a red square")
+    plain_gen = adapter.text_prompt("a red square")[0]
     processor.chat_template = JANUS_TEMPLATE
-    assert _janus_prompt(processor, "a red square") == plain_gen == (
+    assert adapter.text_prompt("a red square")[0] == plain_gen == (
         f"{processor.tokenizer.bos_token}<|User|>: a red square\n\n<|Assistant|>:")

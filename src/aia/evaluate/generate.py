@@ -119,7 +119,6 @@ _CHAMELEON = (
     "Chameleon cannot generate images: transformers ships no image decoder for Chameleon (its VQ-VAE has only "
     "the encoder), so generated image tokens cannot be turned into pixels; use a Janus-Pro or Emu3 model"
 )
-_JANUS_USER, _JANUS_ASSISTANT = "<|User|>:", "<|Assistant|>:"
 
 
 # ----------------------------------------------------------------- models
@@ -411,27 +410,14 @@ class _Options:
     ratio: str
 
 
-def _bos(processor, text: str) -> str:
-    bos = processor.tokenizer.bos_token
-    return text if not bos or text.startswith(bos) else bos + text
-
-
-def _janus_prompt(processor, prompt: str) -> str:
-    if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    else:  # Janus' SFT format, as the Janus adapter writes it
-        text = f"{_JANUS_USER} {prompt}\n\n{_JANUS_ASSISTANT}"
-    return _bos(processor, text)
-
-
 def _janus_batch(model, processor, prompts: list[str], seeds: list[int], opts: _Options) -> list[Image.Image]:
     from transformers import LogitsProcessorList
     from transformers.generation.logits_process import ClassifierFreeGuidanceLogitsProcessor
 
-    from aia.adapters import unwrap
+    from aia.adapters import get_adapter, unwrap
 
-    inputs = processor(text=[_janus_prompt(processor, p) for p in prompts], generation_mode="image",
+    adapter = get_adapter(model, processor)  # the prompt as the adapter writes a text-only question
+    inputs = processor(text=[adapter.text_prompt(p)[0] for p in prompts], generation_mode="image",
                        return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     inputs = {k: v.to(model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
     boi = processor.tokenizer.convert_tokens_to_ids(processor.image_start_token)
