@@ -82,7 +82,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 #: run-config fields a resumed run may change (applied from the resume on, and logged); any
 #: other change is refused, since the checkpoint's state was built with the old value
 RESUMABLE_CHANGES = ("optim.lr", "optim.min_lr", "train.max_steps", "train.log_every", "train.save_every", "train.save_total_limit",
-                     "train.intensity_every", "train.progress", "train.resume", "train.output_dir")
+                     "train.intensity_every", "train.progress", "train.resume", "train.output_dir", "train.skip_nonfinite")
 
 
 def config_changes(saved: dict, new: dict, done: int) -> list[str]:
@@ -255,15 +255,19 @@ def save_model(accelerator, step_module, processor, path: Path) -> None:
         processor.save_pretrained(path)
 
 
-def save_checkpoint(accelerator, step_module, processor, out: Path, step: int, cfg: RunConfig) -> Path:
-    """Write ``checkpoint-<step>``, point ``latest`` at it, keep ``train.save_total_limit`` checkpoints."""
+def save_checkpoint(
+    accelerator, step_module, processor, out: Path, step: int, cfg: RunConfig, skipped_in_a_row: int = 0
+) -> Path:
+    """Write ``checkpoint-<step>``, point ``latest`` at it, keep ``train.save_total_limit`` checkpoints.
+    ``skipped_in_a_row``: the non-finite steps skipped up to it (``train.skip_nonfinite``), for a resume."""
     final = out / f"checkpoint-{step}"
     with written_atomically(accelerator, final) as tmp:
         accelerator.save_state(str(tmp))
         save_model(accelerator, step_module, processor, tmp / "model")
         accelerator.wait_for_everyone()  # every rank's state files are written before they are digested
         if accelerator.is_main_process:
-            state = {"step": step, "config": cfg.to_dict(), "state_sha256": state_digest(tmp)}
+            state = {"step": step, "config": cfg.to_dict(), "state_sha256": state_digest(tmp),
+                     "skipped_in_a_row": skipped_in_a_row}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     if accelerator.is_main_process:
         _write_text_atomic(out / "latest", final.name)

@@ -216,6 +216,12 @@ class TrainConfig:
     earlier ``checkpoint-*`` folders there are removed."""
     progress: bool = True
     """Show a progress bar."""
+    skip_nonfinite: int = 0
+    """How many optimizer steps in a row may have a NaN or infinite gradient norm and be skipped:
+    their update is dropped (parameters and optimizer state unchanged), their data and LR step are
+    used up, and their metrics row says ``skipped``. One more stops the run. 0: the first such step
+    stops it (nothing is saved from it). Not with DeepSpeed (its engine steps inside backward) or
+    fp16 (its gradient scaler skips such steps itself)."""
 
 
 @dataclass
@@ -323,6 +329,9 @@ def _check_values(cfg: RunConfig) -> None:
     need(cfg.train.intensity_every >= 0, "train.intensity_every", "must be >= 0")
     need(cfg.train.save_every >= 0, "train.save_every", "must be >= 0")
     need(cfg.train.save_total_limit >= 1, "train.save_total_limit", "must be >= 1")
+    need(cfg.train.skip_nonfinite >= 0, "train.skip_nonfinite", "must be >= 0")
+    need(cfg.train.skip_nonfinite == 0 or cfg.train.mixed_precision != "fp16", "train.skip_nonfinite",
+         "must be 0 with train.mixed_precision=fp16 (the gradient scaler skips non-finite steps itself)")
 
 
 def _get(cfg: Any, dotted: str) -> Any:

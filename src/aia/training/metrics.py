@@ -32,6 +32,7 @@ METRIC_KEYS = {
     "aia_samples/und": "understanding samples of the step that carried the AIA term, summed over ranks",
     "aia_samples/gen": "generation samples that carried the AIA term (CFG-blanked ones do not), summed over ranks",
     "time/step_s": "wall-clock seconds of the step on the main process (data, forward, backward, optimizer)",
+    "skipped": "only on a step whose update was dropped (train.skip_nonfinite): the term that was not finite",
 }
 
 

@@ -229,6 +229,9 @@ def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
     micro_batches = micro_batches_per_step(cfg.train.grad_accum, ratio, cfg.data.mixing)
     accelerator = accelerator or make_accelerator(cfg, micro_batches)
     accelerator.gradient_accumulation_steps = micro_batches
+    if cfg.train.skip_nonfinite and getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        raise ConfigError("train.skip_nonfinite must be 0 under DeepSpeed: its engine steps the optimizer inside "
+                          "backward, before the gradient norm can be checked")
     set_seed(cfg.train.seed)
     if model is None:
         model, processor = _load(cfg, accelerator)

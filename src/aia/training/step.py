@@ -194,6 +194,7 @@ class StepSums:
         self.sums: dict[str, torch.Tensor] = defaultdict(zero)
         self.curves: dict[str, torch.Tensor] = defaultdict(zero)  # 0, then [L]
         self.grad_norm = zero()
+        self.skipped = False  # the update was dropped (train.skip_nonfinite)
 
     def add(self, task: str, res: dict[str, torch.Tensor]) -> None:
         """Add one micro-batch's :class:`UnifiedStep` output."""
@@ -249,7 +250,8 @@ def optimizer_step(run: Run, step: int) -> StepSums:
     schedule, clip and step the optimizer at the last one (accelerate's ``accumulate``).
 
     The step's micro-batches are built first, so that their global token and sample counts
-    (:class:`StepNorm`) weight each one's loss. The LR scheduler is not stepped here.
+    (:class:`StepNorm`) weight each one's loss. With ``train.skip_nonfinite`` a non-finite
+    gradient norm drops the update (``StepSums.skipped``). The LR scheduler is not stepped here.
     """
     accelerator, cfg = run.accelerator, run.cfg
     schedule = step_schedule(step, cfg.train.grad_accum, run.ratio, cfg.data.mixing, cfg.train.seed)
@@ -274,7 +276,10 @@ def optimizer_step(run: Run, step: int) -> StepSums:
                 grad_norm = accelerator.clip_grad_norm_(run.params, cfg.optim.max_grad_norm or float("inf"))
                 if grad_norm is not None:  # DeepSpeed: its engine's global norm, a float
                     sums.grad_norm = torch.as_tensor(grad_norm, device=accelerator.device).detach().float()
-            run.optimizer.step()
+                # the norm is global (the same on every rank), so is the decision
+                sums.skipped = cfg.train.skip_nonfinite > 0 and not bool(torch.isfinite(sums.grad_norm))
+            if not sums.skipped:
+                run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         sums.add(task, res)
     return sums

@@ -81,6 +81,13 @@ def _logs_intensity(cfg: RunConfig, step: int) -> bool:
     return cfg.aia.enabled and _every(cfg.train.intensity_every, step)
 
 
+def _skipped_before(checkpoint: Path | None) -> int:
+    """The non-finite steps skipped in a row up to ``checkpoint`` (0 for a fresh start)."""
+    if checkpoint is None:
+        return 0
+    return json.loads((checkpoint / "trainer_state.json").read_text()).get("skipped_in_a_row", 0)
+
+
 def _saves_checkpoint(train_cfg: TrainConfig, step: int, total: int) -> bool:
     """A checkpoint after 1-based ``step``, other than the last one's (step ``total``, always saved)."""
     return _every(train_cfg.save_every, step) and step < total
@@ -115,29 +122,41 @@ def _train(cfg: RunConfig, out: Path, model, processor, accelerator) -> TrainRes
     total = run.plan.total_steps
     bar = tqdm(total=total, initial=start, desc="aia train", disable=not run.progress, file=sys.stderr)
     history: list[dict] = []
+    streak = _skipped_before(resumed_from)  # non-finite steps skipped in a row
     for step in range(start + 1, total + 1):  # 1-based: the step being taken
         lr = run.scheduler.get_last_lr()[0]
         t0 = time.perf_counter()
         sums = optimizer_step(run, step - 1)
         bad = sums.non_finite(acc)
-        if bad is not None:  # stop before anything is logged or saved from a non-finite state
+        if bad is not None and (not sums.skipped or streak >= cfg.train.skip_nonfinite):
+            # stop before anything is logged or saved from a non-finite state
             raise DivergedError(
-                f"step {step}: {bad} is not finite (lr {lr:.3g}); nothing was saved from this step, "
-                f"the last good checkpoint is {(out / 'latest').read_text().strip() if (out / 'latest').is_file() else 'none'}"
+                f"step {step}: {bad} is not finite (lr {lr:.3g})"
+                + (f", after {streak} skipped step(s) in a row" if streak else "")
+                + "; nothing was saved from this step, the last good checkpoint is "
+                + ((out / "latest").read_text().strip() if (out / "latest").is_file() else "none")
             )
+        streak = streak + 1 if bad is not None else 0
         run.scheduler.step()
         step_time = time.perf_counter() - t0
         bar.update(1)
-        if _every(cfg.train.log_every, step) or _logs_intensity(cfg, step):  # collective: every rank
+        if bad is not None:  # skipped: parameters and optimizer state as before the step
+            row = {"step": step, "lr": lr, "time/step_s": step_time, "skipped": bad}
+            if acc.is_main_process:
+                print(f"aia train: step {step}: {bad} is not finite; its update was skipped "
+                      f"({streak} of train.skip_nonfinite={cfg.train.skip_nonfinite} in a row)", file=sys.stderr)
+            history.append(row)
+            metrics.write(row)
+        elif _every(cfg.train.log_every, step) or _logs_intensity(cfg, step):  # collective: every rank
             row = sums.row(acc, step, lr, step_time, intensity=_logs_intensity(cfg, step))
             history.append(row)
             metrics.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         if _saves_checkpoint(cfg.train, step, total):
-            save_checkpoint(acc, run.step_module, run.processor, out, step, cfg)
+            save_checkpoint(acc, run.step_module, run.processor, out, step, cfg, skipped_in_a_row=streak)
     bar.close()
     if start < total:
-        save_checkpoint(acc, run.step_module, run.processor, out, total, cfg)
+        save_checkpoint(acc, run.step_module, run.processor, out, total, cfg, skipped_in_a_row=streak)
     final = save_final(acc, run.step_module, run.processor, out)
     metrics.close()
     skipped = {t: len(s.rejected) for t, s in run.streams.items()}
