@@ -142,6 +142,24 @@ def test_gradient_accumulation_equals_the_larger_batch(runs_of, family, tiny_dat
 
 
 @pytest.mark.integration
+def test_one_task_per_step_as_released_is_normalised_alike(runs_of, tiny_data):
+    """``data.mixing=random`` (the released recipe: one task per step, share 1): DDP 2 x 2 == 1 x 4."""
+    runs = runs_of("janus")
+    random_mixing = ("data.mixing=random",)
+    single, ddp = runs["tmp"] / "single_random", runs["tmp"] / "ddp_random"
+    _ok(_train(runs["model"], tiny_data, single, batch_size=4, overrides=random_mixing))
+    _ok(_train(runs["model"], tiny_data, ddp, batch_size=2, launch="cpu_2proc.yaml", overrides=random_mixing))
+    got, want = _rows(ddp), _rows(single)
+    assert {("loss/ntp/und" in r) for r in want} == {True, False}  # both tasks, one per step
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 3, 4]
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys()
+        for key in set(LOSS_KEYS) & w.keys():
+            assert g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-7), (g["step"], key)
+    _same_weights(ddp / "final", single / "final")
+
+
+@pytest.mark.integration
 def test_fsdp2_kill_and_resume_equals_the_uninterrupted_run(runs_of, tiny_data):
     runs = runs_of("janus")
     out = runs["tmp"] / "fsdp2_killed"
