@@ -128,8 +128,9 @@ def test_step_norm_weights_place_each_micro_batch_in_the_global_batch():
     assert norm.share == {"und": 1 / 3, "gen": 2 / 3} and norm.micro_batches == 3
     assert norm.tokens == {"und": 8, "gen": 16} and norm.samples == {"und": 2, "gen": 2}
     # share x world x micro-batches x this micro-batch's part of the global counts
-    assert norm.weights("und", batches[0][1]) == pytest.approx((1 / 3 * 6 * 4 / 8, 1 / 3 * 6 * 1 / 2))
-    assert norm.weights("gen", batches[2][1]) == pytest.approx((2 / 3 * 6 * 4 / 16, 0.0))
+    assert norm.local == [("und", 4, 1), ("gen", 4, 1), ("gen", 4, 0)]
+    assert norm.weights(0) == pytest.approx((1 / 3 * 6 * 4 / 8, 1 / 3 * 6 * 1 / 2))
+    assert norm.weights(2) == pytest.approx((2 / 3 * 6 * 4 / 16, 0.0))
 
 
 def test_step_sums_row_is_the_global_batch_loss():

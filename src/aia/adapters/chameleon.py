@@ -67,6 +67,8 @@ class ChameleonAdapter(AdapterBase):
     """Chameleon: images are VQ tokens of the shared vocabulary between begin/end markers."""
 
     family = "chameleon"
+    #: a text-only prompt's chat template already ends the turn: the processor must not append its separator
+    text_processor_kwargs = {"return_for_text_completion": True}
 
     def __init__(
         self,
@@ -131,9 +133,6 @@ class ChameleonAdapter(AdapterBase):
         b.tokens(self.boi_id, Role.IMAGE_MARKER)
         b.tokens([self.image_token_id] * num_codes, Role.IMAGE, supervised)
         b.tokens(self.eoi_id, Role.IMAGE_MARKER, supervised and structure)
-
-    #: the chat template already ends the turn: the processor must not append its separator
-    text_processor_kwargs = {"return_for_text_completion": True}
 
     def plain_text_prompt(self, question: str) -> str:
         return question  # the processor appends the chat separator

@@ -89,6 +89,7 @@ class Emu3Adapter(AdapterBase):
     """Emu3: images are VQ tokens of the shared vocabulary, one end-of-line per row."""
 
     family = "emu3"
+    text_system = SYSTEM  # Emu3-Chat's system message, which its chat template does not add
 
     def __init__(
         self,
@@ -167,8 +168,6 @@ class Emu3Adapter(AdapterBase):
             b.tokens([self.image_token_id] * w, Role.IMAGE, supervised)
             b.tokens(self.image_token_id, Role.IMAGE_MARKER, rest)
         b.tokens(self.eof_id, Role.IMAGE_MARKER, rest).tokens(self.eoi_id, Role.IMAGE_MARKER, rest)
-
-    text_system = SYSTEM  # Emu3-Chat's system message, which its chat template does not add
 
     def plain_text_prompt(self, question: str) -> str:
         return f"{SYSTEM} USER: {question} ASSISTANT:"

@@ -378,11 +378,11 @@ def decode_profile(
     samples: int = 100,
     settings: DecodeSettings = DecodeSettings(),
     span_config: SpanConfig = SpanConfig(),
-    prompt_config: PromptConfig | None = None,
     method: str = "auto",
     model_name: str | None = None,
     progress: bool = True,
     max_length: int | None = None,
+    prompt_config: PromptConfig | None = None,
 ) -> IntensityProfile:
     """Per-layer intensity of ``model`` while it decodes the first ``samples`` usable records of ``task``.
 
@@ -393,18 +393,18 @@ def decode_profile(
         task: ``"und"`` or ``"gen"``.
         samples: how many usable samples to measure.
         settings: how tokens are chosen (:class:`DecodeSettings`; defaults: the released protocol).
-        prompt_config: prompt choices (:class:`~aia.adapters.prompts.PromptConfig`; default: the
-            family's, which equal the checkpoint's own chat template).
         span_config: span choices; ``predictive`` picks the query positions (see the module docstring).
         method: capture route (``"auto"``, ``"sdpa"``, ``"flex"``).
         model_name: recorded in the profile (default: the model's ``name_or_path``).
         progress: show a progress bar on stderr.
         max_length: longest sequence in tokens (default: the model's ``max_position_embeddings``):
             records longer than it are skipped and counted, and an answer stops there.
+        prompt_config: prompt choices (:class:`~aia.adapters.prompts.PromptConfig`; default: the
+            family's, which equal the checkpoint's own chat template).
 
     Returns:
         The :class:`~aia.measure.profile.IntensityProfile` with ``mode="decode"``; its
-        ``settings`` record the span choices and the decoding protocol.
+        ``settings`` record the span and prompt choices and the decoding protocol.
 
     Raises:
         DataError: if not one sample could be measured.

@@ -39,11 +39,11 @@ def profile_model(
     samples: int = 100,
     batch_size: int = 1,
     span_config: SpanConfig = SpanConfig(),
-    prompt_config: PromptConfig | None = None,
     method: str = "auto",
     model_name: str | None = None,
     progress: bool = True,
     max_length: int | None = None,
+    prompt_config: PromptConfig | None = None,
 ) -> IntensityProfile:
     """Teacher-forced per-layer intensity of ``model`` on the first ``samples`` usable records of ``task``.
 
@@ -54,14 +54,14 @@ def profile_model(
         task: ``"und"`` or ``"gen"``; records of the other task are ignored.
         samples: how many usable samples to measure.
         batch_size: samples per forward pass (padding never enters a span).
-        prompt_config: prompt choices (:class:`~aia.adapters.prompts.PromptConfig`; default: the
-            family's, which equal the checkpoint's own chat template).
         span_config: span choices.
         method: capture route (``"auto"``, ``"sdpa"``, ``"flex"``).
         model_name: recorded in the profile (default: the model's ``name_or_path``).
         progress: show a progress bar on stderr.
         max_length: longest sample in tokens (default: the model's ``max_position_embeddings``);
             longer ones are skipped and counted, as ``aia train`` drops them.
+        prompt_config: prompt choices (:class:`~aia.adapters.prompts.PromptConfig`; default: the
+            family's, which equal the checkpoint's own chat template).
 
     Returns:
         The :class:`~aia.measure.profile.IntensityProfile`; ``skipped`` counts records that could not be used.

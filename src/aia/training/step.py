@@ -153,33 +153,33 @@ class StepNorm:
         self.world = accelerator.num_processes
         self.micro_batches = len(batches)
         self.share = {task: sum(t == task for t, _ in batches) / len(batches) for task, _ in batches}
-        local = torch.zeros(4, dtype=torch.long)
-        for task, batch in batches:
+        #: per micro-batch of this rank: (task, supervised tokens, enabled samples)
+        self.local = [
+            (task, supervised_tokens(b.labels), int(span_valid(b.query_mask, b.key_mask).sum())) for task, b in batches
+        ]
+        counts = torch.zeros(4, dtype=torch.long)
+        for task, n, v in self.local:
             col = 0 if task == "und" else 1
-            local[col] += supervised_tokens(batch.labels)
-            local[2 + col] += int(span_valid(batch.query_mask, batch.key_mask).sum())
-        total = accelerator.reduce(local.to(accelerator.device), reduction="sum").tolist()
+            counts[col] += n
+            counts[2 + col] += v
+        total = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
         self.tokens = {"und": total[0], "gen": total[1]}
         self.samples = {"und": total[2], "gen": total[3]}
 
-    def weights(self, task: str, batch: Batch) -> tuple[float, float]:
-        """``(ntp_weight, aia_weight)`` of one micro-batch of ``task`` on this rank: its share of
-        the global token and enabled-sample counts, times ``share_task x world x micro-batches``
+    def weights(self, i: int) -> tuple[float, float]:
+        """``(ntp_weight, aia_weight)`` of this rank's micro-batch ``i``: its share of the global
+        token and enabled-sample counts of its task, times ``share_task x world x micro-batches``
         (the factor the ranks' and accumulation rounds' averaging divides by again)."""
+        task, n, v = self.local[i]
         scale = self.share[task] * self.world * self.micro_batches
-        n = supervised_tokens(batch.labels)
-        v = int(span_valid(batch.query_mask, batch.key_mask).sum())
-        return (
-            scale * n / max(self.tokens[task], 1),
-            scale * v / max(self.samples[task], 1),
-        )
+        return scale * n / max(self.tokens[task], 1), scale * v / max(self.samples[task], 1)
 
 
 class StepSums:
     """What one optimizer step accumulated on this rank, over its micro-batches.
 
     ``sums`` holds per task ``loss/ntp/<task>`` (the sum of token losses) and with AIA on
-    ``loss/aia/<task>`` (the sum of per-sample AIA losses) and ``aia_samples/<task>``;
+    ``loss/aia/<task>`` (the sum of per-sample AIA losses);
     ``curves`` per task the sum over AIA-carrying samples of their per-layer intensity;
     ``grad_norm`` the norm before clipping. :meth:`row` divides the sums of all ranks by the
     global counts of ``norm`` (:class:`StepNorm`). Under ``data.mixing`` random or
@@ -202,7 +202,6 @@ class StepSums:
         if self.aia:
             samples = res["aia_samples"].detach()
             self.sums[f"loss/aia/{task}"] += res["aia"].detach().float() * samples
-            self.sums[f"aia_samples/{task}"] += samples
             self.curves[task] = self.curves[task] + res["intensity"].detach().float() * samples
 
     def non_finite(self, accelerator) -> str | None:
@@ -260,9 +259,9 @@ def optimizer_step(run: Run, step: int) -> StepSums:
     ]
     norm = StepNorm(batches, accelerator)
     sums = StepSums(accelerator.device, aia=cfg.aia.enabled, norm=norm, weights=run.core.weights)
-    for task, batch in batches:
-        ntp_weight, aia_weight = norm.weights(task, batch)
-        expected = supervised_tokens(batch.labels)
+    for i, (task, batch) in enumerate(batches):
+        ntp_weight, aia_weight = norm.weights(i)
+        expected = norm.local[i][1]
         batch = batch.to(accelerator.device)
         with accelerator.accumulate(run.step_module), run.core.capturing():
             res = run.step_module(task, ntp_weight=ntp_weight, aia_weight=aia_weight, **batch_tensors(batch))
