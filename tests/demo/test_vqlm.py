@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
 import torch
+from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import aia
@@ -143,3 +145,76 @@ def test_get_adapter_needs_a_processor_with_an_image_tokenizer(hand_made):
                                          num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
     with pytest.raises(ValueError, match="image tokenizer"):
         get_adapter(plain, processor.tokenizer)
+
+
+# ----------------------------------------------------------------- text-to-image (aia generate)
+def _greedy_codes(model, adapter, prompt: str, guidance: float) -> list[int]:
+    """The reference: one prompt, no padding, the argmax over the code tokens of the guided logits."""
+    code_ids = torch.tensor(adapter.code_ids)
+    seqs = [adapter.generation_prefix(prompt)] + [adapter.generation_prefix(prompt, cfg_blank=True)] * (guidance > 1)
+    codes = []
+    with torch.no_grad():
+        for _ in range(adapter.image_tokenizer.tokens_per_image):
+            scores = [model(input_ids=torch.tensor([s]), use_cache=False).logits[0, -1, code_ids] for s in seqs]
+            guided = scores[0] if guidance == 1 else scores[1] + guidance * (scores[0] - scores[1])
+            codes.append(int(guided.argmax()))
+            seqs = [s + [adapter.code_ids[codes[-1]]] for s in seqs]
+    return codes
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_vqlm_generates_images_through_generate_images(hand_made, tmp_path, guidance):
+    """``aia.evaluate.generate_images`` on a demo model: greedy images equal a one-prompt reference
+    decoding (prompts of different lengths batched with left padding), sampled ones do not depend on
+    the batch size, and the digits' own sampler shares the adapter's generation prefix."""
+    from aia.demo.digits import DigitsVQ
+    from aia.evaluate import generate_images
+    from tests.demo.helpers import CODEBOOK
+
+    processor, model, adapter, _ = hand_made
+    prompts = ["draw digit seven", "draw seven", "digit"]
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "greedy"
+    summary = generate_images(model, tmp_path / "p.txt", out, processor=processor, temperature=0, guidance=guidance,
+                              batch_size=3, progress=False)
+    assert summary["family"] == "vqlm" and summary["images_generated"] == 3
+    vq = DigitsVQ(CODEBOOK)
+    for i, prompt in enumerate(prompts):
+        with Image.open(out / f"{i:05d}_0.png") as image:
+            assert image.size == (8, 8) and image.mode == "L"
+            assert list(vq.encode_image(image)) == _greedy_codes(model, adapter, prompt, guidance)
+    one, three = tmp_path / "one", tmp_path / "three"
+    for folder, batch in ((one, 1), (three, 3)):
+        generate_images(model, tmp_path / "p.txt", folder, processor=processor, images_per_prompt=2, seed=5,
+                        guidance=guidance, batch_size=batch, progress=False)
+    assert {p.name: p.read_bytes() for p in one.glob("*.png")} == {p.name: p.read_bytes() for p in three.glob("*.png")}
+
+
+def test_vqlm_without_decoder_is_one_clear_error(hand_made, tmp_path):
+    from aia.errors import InputError
+    from aia.evaluate import generate_images
+
+    processor, model, adapter, _ = hand_made
+
+    class EncodeOnly:  # an image tokenizer that cannot decode
+        num_codes, tokens_per_image = processor.image_tokenizer.num_codes, 16
+        encode_image = processor.image_tokenizer.encode_image
+
+    blind = copy.copy(processor)
+    blind.image_tokenizer = EncodeOnly()
+    (tmp_path / "p.txt").write_text("digit\n")
+    with pytest.raises(InputError, match="EncodeOnly.*no decode_image"):
+        generate_images(model, tmp_path / "p.txt", tmp_path / "out", processor=blind, progress=False)
+
+
+def test_aia_generate_on_a_saved_demo_model(hand_made, tmp_path):
+    """``aia generate`` loads a saved digits model (its processor included) and writes its PNGs."""
+    from aia.cli import main
+
+    processor, model, _, _ = hand_made
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    (tmp_path / "p.txt").write_text("draw digit seven\ndraw digit one\n")
+    assert main(["generate", str(tmp_path / "model"), "--prompts", str(tmp_path / "p.txt"), "--out",
+                 str(tmp_path / "img"), "--images-per-prompt", "2", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "img").glob("*.png")) == [f"0000{i}_{k}.png" for i in (0, 1) for k in (0, 1)]

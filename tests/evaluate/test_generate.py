@@ -157,7 +157,7 @@ def test_options_are_checked(model_dirs, geneval_file, tmp_path):
         generate_images(model_dirs["janus"], geneval_file, tmp_path, guidance=0.5, progress=False)
     with pytest.raises(InputError, match="'ratio'"):
         generate_images(model_dirs["emu3"], geneval_file, tmp_path, ratio="16/9", progress=False)
-    with pytest.raises(InputError, match="Emu3 options"):
+    with pytest.raises(InputError, match="'negative_prompt': an option of the emu3 family only, not of janus"):
         generate_images(model_dirs["janus"], geneval_file, tmp_path, negative_prompt="ugly", progress=False)
 
 
@@ -184,3 +184,15 @@ def test_prompt_files(tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+def test_understanding_only_model_is_refused_before_loading(geneval_file, tmp_path):
+    from aia.testing.tiny_understanding import tiny_qwen2_vl
+
+    directory = tmp_path / "qwen"
+    model = tiny_qwen2_vl(seed=0, num_layers=1)[0]
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(directory)  # no weights: refused from config.json alone
+    with pytest.raises(InputError, match=r"Qwen2VLForConditionalGeneration generates no images; text-to-image needs"):
+        generate_images(directory, geneval_file, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aia.adapters.imagegen import ImageDefaults, ImageOptions
 from aia.adapters.prompts import FAMILY_DEFAULTS, PromptConfig
 from aia.core.spans import Role, SpanConfig, check_task, task_spans
 from aia.data.records import split_at_image
@@ -410,6 +411,10 @@ class AdapterBase:
     text_system: str | None = None
     #: processor keyword arguments a text-only prompt is encoded with
     text_processor_kwargs: dict = {}
+    #: text-to-image sampling defaults; None: the family generates no images (:meth:`generate_images`)
+    image_defaults: ImageDefaults | None = None
+    #: the end of the error :meth:`generate_images` raises where ``image_defaults`` is None
+    no_images_reason: str = "generates no images; text-to-image needs a Janus(-Pro) or Emu3 model"
 
     def __init__(
         self, processor, span_config: SpanConfig, padding_side: str, prompt_config: PromptConfig | None = None
@@ -453,6 +458,18 @@ class AdapterBase:
 
         raise InputError(f"the {getattr(self, 'family', 'model')} processor has no chat template; cannot build a "
                          "text-only prompt")
+
+    def generate_images(self, model: nn.Module, prompts: list[str], seeds: list[int], options: ImageOptions) -> list:
+        """One PIL image per prompt, image ``i`` sampled with the generator seeded ``seeds[i]``
+        (:func:`~aia.adapters.imagegen.seeded_sampler`), so that it does not depend on the batch.
+        Families that generate images override it (and set :attr:`image_defaults`).
+
+        Raises:
+            InputError: the family generates no images (:attr:`no_images_reason`).
+        """
+        from aia.errors import InputError
+
+        raise InputError(f"{type(unwrap(model)).__name__} {self.no_images_reason}")
 
 
 def with_bos(tokenizer, text: str) -> str:

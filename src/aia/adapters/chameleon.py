@@ -69,6 +69,10 @@ class ChameleonAdapter(AdapterBase):
     family = "chameleon"
     #: a text-only prompt's chat template already ends the turn: the processor must not append its separator
     text_processor_kwargs = {"return_for_text_completion": True}
+    no_images_reason = (
+        "cannot generate images: transformers ships no image decoder for Chameleon (its VQ-VAE has only the "
+        "encoder), so generated image tokens cannot be turned into pixels; use a Janus-Pro or Emu3 model"
+    )
 
     def __init__(
         self,

@@ -67,6 +67,7 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
+from aia.adapters.imagegen import ImageDefaults, ImageOptions, generation_config, seeded_sampler, to_pil
 from aia.adapters.prompts import PromptConfig, place_image
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, generation_prompt, image_path, load_image
@@ -76,6 +77,13 @@ __all__ = ["Emu3Adapter"]
 #: BAAI's original ``processing_emu3.py`` chat template starts with it; transformers' Emu3 docs pass it as the
 #: system message of the Emu3-Chat-hf template
 SYSTEM = "You are a helpful assistant."
+#: Emu3-Gen's model card: appended to every prompt of text-to-image generation
+POSITIVE = " masterpiece, film grained, best quality."
+#: Emu3-Gen's model card: the negative prompt of its classifier-free guidance
+NEGATIVE = (
+    "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
+    "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry."
+)
 EOL = "<|extra_200|>"
 
 
@@ -90,6 +98,9 @@ class Emu3Adapter(AdapterBase):
 
     family = "emu3"
     text_system = SYSTEM  # Emu3-Chat's system message, which its chat template does not add
+    #: the Emu3-Gen model card: guidance 3, top-k 2048, its positive suffix and negative prompt
+    image_defaults = ImageDefaults(guidance=3.0, top_k=2048, positive=POSITIVE, negative=NEGATIVE,
+                                   options=("positive_prompt", "negative_prompt", "image_area"))
 
     def __init__(
         self,
@@ -171,6 +182,64 @@ class Emu3Adapter(AdapterBase):
 
     def plain_text_prompt(self, question: str) -> str:
         return f"{SYSTEM} USER: {question} ASSISTANT:"
+
+    def image_area(self, options: ImageOptions) -> int:
+        """Pixels of a generated image: the option, else the processor's ``image_area`` capped at its
+        image processor's ``max_pixels`` (720 x 720 for Emu3-Gen)."""
+        if options.image_area is not None:
+            return options.image_area
+        area = getattr(self.processor, "image_area", 518400)
+        max_pixels = getattr(self.processor.image_processor, "max_pixels", None)
+        return min(area, max_pixels) if max_pixels else area
+
+    def generate_images(self, model: nn.Module, prompts: list[str], seeds: list[int], options: ImageOptions) -> list:
+        """``model.generate`` on Emu3's generation prompt (``Emu3Processor(..., return_for_image_generation=True)``:
+        the prompt plus the positive suffix, then ``<|image start|>{h}*{w}<|image token|>``), constrained by
+        ``prefix_allowed_tokens_fn`` to ``w`` image tokens and an end-of-line per row, then end-of-frame,
+        end-of-image and end-of-sequence (as transformers' Emu3 documentation does), classifier-free guidance
+        against the negative prompt (``negative_prompt_ids``); the rows decoded with ``decode_image_tokens``."""
+        from transformers import LogitsProcessorList
+
+        processor, tok = self.processor, self.tokenizer
+        common = dict(return_for_image_generation=True, image_area=self.image_area(options), ratio=options.ratio,
+                      return_tensors="pt", padding=True, padding_side="left")
+        inputs = processor(text=[p + options.positive for p in prompts], **common)
+        height, width = (int(v) for v in inputs.pop("image_sizes")[0])
+        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        vocab = unwrap(model).model.vocabulary_mapping
+
+        def ids(*values) -> torch.Tensor:
+            return torch.tensor(values, device=model.device)
+
+        visual, eol = ids(*vocab.image_tokens), ids(vocab.eol_token_id)
+        closing = {1: ids(self.eof_id), 2: ids(self.eoi_id), 3: ids(tok.eos_token_id)}
+        pad = ids(self.pad_id)
+        rows = (width + 1) * height
+
+        def allowed(batch_id: int, input_ids: torch.Tensor) -> torch.Tensor:
+            """Emu3's image grammar: ``width`` codes then an end-of-line, ``height`` times; then end-of-frame,
+            end-of-image, end-of-sequence (counted from the header's ``<|image token|>``)."""
+            offset = input_ids.shape[0] - int(torch.nonzero(input_ids == self.wrapper_id)[-1])
+            if offset <= rows:
+                return eol if offset % (width + 1) == 0 else visual
+            return closing.get(offset - rows, pad)
+
+        guided = {}
+        config = generation_config(model, max_new_tokens=rows + 3, guidance_scale=None)
+        if options.guidance > 1:
+            negative = processor(text=[options.negative] * len(prompts), **common)
+            config.guidance_scale = options.guidance
+            guided = {"negative_prompt_ids": negative["input_ids"].to(model.device),
+                      "negative_prompt_attention_mask": negative["attention_mask"].to(model.device)}
+        sampler = seeded_sampler(seeds, options.temperature, options.top_k)
+        out = model.generate(**inputs, generation_config=config, prefix_allowed_tokens_fn=allowed,
+                             logits_processor=LogitsProcessorList([sampler]), **guided)
+        tokens = out[:, inputs["input_ids"].shape[1]:]
+        if tokens.shape[1] != rows + 3:
+            raise RuntimeError(f"Emu3 generated {tokens.shape[1]} image tokens, expected {rows + 3}")
+        pixels = torch.cat([unwrap(model).decode_image_tokens(image_tokens=row[None], height=height, width=width)
+                            for row in tokens])  # [B, C, H, W], one image at a time as for Janus
+        return to_pil(pixels.permute(0, 2, 3, 1), processor.image_processor)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.text_model

@@ -70,6 +70,7 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
+from aia.adapters.imagegen import ImageDefaults, ImageOptions, generation_config, seeded_sampler, to_pil
 from aia.adapters.prompts import PromptConfig, place_image
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import IMAGE_PLACEHOLDER, dialogue, generation_prompt, image_path, load_image
@@ -93,6 +94,8 @@ class JanusAdapter(AdapterBase):
     family = "janus"
     #: the understanding aligner; the generation embedding, aligner and head
     task_specific_modules = ("aligner", "generation_embeddings", "generation_aligner", "generation_head")
+    #: Janus' own ``generation_inference.py``: guidance 5, sampling over the whole codebook
+    image_defaults = ImageDefaults(guidance=5.0, top_k=None)
 
     def __init__(
         self,
@@ -181,6 +184,30 @@ class JanusAdapter(AdapterBase):
 
     def plain_text_prompt(self, question: str) -> str:
         return f"{USER} {question}\n\n{ASSISTANT}"
+
+    def generate_images(self, model: nn.Module, prompts: list[str], seeds: list[int], options: ImageOptions) -> list:
+        """``model.generate(..., generation_mode="image")`` on the text-only prompt followed by
+        ``<begin_of_image>``, classifier-free guidance on the unconditional rows transformers builds (the
+        prompt replaced by padding), the codes decoded with ``decode_image_tokens``."""
+        from transformers import LogitsProcessorList
+        from transformers.generation.logits_process import ClassifierFreeGuidanceLogitsProcessor
+
+        processor = self.processor
+        inputs = processor(text=[self.text_prompt(p)[0] for p in prompts], generation_mode="image",
+                           return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        inputs = {k: v.to(model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        config = generation_config(model, guidance_scale=1)  # guidance is applied below, before the sampler
+        config.generation_kwargs = {**(getattr(config, "generation_kwargs", None) or {}), "boi_token_id": self.boi_id}
+        if options.guidance > 1:
+            guide = ClassifierFreeGuidanceLogitsProcessor(options.guidance)
+        else:  # no guidance: keep the conditional half of the doubled batch
+            def guide(input_ids, scores):
+                return scores[: scores.shape[0] // 2]
+        processors = LogitsProcessorList([guide, seeded_sampler(seeds, options.temperature, options.top_k)])
+        codes = model.generate(**inputs, generation_mode="image", generation_config=config, logits_processor=processors)
+        # one image at a time: the decoder's arithmetic then does not depend on the batch size
+        pixels = torch.cat([unwrap(model).decode_image_tokens(row[None]) for row in codes])  # [B, H, W, C]
+        return to_pil(pixels, processor.image_processor)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return unwrap(model).model.language_model

@@ -183,6 +183,10 @@ class DigitsVQ:
         """A PIL image -> its 16 codes (the call the adapter makes)."""
         return self.encode(from_image(image))
 
+    def decode_image(self, codes: np.ndarray) -> Image.Image:
+        """16 codes -> the 8x8 grayscale PIL image (what ``aia generate`` writes)."""
+        return to_image(self.decode(np.asarray(codes).reshape(-1)))
+
     def to_dict(self) -> dict:
         return {"kind": "digits-vq", "grid": [GRID, GRID], "patch": PATCH, "codebook": self.codebook.tolist()}
 

@@ -82,17 +82,6 @@ def heldout_ntp(model: nn.Module, adapter, data: str | Path, task: str, batch_si
     return total / max(tokens, 1)
 
 
-def _prefix(adapter, prompt: str) -> list[int]:
-    """The adapter's generation sequence for ``prompt`` up to (excluding) the first image code."""
-    from aia.demo.digits import to_image
-
-    record = {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": "<image>"}]}
-    blank = to_image(np.zeros((8, 8)))
-    example = adapter.encode(record, "gen", Path("."), image=blank)
-    first_code = int((example.roles == Role.IMAGE).int().argmax())
-    return example.input_ids[:first_code].tolist()
-
-
 @torch.no_grad()
 def sample_codes(
     model: nn.Module,
@@ -111,7 +100,7 @@ def sample_codes(
     device = next(model.parameters()).device
     code_ids = torch.tensor(adapter.code_ids, device=device)
     out = []
-    prefix = {d: _prefix(adapter, GEN_PROMPT.format(digit=DIGIT_WORDS[d])) for d in set(digits)}
+    prefix = {d: adapter.generation_prefix(GEN_PROMPT.format(digit=DIGIT_WORDS[d])) for d in set(digits)}
     for chunk in _chunks(list(digits), batch_size):
         prefixes = [prefix[d] for d in chunk]
         if len({len(p) for p in prefixes}) != 1:

@@ -13,7 +13,9 @@ What the processor must provide (:class:`aia.demo.digits.DigitsProcessor` does):
 * ``image_tokenizer``: ``encode_image(PIL image) -> codes`` in reading order, and
   ``num_codes``;
 * ``image_code_token_ids``: the token id of each code;
-* ``image_start_token`` / ``image_end_token``: the begin/end-of-image special tokens.
+* ``image_start_token`` / ``image_end_token``: the begin/end-of-image special tokens;
+* for text-to-image (:meth:`VQLMAdapter.generate_images`, ``aia generate``) also
+  ``image_tokenizer.decode_image(codes) -> PIL image``.
 
 Sequences (``{codes}`` = one token per code, ``{before}``/``{after}`` the question text
 around an ``<image>`` placeholder, see :func:`aia.data.split_at_image`; every piece is
@@ -54,6 +56,7 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
+from aia.adapters.imagegen import ImageDefaults, ImageOptions, seeded_sampler
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, generation_prompt, image_path, load_image
 
@@ -66,6 +69,8 @@ class VQLMAdapter(AdapterBase):
     """A decoder LM over text and VQ-code tokens; the VQ lives in the processor."""
 
     family = "vqlm"
+    #: the demo's own sampling (:func:`aia.demo.judge.sample_codes`): no guidance, the whole codebook
+    image_defaults = ImageDefaults(guidance=1.0, top_k=None)
 
     def __init__(
         self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
@@ -115,6 +120,51 @@ class VQLMAdapter(AdapterBase):
             self._image(b, codes, supervised=True)
             b.tokens(self.eos_id, Role.TEMPLATE)
         return b.build(task, cfg_blank=cfg_blank)
+
+    def generation_prefix(self, prompt: str, cfg_blank: bool = False) -> list[int]:
+        """The generation sequence of ``prompt`` up to (excluding) the first image code, as :meth:`encode`
+        writes it (``cfg_blank``: the unconditional one, the prompt left out)."""
+        from PIL import Image
+
+        record = {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": "<image>"}]}
+        example = self.encode(record, "gen", Path("."), image=Image.new("L", (8, 8)), cfg_blank=cfg_blank)
+        first_code = int((example.roles == Role.IMAGE).int().argmax())
+        return example.input_ids[:first_code].tolist()
+
+    @torch.no_grad()
+    def generate_images(self, model: nn.Module, prompts: list[str], seeds: list[int], options: ImageOptions) -> list:
+        """Codes sampled one at a time over the code tokens only (the whole sequence fed at every step: an
+        image is a few codes), classifier-free guidance against the prompt-less sequence when
+        ``options.guidance > 1``, decoded by the processor's ``image_tokenizer.decode_image``."""
+        decode = getattr(self.image_tokenizer, "decode_image", None)
+        if decode is None:
+            from aia.errors import InputError
+
+            raise InputError(f"the processor's image tokenizer ({type(self.image_tokenizer).__name__}) has no "
+                             "decode_image(codes); it cannot turn generated codes into images")
+        device = next(model.parameters()).device
+        rows = [self.generation_prefix(p) for p in prompts]
+        if options.guidance > 1:
+            rows += [self.generation_prefix(p, cfg_blank=True) for p in prompts]
+        width = max(len(r) for r in rows)
+        seq = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=device)  # left padding
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        code_ids = torch.tensor(self.code_ids, device=device)
+        sampler = seeded_sampler(seeds, options.temperature, options.top_k)
+        codes = []
+        for _ in range(self.image_tokenizer.tokens_per_image):
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # counted over real tokens, as in training
+            logits = model(input_ids=seq, attention_mask=mask, position_ids=positions, use_cache=False).logits
+            scores = logits[:, -1, code_ids].float()  # [rows, K]
+            if options.guidance > 1:
+                cond, uncond = scores.chunk(2)
+                scores = uncond + options.guidance * (cond - uncond)
+            pick = sampler(None, scores).argmax(-1)  # [B] code index
+            codes.append(pick)
+            step = code_ids[pick].repeat(len(rows) // len(prompts))  # the same code in the unconditional row
+            seq = torch.cat([seq, step[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        return [decode(row) for row in torch.stack(codes, dim=1).cpu().numpy()]
 
     def _question(self, b: SequenceBuilder, before: str, after: str, codes: list[int]) -> None:
         """The first question, the image where its ``<image>`` placeholder was."""

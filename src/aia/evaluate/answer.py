@@ -56,9 +56,10 @@ import torch
 from PIL import Image
 
 from aia.adapters import IGNORE_INDEX, get_adapter
+from aia.adapters.imagegen import generation_config
 from aia.data.records import load_image
 from aia.errors import DataError, ImageError, InputError
-from aia.evaluate.generate import _generation_config, quiet_transformers, resolve_model
+from aia.evaluate.generate import quiet_transformers, resolve_model
 
 __all__ = ["BENCHES", "OPTION_PROMPT", "SHORT_ANSWER_PROMPT", "Question", "answer", "read_questions"]
 
@@ -436,7 +437,7 @@ def _generate(model, processor, questions: list[Question], max_new_tokens: int) 
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    config = _generation_config(model, max_new_tokens=max_new_tokens)
+    config = generation_config(model, max_new_tokens=max_new_tokens)
     tok = processor.tokenizer
     if config.pad_token_id is None:
         config.pad_token_id = adapter.pad_id

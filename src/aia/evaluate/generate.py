@@ -4,6 +4,9 @@
 model's own transformers generation and writes them in the layout the benchmark's
 evaluation script reads:
 
+Each family's adapter generates (:meth:`~aia.adapters.base.AdapterBase.generate_images`,
+its defaults :attr:`~aia.adapters.base.AdapterBase.image_defaults`):
+
 * **Janus / Janus-Pro**: ``model.generate(..., generation_mode="image")``, the prompt in
   Janus' chat format followed by ``<begin_of_image>``, classifier-free guidance on the
   unconditional rows transformers builds (the prompt replaced by padding; scale 5 by
@@ -18,10 +21,12 @@ evaluation script reads:
   guidance 3, top-k 2048, the positive suffix :data:`EMU3_POSITIVE` and the negative prompt
   :data:`EMU3_NEGATIVE`; the rows decoded with ``model.decode_image_tokens``;
 * **Chameleon**: transformers ships no image decoder for Chameleon (its VQ-VAE has only the
-  encoder), so it cannot generate images: :class:`~aia.errors.InputError`.
+  encoder), so it cannot generate images: :class:`~aia.errors.InputError`, before the model
+  loads (as for every model class whose adapter generates no images).
 
-Sampling (temperature, top-k) is done here, after transformers' guidance and constraint,
-one ``torch.Generator`` per image seeded from ``(seed, prompt index, image index)``; the
+Sampling (temperature, top-k) is done after transformers' guidance and constraint
+(:func:`aia.adapters.imagegen.seeded_sampler`), one ``torch.Generator`` per image seeded
+from ``(seed, prompt index, image index)``; the
 chosen token is handed back to transformers' greedy step. So an image does not depend on
 the batch it was generated in nor on what was generated before: batching and resuming
 give the same PNGs.
@@ -56,7 +61,6 @@ an interrupted run leaves no half-written PNG.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -69,6 +73,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from aia.adapters.base import AdapterBase
+from aia.adapters.emu3 import Emu3Adapter
+from aia.adapters.imagegen import ImageOptions
+from aia.adapters.janus import JanusAdapter
 from aia.errors import DataError, InputError
 
 __all__ = [
@@ -88,37 +96,11 @@ FORMATS = ("plain", "geneval", "dpg", "wise")
 IMAGES_PER_PROMPT = {"plain": 1, "geneval": 4, "dpg": 4, "wise": 1}
 
 #: Emu3-Gen's model card: appended to every prompt
-EMU3_POSITIVE = " masterpiece, film grained, best quality."
+EMU3_POSITIVE = Emu3Adapter.image_defaults.positive
 #: Emu3-Gen's model card: the negative prompt of its classifier-free guidance
-EMU3_NEGATIVE = (
-    "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
-    "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry."
-)
-
-
-@dataclass(frozen=True)
-class _Defaults:
-    guidance: float
-    top_k: int | None
-    positive: str = ""
-    negative: str = ""
-
-
+EMU3_NEGATIVE = Emu3Adapter.image_defaults.negative
 #: family -> its sampling defaults (Janus: ``generation_inference.py``; Emu3: the Emu3-Gen model card)
-FAMILY_DEFAULTS = {
-    "janus": _Defaults(guidance=5.0, top_k=None),
-    "emu3": _Defaults(guidance=3.0, top_k=2048, positive=EMU3_POSITIVE, negative=EMU3_NEGATIVE),
-}
-
-_FAMILIES = {
-    "JanusForConditionalGeneration": "janus",
-    "Emu3ForConditionalGeneration": "emu3",
-    "ChameleonForConditionalGeneration": "chameleon",
-}
-_CHAMELEON = (
-    "Chameleon cannot generate images: transformers ships no image decoder for Chameleon (its VQ-VAE has only "
-    "the encoder), so generated image tokens cannot be turned into pixels; use a Janus-Pro or Emu3 model"
-)
+FAMILY_DEFAULTS = {"janus": JanusAdapter.image_defaults, "emu3": Emu3Adapter.image_defaults}
 
 
 # ----------------------------------------------------------------- models
@@ -142,9 +124,20 @@ def _architecture(model_dir: Path) -> str | None:
 
 def family_of(model) -> str | None:
     """``"janus"``, ``"emu3"``, ``"chameleon"`` or None, from the (possibly PEFT-wrapped) model's class."""
-    from aia.adapters import unwrap
+    from aia.adapters import ADAPTERS, unwrap
 
-    return _FAMILIES.get(type(unwrap(model)).__name__)
+    family = getattr(ADAPTERS.get(type(unwrap(model)).__name__), "family", None)
+    return family if family in ("janus", "emu3", "chameleon") else None
+
+
+def _check_generates(model_class: str, where=None) -> None:
+    """Refuse a model class whose adapter generates no images (before loading, where it is known)."""
+    from aia.adapters import ADAPTERS
+
+    cls = ADAPTERS.get(model_class)
+    if getattr(cls, "image_defaults", None) is None:
+        reason = getattr(cls, "no_images_reason", None) or AdapterBase.no_images_reason
+        raise InputError(f"{model_class} {reason}", path=where)
 
 
 def resolve_model(model, processor=None, *, device="cpu", dtype=None):
@@ -174,20 +167,6 @@ def quiet_transformers():
         yield
     finally:
         logging.set_verbosity(level)
-
-
-def _generation_config(model, **overrides):
-    """A copy of the model's generation config without sampling settings, plus ``overrides``."""
-    from aia.adapters import unwrap
-
-    config = copy.deepcopy(unwrap(model).generation_config)
-    for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "guidance_scale"):
-        setattr(config, name, None)
-    config.do_sample, config.num_beams, config.num_return_sequences = False, 1, 1
-    config.max_length = None
-    for name, value in overrides.items():
-        setattr(config, name, value)
-    return config
 
 
 # ----------------------------------------------------------------- prompts
@@ -357,145 +336,6 @@ def image_seed(seed: int, index: int, k: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def _sampler_class():
-    from transformers import LogitsProcessor
-
-    class SeededSampler(LogitsProcessor):
-        """Draws each row's next token with its own generator (temperature, top-k) and returns scores
-        that allow only that token, so transformers' greedy step takes it."""
-
-        def __init__(self, seeds: list[int], temperature: float, top_k: int | None):
-            self.seeds, self.temperature, self.top_k = seeds, temperature, top_k
-            self.generators = None
-
-        def __call__(self, input_ids, scores):
-            scores = scores.float()
-            if self.temperature == 0:
-                chosen = scores.argmax(-1)
-            else:
-                logits = scores / self.temperature
-                if self.top_k is not None and self.top_k < logits.shape[-1]:
-                    kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = logits.softmax(-1)
-                if self.generators is None:
-                    self.generators = [torch.Generator(device=probs.device).manual_seed(s) for s in self.seeds]
-                chosen = torch.cat([torch.multinomial(probs[i], 1, generator=g)
-                                    for i, g in enumerate(self.generators)])
-            out = torch.full_like(scores, float("-inf"))
-            return out.scatter_(1, chosen[:, None], 0.0)
-
-    return SeededSampler
-
-
-def _to_images(pixels: torch.Tensor, image_processor) -> list[Image.Image]:
-    """``[B, H, W, C]`` decoder output (normalised like the processor's input) -> PIL images,
-    as the processors' ``postprocess`` does: un-normalise, times 255, clip, truncate to uint8."""
-    mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)
-    std = torch.tensor(image_processor.image_std, dtype=torch.float32)
-    pixels = (pixels.detach().float().cpu() * std + mean) * 255.0
-    array = pixels.clamp(0, 255).to(torch.uint8).numpy()
-    return [Image.fromarray(a) for a in array]
-
-
-# ----------------------------------------------------------------- the two families
-@dataclass
-class _Options:
-    guidance: float
-    temperature: float
-    top_k: int | None
-    positive: str
-    negative: str
-    image_area: int | None
-    ratio: str
-
-
-def _janus_batch(model, processor, prompts: list[str], seeds: list[int], opts: _Options) -> list[Image.Image]:
-    from transformers import LogitsProcessorList
-    from transformers.generation.logits_process import ClassifierFreeGuidanceLogitsProcessor
-
-    from aia.adapters import get_adapter, unwrap
-
-    adapter = get_adapter(model, processor)  # the prompt as the adapter writes a text-only question
-    inputs = processor(text=[adapter.text_prompt(p)[0] for p in prompts], generation_mode="image",
-                       return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    inputs = {k: v.to(model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
-    boi = processor.tokenizer.convert_tokens_to_ids(processor.image_start_token)
-    config = _generation_config(model, guidance_scale=1)  # guidance is applied below, before the sampler
-    config.generation_kwargs = {**(getattr(config, "generation_kwargs", None) or {}), "boi_token_id": boi}
-    if opts.guidance > 1:
-        guide = ClassifierFreeGuidanceLogitsProcessor(opts.guidance)
-    else:  # no guidance: keep the conditional half of the doubled batch
-        def guide(input_ids, scores):
-            return scores[: scores.shape[0] // 2]
-    processors = LogitsProcessorList([guide, _sampler_class()(seeds, opts.temperature, opts.top_k)])
-    codes = model.generate(**inputs, generation_mode="image", generation_config=config, logits_processor=processors)
-    # one image at a time: the decoder's arithmetic then does not depend on the batch size
-    pixels = torch.cat([unwrap(model).decode_image_tokens(row[None]) for row in codes])  # [B, H, W, C]
-    return _to_images(pixels, processor.image_processor)
-
-
-def _emu3_area(processor, image_area: int | None) -> int:
-    if image_area is not None:
-        return image_area
-    area = getattr(processor, "image_area", 518400)
-    max_pixels = getattr(processor.image_processor, "max_pixels", None)
-    return min(area, max_pixels) if max_pixels else area
-
-
-def _emu3_batch(model, processor, prompts: list[str], seeds: list[int], opts: _Options) -> list[Image.Image]:
-    from transformers import LogitsProcessorList
-
-    from aia.adapters import unwrap
-
-    tok = processor.tokenizer
-    area = _emu3_area(processor, opts.image_area)
-    common = dict(return_for_image_generation=True, image_area=area, ratio=opts.ratio, return_tensors="pt",
-                  padding=True, padding_side="left")
-    inputs = processor(text=[p + opts.positive for p in prompts], **common)
-    height, width = (int(v) for v in inputs.pop("image_sizes")[0])
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
-    vocab = unwrap(model).model.vocabulary_mapping
-    wrapper = tok.convert_tokens_to_ids(processor.fake_token_around_image)
-
-    def ids(*values) -> torch.Tensor:
-        return torch.tensor(values, device=model.device)
-
-    visual, eol = ids(*vocab.image_tokens), ids(vocab.eol_token_id)
-    closing = {1: ids(tok.convert_tokens_to_ids(processor.eof_token)),
-               2: ids(tok.convert_tokens_to_ids(processor.image_end_token)), 3: ids(tok.eos_token_id)}
-    pad = ids(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    rows = (width + 1) * height
-
-    def allowed(batch_id: int, input_ids: torch.Tensor) -> torch.Tensor:
-        """Emu3's image grammar: ``width`` codes then an end-of-line, ``height`` times; then end-of-frame,
-        end-of-image, end-of-sequence (counted from the header's ``<|image token|>``)."""
-        offset = input_ids.shape[0] - int(torch.nonzero(input_ids == wrapper)[-1])
-        if offset <= rows:
-            return eol if offset % (width + 1) == 0 else visual
-        return closing.get(offset - rows, pad)
-
-    guided = {}
-    config = _generation_config(model, max_new_tokens=rows + 3, guidance_scale=None)
-    if opts.guidance > 1:
-        negative = processor(text=[opts.negative] * len(prompts), **common)
-        config.guidance_scale = opts.guidance
-        guided = {"negative_prompt_ids": negative["input_ids"].to(model.device),
-                  "negative_prompt_attention_mask": negative["attention_mask"].to(model.device)}
-    sampler = _sampler_class()(seeds, opts.temperature, opts.top_k)
-    out = model.generate(**inputs, generation_config=config, prefix_allowed_tokens_fn=allowed,
-                         logits_processor=LogitsProcessorList([sampler]), **guided)
-    tokens = out[:, inputs["input_ids"].shape[1]:]
-    if tokens.shape[1] != rows + 3:
-        raise RuntimeError(f"Emu3 generated {tokens.shape[1]} image tokens, expected {rows + 3}")
-    pixels = torch.cat([unwrap(model).decode_image_tokens(image_tokens=row[None], height=height, width=width)
-                        for row in tokens])  # [B, C, H, W], one image at a time as for Janus
-    return _to_images(pixels.permute(0, 2, 3, 1), processor.image_processor)
-
-
-_BATCH = {"janus": _janus_batch, "emu3": _emu3_batch}
-
-
 # ----------------------------------------------------------------- the entry point
 def _plain_index(out_dir: Path, prompts: list[Prompt], n: int) -> str:
     return "".join(json.dumps({"index": p.index, "name": p.name, "prompt": p.text,
@@ -595,24 +435,24 @@ def generate_images(
     n = _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio)
     if isinstance(model, str | os.PathLike):
         arch = _architecture(Path(model))
-        if arch is not None and _FAMILIES.get(arch) == "chameleon":
-            raise InputError(_CHAMELEON, path=model)
+        if arch is not None:  # refused before loading; an unreadable config is loading's to report
+            _check_generates(arch, where=model)
     prompts = read_prompts(prompts_path)
     out_dir = Path(out_dir)
     _check_same_prompts(fmt, out_dir, prompts, n)
     model, processor = resolve_model(model, processor, device=device, dtype=dtype)
-    family = family_of(model)
-    if family == "chameleon":
-        raise InputError(_CHAMELEON)
-    if family not in _BATCH:
-        from aia.adapters import unwrap
+    from aia.adapters import get_adapter, unwrap
 
-        raise InputError(f"{type(unwrap(model)).__name__} generates no images; text-to-image needs a Janus(-Pro) "
-                         "or Emu3 model")
-    defaults = FAMILY_DEFAULTS[family]
-    if family != "emu3" and (positive_prompt or negative_prompt or image_area is not None):
-        raise InputError(f"positive_prompt, negative_prompt and image_area are Emu3 options, not {family}'s")
-    opts = _Options(
+    _check_generates(type(unwrap(model)).__name__)
+    adapter = get_adapter(model, processor)
+    defaults = adapter.image_defaults
+    given = {"positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area}
+    foreign = [name for name, value in given.items() if value is not None and name not in defaults.options]
+    if foreign:
+        owners = [f for f, d in FAMILY_DEFAULTS.items() if foreign[0] in d.options]
+        raise InputError(f"an option of the {' and '.join(owners)} family only, not of {adapter.family}",
+                         field=foreign[0])
+    opts = ImageOptions(
         guidance=float(defaults.guidance if guidance is None else guidance),
         temperature=float(temperature),
         top_k=defaults.top_k if top_k is None else top_k,
@@ -650,7 +490,7 @@ def generate_images(
             for start in range(0, len(jobs), batch_size):
                 batch = jobs[start:start + batch_size]
                 seeds = [image_seed(seed, p.index, k) for p, k in batch]
-                images = _BATCH[family](model, processor, [p.text for p, _ in batch], seeds, opts)
+                images = adapter.generate_images(model, [p.text for p, _ in batch], seeds, opts)
                 for (p, k), image in zip(batch, images, strict=True):
                     if fmt == "dpg":
                         pending.setdefault(p.index, {})[k] = image
@@ -664,6 +504,6 @@ def generate_images(
                 bar.update(len(batch))
     finally:
         bar.close()
-    return {"format": fmt, "out_dir": str(out_dir), "family": family, "prompts": len(prompts),
+    return {"format": fmt, "out_dir": str(out_dir), "family": adapter.family, "prompts": len(prompts),
             "prompts_done_before": done_before, "images_generated": len(jobs), "images_per_prompt": n,
             "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k, "seed": seed}

@@ -112,13 +112,13 @@ def _text_only_prompt(adapter, processor, question: str) -> tuple[str, dict]:
 
 def _generate_text_only(model, processor, adapter, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy answers to text-only prompts, batched with left padding (as ``answer._generate``)."""
-    from aia.evaluate.generate import _generation_config
+    from aia.adapters.imagegen import generation_config
 
     texts, extra = zip(*(_text_only_prompt(adapter, processor, p) for p in prompts), strict=True)
     inputs = processor(text=list(texts), return_tensors="pt", padding=True, padding_side="left",
                        add_special_tokens=False, **extra[0])
     inputs = {k: v.to(model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
-    config = _generation_config(model, max_new_tokens=max_new_tokens)
+    config = generation_config(model, max_new_tokens=max_new_tokens)
     tok = processor.tokenizer
     if config.pad_token_id is None:
         config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

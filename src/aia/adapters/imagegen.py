@@ -1,0 +1,110 @@
+"""Text-to-image sampling pieces the image-generating families share.
+
+A family that generates images sets :attr:`~aia.adapters.base.AdapterBase.image_defaults`
+and implements :meth:`~aia.adapters.base.AdapterBase.generate_images` (the family's prompt,
+``model.generate`` call, constraint and decoder); :func:`aia.evaluate.generate_images` does
+the rest (prompt files, seeds, batching, resuming, the benchmarks' layouts) for every family.
+
+Sampling (temperature, top-k) is done by :func:`seeded_sampler`, after transformers' guidance
+and constraint, one ``torch.Generator`` per image seeded by the caller; the chosen token is
+handed back to transformers' greedy step. So an image does not depend on the batch it was
+generated in.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ImageDefaults", "ImageOptions", "generation_config", "seeded_sampler", "to_pil"]
+
+
+@dataclass(frozen=True)
+class ImageDefaults:
+    """A family's text-to-image sampling defaults.
+
+    Attributes:
+        guidance: classifier-free guidance scale (1: none).
+        top_k: sample among the ``top_k`` most likely tokens (None: all).
+        positive: appended to every prompt.
+        negative: the guidance's negative prompt ("" where the family guides against an empty prompt).
+        options: the family-specific options of :func:`aia.evaluate.generate_images` it accepts
+            (``positive_prompt``, ``negative_prompt``, ``image_area``).
+    """
+
+    guidance: float
+    top_k: int | None
+    positive: str = ""
+    negative: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """The sampling settings of one :meth:`~aia.adapters.base.AdapterBase.generate_images` call
+    (the user's, with the family's :class:`ImageDefaults` filled in)."""
+
+    guidance: float
+    temperature: float
+    top_k: int | None
+    positive: str = ""
+    negative: str = ""
+    image_area: int | None = None
+    ratio: str = "1:1"
+
+
+def generation_config(model, **overrides):
+    """A copy of the model's generation config without sampling settings, plus ``overrides``."""
+    from aia.adapters.base import unwrap
+
+    config = copy.deepcopy(unwrap(model).generation_config)
+    for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "guidance_scale"):
+        setattr(config, name, None)
+    config.do_sample, config.num_beams, config.num_return_sequences = False, 1, 1
+    config.max_length = None
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+def seeded_sampler(seeds: list[int], temperature: float, top_k: int | None):
+    """A transformers ``LogitsProcessor`` that draws each row's next token with its own generator
+    (row ``i`` seeded with ``seeds[i]``; temperature 0: greedy) and returns scores that allow only that
+    token, so transformers' greedy step takes it. Put it after guidance and constraints."""
+    from transformers import LogitsProcessor
+
+    class SeededSampler(LogitsProcessor):
+        def __init__(self):
+            self.generators = None
+
+        def __call__(self, input_ids, scores):
+            scores = scores.float()
+            if temperature == 0:
+                chosen = scores.argmax(-1)
+            else:
+                logits = scores / temperature
+                if top_k is not None and top_k < logits.shape[-1]:
+                    kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = logits.softmax(-1)
+                if self.generators is None:
+                    self.generators = [torch.Generator(device=probs.device).manual_seed(s) for s in seeds]
+                chosen = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+            out = torch.full_like(scores, float("-inf"))
+            return out.scatter_(1, chosen[:, None], 0.0)
+
+    return SeededSampler()
+
+
+def to_pil(pixels: torch.Tensor, image_processor) -> list:
+    """``[B, H, W, C]`` decoder output (normalised like the processor's input) -> PIL images,
+    as the processors' ``postprocess`` does: un-normalise, times 255, clip, truncate to uint8."""
+    from PIL import Image
+
+    mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)
+    std = torch.tensor(image_processor.image_std, dtype=torch.float32)
+    pixels = (pixels.detach().float().cpu() * std + mean) * 255.0
+    array = pixels.clamp(0, 255).to(torch.uint8).numpy()
+    return [Image.fromarray(a) for a in array]
