@@ -75,3 +75,30 @@ def test_generate_on_the_command_line(two_models, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "g" / "00000" / "samples").iterdir()) == ["00000.png", "00001.png"]
     assert main([*argv, "--images-per-prompt", "2", "--quiet"]) == 0  # resumed: nothing to do
     assert "0 new images, 1 prompts already there" in capsys.readouterr().out
+
+
+def test_eval_refuses_what_it_can_check_before_any_model_runs(two_models, bench_files, tmp_path, capsys):  # noqa: F811
+    """A model that generates no images, or a bad prompt file, fails the run before the first answer."""
+    from aia.testing import tiny_chameleon
+
+    data, images = bench_files["pope"]
+    chameleon = save_model(*tiny_chameleon(seed=0, num_layers=1), tmp_path / "chameleon")
+    prompts = tmp_path / "geneval.jsonl"
+    prompts.write_text('{"tag": "single_object", "prompt": "a photo of a red circle"}\n')
+
+    def run(models: dict, prompt_file) -> str:
+        config = tmp_path / "eval.yaml"
+        config.write_text(yaml.safe_dump({
+            "out": "eval_out", "models": models,
+            "understanding": {"pope": {"data": str(data), "image_dir": str(images)}},
+            "generation": {"geneval": {"prompts": str(prompt_file)}},
+        }))
+        assert main(["eval", str(config), "--quiet"]) == 2
+        assert not (tmp_path / "eval_out").exists()  # nothing answered
+        return capsys.readouterr().err
+
+    err = run({"janus": str(two_models[0]), "cham": str(chameleon)}, prompts)
+    assert "'models.cham'" in err and "no image decoder" in err and "cannot run geneval" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    assert "bad.jsonl: line 1" in run({"janus": str(two_models[0])}, bad)

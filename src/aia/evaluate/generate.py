@@ -85,6 +85,7 @@ __all__ = [
     "FAMILY_DEFAULTS",
     "FORMATS",
     "Prompt",
+    "check_can_generate",
     "generate_images",
     "image_seed",
     "read_prompts",
@@ -128,6 +129,18 @@ def family_of(model) -> str | None:
 
     family = getattr(ADAPTERS.get(type(unwrap(model)).__name__), "family", None)
     return family if family in ("janus", "emu3", "chameleon") else None
+
+
+def check_can_generate(model_dir: str | Path) -> None:
+    """Refuse, from its ``config.json`` alone, a saved model whose family generates no images (Chameleon,
+    understanding-only models); a config that cannot be read is left to loading to report.
+
+    Raises:
+        InputError: naming the directory and why.
+    """
+    arch = _architecture(Path(model_dir))
+    if arch is not None:
+        _check_generates(arch, where=model_dir)
 
 
 def _check_generates(model_class: str, where=None) -> None:
@@ -434,9 +447,7 @@ def generate_images(
     """
     n = _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio)
     if isinstance(model, str | os.PathLike):
-        arch = _architecture(Path(model))
-        if arch is not None:  # refused before loading; an unreadable config is loading's to report
-            _check_generates(arch, where=model)
+        check_can_generate(model)  # before loading
     prompts = read_prompts(prompts_path)
     out_dir = Path(out_dir)
     _check_same_prompts(fmt, out_dir, prompts, n)

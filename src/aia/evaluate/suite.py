@@ -40,9 +40,9 @@ from pathlib import Path
 
 import yaml
 
-from aia.errors import ConfigError
+from aia.errors import ConfigError, InputError
 from aia.evaluate.answer import BENCHES, answer
-from aia.evaluate.generate import FORMATS, generate_images
+from aia.evaluate.generate import FORMATS, check_can_generate, generate_images, read_prompts
 from aia.evaluate.scoring import BENCHMARKS, compare_files, format_table, score_file
 
 __all__ = ["EvalConfig", "load_eval_config", "run_eval"]
@@ -129,9 +129,17 @@ def load_eval_config(path: str | Path) -> EvalConfig:
 def run_eval(config: EvalConfig | str | Path, progress: bool = True) -> dict:
     """Answer, generate and score for every model of ``config``; write and return the report."""
     cfg = config if isinstance(config, EvalConfig) else load_eval_config(config)
+    # what can be checked before any model runs: the saved models, that they generate, the prompt files
     for name, directory in cfg.models.items():
         if not (directory / "config.json").is_file():
             raise ConfigError(f"no saved model (config.json) in {directory}", field=f"models.{name}")
+        if cfg.generation:
+            try:
+                check_can_generate(directory)
+            except InputError as err:
+                raise ConfigError(f"{err}; it cannot run {', '.join(cfg.generation)}", field=f"models.{name}") from None
+    for spec in cfg.generation.values():
+        read_prompts(spec["prompts"])
     cfg.out.mkdir(parents=True, exist_ok=True)
     opts = cfg.options
     common = dict(device=cfg.device, dtype=cfg.dtype, progress=progress)
