@@ -164,7 +164,13 @@ def id_tensor(ids, device: torch.device) -> torch.Tensor:
 
 
 class Adapter(Protocol):
-    """What the trainer and the profiler need from a model family."""
+    """What the trainer and the profiler need from a model family.
+
+    Text-to-image (``aia generate``) needs two more, which :class:`AdapterBase` gives every
+    family as "generates no images": ``image_defaults``
+    (:class:`~aia.adapters.imagegen.ImageDefaults`) and ``generate_images(model, prompts,
+    seeds, options)``; a family that generates sets the first and overrides the second.
+    """
 
     family: str
     span_config: SpanConfig
