@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=_cmd_demo)
 
-    gen = sub.add_parser("generate", help="text -> image with a saved Janus / Emu3 model, in a benchmark's layout")
+    gen = sub.add_parser("generate", help="text -> image with a saved Janus / Emu3 (or demo) model, in a benchmark's layout")
     gen.add_argument("model_dir", help="directory of a saved model (e.g. aia train's final/)")
     gen.add_argument("--prompts", required=True, help="GenEval metadata .jsonl, WISE .json, a .txt, or DPG's folder")
     gen.add_argument("--out", required=True, help="output folder (resumable: prompts already written are skipped)")
@@ -338,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     gen.add_argument("--top-k", type=int, default=None, help="default: the family's (Emu3 2048, Janus all)")
     gen.add_argument("--seed", type=int, default=0, help="same seed, same images")
+    emu3 = gen.add_argument_group("Emu3 only")
+    emu3.add_argument("--positive-prompt", default=None,
+                      help="appended to every prompt (default: Emu3-Gen's ' masterpiece, film grained, best quality.'; "
+                           "'' for none)")
+    emu3.add_argument("--negative-prompt", default=None, help="the guidance's negative prompt (default: Emu3-Gen's)")
+    emu3.add_argument("--image-area", type=int, default=None,
+                      help="pixels of a generated image (default: the processor's, at most its max_pixels)")
+    emu3.add_argument("--ratio", default="1:1", help="aspect ratio width:height (default 1:1)")
     _add_inference_flags(gen)
     gen.set_defaults(func=_cmd_generate)
 
@@ -398,6 +406,10 @@ def _cmd_generate(args) -> int:
         guidance=args.guidance,
         temperature=args.temperature,
         top_k=args.top_k,
+        positive_prompt=args.positive_prompt,
+        negative_prompt=args.negative_prompt,
+        image_area=args.image_area,
+        ratio=args.ratio,
         seed=args.seed,
         **_inference_options(args),
     )

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from aia.cli import main
-from aia.testing import tiny_janus
+from aia.testing import tiny_emu3, tiny_janus
 from tests.evaluate.test_answer import bench_files  # noqa: F401  (fixture)
 from tests.helpers import save_model
 
@@ -75,6 +75,14 @@ def test_generate_on_the_command_line(two_models, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "g" / "00000" / "samples").iterdir()) == ["00000.png", "00001.png"]
     assert main([*argv, "--images-per-prompt", "2", "--quiet"]) == 0  # resumed: nothing to do
     assert "0 new images, 1 prompts already there" in capsys.readouterr().out
+    # the Emu3 options: taken by an Emu3 model, refused by a Janus one with the option named
+    emu3 = save_model(*tiny_emu3(seed=0, num_layers=1), tmp_path / "emu3")
+    emu3_options = ["--positive-prompt", "", "--negative-prompt", "blurry", "--image-area", "1024", "--ratio", "1:1"]
+    assert main(["generate", str(emu3), "--prompts", str(prompts), "--out", str(tmp_path / "e"), "--quiet",
+                 *emu3_options]) == 0
+    assert [p.name for p in (tmp_path / "e").glob("*.png")] == ["00000_0.png"]
+    assert main([*argv[:-1], str(tmp_path / "j"), "--negative-prompt", "blurry"]) == 2
+    assert "'negative_prompt': an option of the emu3 family only" in capsys.readouterr().err
 
 
 def test_eval_refuses_what_it_can_check_before_any_model_runs(two_models, bench_files, tmp_path, capsys):  # noqa: F811
