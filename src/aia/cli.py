@@ -334,9 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output folder (resumable: prompts already written are skipped)")
     gen.add_argument("--format", default="plain", choices=["plain", "geneval", "dpg", "wise"])
     gen.add_argument("--images-per-prompt", type=int, default=None, help="default: 4 (geneval, dpg), 1 (plain, wise)")
-    gen.add_argument("--guidance", type=float, default=None, help="CFG weight (default: Janus 5, Emu3 3)")
+    gen.add_argument("--guidance", type=float, default=None, help="CFG weight (default: the family's: Janus 5, Emu3 3, demo 1)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    gen.add_argument("--top-k", type=int, default=None, help="default: the family's (Emu3 2048, Janus all)")
+    gen.add_argument("--top-k", type=int, default=None, help="default: the family's (Emu3 2048, Janus and demo all)")
     gen.add_argument("--seed", type=int, default=0, help="same seed, same images")
     emu3 = gen.add_argument_group("Emu3 only")
     emu3.add_argument("--positive-prompt", default=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +219,16 @@ def test_aia_generate_on_a_saved_demo_model(hand_made, tmp_path):
     assert main(["generate", str(tmp_path / "model"), "--prompts", str(tmp_path / "p.txt"), "--out",
                  str(tmp_path / "img"), "--images-per-prompt", "2", "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "img").glob("*.png")) == [f"0000{i}_{k}.png" for i in (0, 1) for k in (0, 1)]
+
+
+@pytest.mark.parametrize("cfg_blank", [False, True])
+def test_vqlm_generation_prefix_is_what_encode_writes(hand_made, cfg_blank):
+    processor, _, adapter, image = hand_made
+    record = {"conversations": [{"from": "human", "value": " draw digit seven "}, {"from": "gpt", "value": "<image>"}]}
+    example = adapter.encode(record, "gen", Path("."), image=image, cfg_blank=cfg_blank)
+    first_code = int((example.roles == Role.IMAGE).int().argmax())
+    assert adapter.generation_prefix(" draw digit seven ", cfg_blank=cfg_blank) == example.input_ids[:first_code].tolist()
+    # a text-to-image prompt may hold any text, '<image>' included (not a data record)
+    assert adapter.generation_prefix("a <image> of seven")[-1] == adapter.boi_id
+    with pytest.raises(ValueError, match="one seed per prompt: 2 prompts, 1 seeds"):
+        adapter.generate_images(hand_made[1], ["a", "b"], [0], None)

@@ -109,4 +109,5 @@ def test_eval_refuses_what_it_can_check_before_any_model_runs(two_models, bench_
     assert "'models.cham'" in err and "no image decoder" in err and "cannot run geneval" in err
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    assert "bad.jsonl: line 1" in run({"janus": str(two_models[0])}, bad)
+    err = run({"janus": str(two_models[0])}, bad)
+    assert "bad.jsonl: line 1" in err and "'generation.geneval.prompts'" in err

@@ -147,6 +147,11 @@ def test_chameleon_is_one_clear_error(model_dirs, geneval_file, tmp_path):
     model, processor = tiny_chameleon(seed=0, num_layers=1)
     with pytest.raises(InputError, match="no image decoder"):
         generate_images(model, geneval_file, tmp_path / "out", processor=processor, progress=False)
+    from aia.adapters import get_adapter
+    from aia.adapters.imagegen import ImageOptions
+
+    with pytest.raises(InputError, match="ChameleonForConditionalGeneration cannot generate images"):
+        get_adapter(model, processor).generate_images(model, ["a cat"], [0], ImageOptions(1.0, 1.0, None))
     assert not (tmp_path / "out").exists()
 
 
@@ -159,6 +164,13 @@ def test_options_are_checked(model_dirs, geneval_file, tmp_path):
         generate_images(model_dirs["emu3"], geneval_file, tmp_path, ratio="16/9", progress=False)
     with pytest.raises(InputError, match="'negative_prompt': an option of the emu3 family only, not of janus"):
         generate_images(model_dirs["janus"], geneval_file, tmp_path, negative_prompt="ugly", progress=False)
+    with pytest.raises(InputError, match="'ratio': an option of the emu3 family only, not of janus"):
+        generate_images(model_dirs["janus"], geneval_file, tmp_path, ratio="16:9", progress=False)
+    for area in (0, -5, True, 2.5):
+        with pytest.raises(InputError, match="'image_area': must be a positive number of pixels"):
+            generate_images(model_dirs["emu3"], geneval_file, tmp_path, image_area=area, progress=False)
+    with pytest.raises(InputError, match=r"'image_area': 3 pixels at ratio 1:1 give a 0 x 0 grid"):
+        generate_images(model_dirs["emu3"], geneval_file, tmp_path / "small", image_area=3, progress=False)
 
 
 def test_prompt_files(tmp_path):
@@ -196,3 +208,16 @@ def test_understanding_only_model_is_refused_before_loading(geneval_file, tmp_pa
     with pytest.raises(InputError, match=r"Qwen2VLForConditionalGeneration generates no images; text-to-image needs"):
         generate_images(directory, geneval_file, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_class_without_adapter_is_loadings_to_report(geneval_file, tmp_path):
+    """No adapter at all is not "generates no images": loading names the class and the supported ones."""
+    from aia.evaluate.generate import check_can_generate
+
+    directory = tmp_path / "foo"
+    directory.mkdir()
+    (directory / "config.json").write_text('{"architectures": ["FooBarModel"], "model_type": "llama"}')
+    check_can_generate(directory)  # nothing to say from config.json alone
+    with pytest.raises(InputError) as err:
+        generate_images(directory, geneval_file, tmp_path / "out", progress=False)
+    assert "generates no images" not in str(err.value)

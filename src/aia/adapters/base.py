@@ -420,7 +420,7 @@ class AdapterBase:
     #: text-to-image sampling defaults; None: the family generates no images (:meth:`generate_images`)
     image_defaults: ImageDefaults | None = None
     #: the end of the error :meth:`generate_images` raises where ``image_defaults`` is None
-    no_images_reason: str = "generates no images; text-to-image needs a Janus(-Pro) or Emu3 model"
+    no_images_reason: str = "generates no images; text-to-image needs a family that does (Janus(-Pro), Emu3)"
 
     def __init__(
         self, processor, span_config: SpanConfig, padding_side: str, prompt_config: PromptConfig | None = None

@@ -67,7 +67,14 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
-from aia.adapters.imagegen import ImageDefaults, ImageOptions, generation_config, seeded_sampler, to_pil
+from aia.adapters.imagegen import (
+    ImageDefaults,
+    ImageOptions,
+    check_seeds,
+    generation_config,
+    seeded_sampler,
+    to_pil,
+)
 from aia.adapters.prompts import PromptConfig, place_image
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, generation_prompt, image_path, load_image
@@ -100,7 +107,7 @@ class Emu3Adapter(AdapterBase):
     text_system = SYSTEM  # Emu3-Chat's system message, which its chat template does not add
     #: the Emu3-Gen model card: guidance 3, top-k 2048, its positive suffix and negative prompt
     image_defaults = ImageDefaults(guidance=3.0, top_k=2048, positive=POSITIVE, negative=NEGATIVE,
-                                   options=("positive_prompt", "negative_prompt", "image_area"))
+                                   options=("positive_prompt", "negative_prompt", "image_area", "ratio"))
 
     def __init__(
         self,
@@ -201,10 +208,16 @@ class Emu3Adapter(AdapterBase):
         from transformers import LogitsProcessorList
 
         processor, tok = self.processor, self.tokenizer
+        check_seeds(prompts, seeds)
         common = dict(return_for_image_generation=True, image_area=self.image_area(options), ratio=options.ratio,
                       return_tensors="pt", padding=True, padding_side="left")
         inputs = processor(text=[p + options.positive for p in prompts], **common)
         height, width = (int(v) for v in inputs.pop("image_sizes")[0])
+        if height < 1 or width < 1:
+            from aia.errors import InputError
+
+            raise InputError(f"{common['image_area']} pixels at ratio {options.ratio} give a {height} x {width} grid "
+                             "of image tokens; ask for more pixels", field="image_area")
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
         vocab = unwrap(model).model.vocabulary_mapping
 

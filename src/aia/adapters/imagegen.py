@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ImageDefaults", "ImageOptions", "generation_config", "seeded_sampler", "to_pil"]
+__all__ = ["ImageDefaults", "ImageOptions", "check_seeds", "generation_config", "seeded_sampler", "to_pil"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ImageDefaults:
         positive: appended to every prompt.
         negative: the guidance's negative prompt ("" where the family guides against an empty prompt).
         options: the family-specific options of :func:`aia.evaluate.generate_images` it accepts
-            (``positive_prompt``, ``negative_prompt``, ``image_area``).
+            (``positive_prompt``, ``negative_prompt``, ``image_area``, ``ratio`` other than ``"1:1"``).
     """
 
     guidance: float
@@ -67,6 +67,12 @@ def generation_config(model, **overrides):
     for name, value in overrides.items():
         setattr(config, name, value)
     return config
+
+
+def check_seeds(prompts: list[str], seeds: list[int]) -> None:
+    """One seed per prompt, or a ``ValueError`` naming both lengths."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"generate_images needs one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
 
 
 def seeded_sampler(seeds: list[int], temperature: float, top_k: int | None):

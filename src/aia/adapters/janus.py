@@ -70,7 +70,14 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
-from aia.adapters.imagegen import ImageDefaults, ImageOptions, generation_config, seeded_sampler, to_pil
+from aia.adapters.imagegen import (
+    ImageDefaults,
+    ImageOptions,
+    check_seeds,
+    generation_config,
+    seeded_sampler,
+    to_pil,
+)
 from aia.adapters.prompts import PromptConfig, place_image
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import IMAGE_PLACEHOLDER, dialogue, generation_prompt, image_path, load_image
@@ -191,6 +198,8 @@ class JanusAdapter(AdapterBase):
         prompt replaced by padding), the codes decoded with ``decode_image_tokens``."""
         from transformers import LogitsProcessorList
         from transformers.generation.logits_process import ClassifierFreeGuidanceLogitsProcessor
+
+        check_seeds(prompts, seeds)
 
         processor = self.processor
         inputs = processor(text=[self.text_prompt(p)[0] for p in prompts], generation_mode="image",

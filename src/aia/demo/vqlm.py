@@ -10,8 +10,8 @@ stay ``None``), still without the model's weights.
 What the processor must provide (:class:`aia.demo.digits.DigitsProcessor` does):
 
 * ``tokenizer``: with ``bos``/``eos`` tokens (``pad``, else ``eos`` pads);
-* ``image_tokenizer``: ``encode_image(PIL image) -> codes`` in reading order, and
-  ``num_codes``;
+* ``image_tokenizer``: ``encode_image(PIL image) -> codes`` in reading order,
+  ``num_codes`` and ``tokens_per_image`` (codes per image);
 * ``image_code_token_ids``: the token id of each code;
 * ``image_start_token`` / ``image_end_token``: the begin/end-of-image special tokens;
 * for text-to-image (:meth:`VQLMAdapter.generate_images`, ``aia generate``) also
@@ -56,7 +56,7 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
-from aia.adapters.imagegen import ImageDefaults, ImageOptions, seeded_sampler
+from aia.adapters.imagegen import ImageDefaults, ImageOptions, check_seeds, seeded_sampler
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, generation_prompt, image_path, load_image
 
@@ -123,19 +123,18 @@ class VQLMAdapter(AdapterBase):
 
     def generation_prefix(self, prompt: str, cfg_blank: bool = False) -> list[int]:
         """The generation sequence of ``prompt`` up to (excluding) the first image code, as :meth:`encode`
-        writes it (``cfg_blank``: the unconditional one, the prompt left out)."""
-        from PIL import Image
-
-        record = {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": "<image>"}]}
-        example = self.encode(record, "gen", Path("."), image=Image.new("L", (8, 8)), cfg_blank=cfg_blank)
-        first_code = int((example.roles == Role.IMAGE).int().argmax())
-        return example.input_ids[:first_code].tolist()
+        writes it: ``<bos>{prompt}<boi>`` (``cfg_blank``: the unconditional ``<bos><boi>``)."""
+        b = SequenceBuilder(self.tokenizer).tokens(self.bos_id, Role.TEMPLATE)
+        if not cfg_blank:
+            b.text(prompt.strip(), Role.PROMPT)
+        return b.tokens(self.boi_id, Role.IMAGE_MARKER).ids
 
     @torch.no_grad()
     def generate_images(self, model: nn.Module, prompts: list[str], seeds: list[int], options: ImageOptions) -> list:
         """Codes sampled one at a time over the code tokens only (the whole sequence fed at every step: an
         image is a few codes), classifier-free guidance against the prompt-less sequence when
         ``options.guidance > 1``, decoded by the processor's ``image_tokenizer.decode_image``."""
+        check_seeds(prompts, seeds)
         decode = getattr(self.image_tokenizer, "decode_image", None)
         if decode is None:
             from aia.errors import InputError

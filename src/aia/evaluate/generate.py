@@ -1,11 +1,10 @@
 """Text-to-image inference for the generation benchmarks (GenEval, DPG-Bench, WISE).
 
-:func:`generate_images` reads a benchmark's prompt file, generates images with the
-model's own transformers generation and writes them in the layout the benchmark's
-evaluation script reads:
-
-Each family's adapter generates (:meth:`~aia.adapters.base.AdapterBase.generate_images`,
-its defaults :attr:`~aia.adapters.base.AdapterBase.image_defaults`):
+:func:`generate_images` reads a benchmark's prompt file, has the model's family adapter
+generate the images (:meth:`~aia.adapters.base.AdapterBase.generate_images`, with the
+family's defaults :attr:`~aia.adapters.base.AdapterBase.image_defaults`) and writes them
+in the layout the benchmark's evaluation script reads (see "Output layouts" below). The
+families:
 
 * **Janus / Janus-Pro**: ``model.generate(..., generation_mode="image")``, the prompt in
   Janus' chat format followed by ``<begin_of_image>``, classifier-free guidance on the
@@ -20,6 +19,8 @@ its defaults :attr:`~aia.adapters.base.AdapterBase.image_defaults`):
   prompt (transformers' ``negative_prompt_ids``); defaults from the Emu3-Gen model card:
   guidance 3, top-k 2048, the positive suffix :data:`EMU3_POSITIVE` and the negative prompt
   :data:`EMU3_NEGATIVE`; the rows decoded with ``model.decode_image_tokens``;
+* **the demo's VQ-LM** (:class:`aia.demo.VQLMAdapter`): codes sampled over the code tokens,
+  no guidance by default, decoded by the processor's image tokenizer;
 * **Chameleon**: transformers ships no image decoder for Chameleon (its VQ-VAE has only the
   encoder), so it cannot generate images: :class:`~aia.errors.InputError`, before the model
   loads (as for every model class whose adapter generates no images).
@@ -100,7 +101,8 @@ IMAGES_PER_PROMPT = {"plain": 1, "geneval": 4, "dpg": 4, "wise": 1}
 EMU3_POSITIVE = Emu3Adapter.image_defaults.positive
 #: Emu3-Gen's model card: the negative prompt of its classifier-free guidance
 EMU3_NEGATIVE = Emu3Adapter.image_defaults.negative
-#: family -> its sampling defaults (Janus: ``generation_inference.py``; Emu3: the Emu3-Gen model card)
+#: the shipped families' sampling defaults (Janus: ``generation_inference.py``; Emu3: the Emu3-Gen model
+#: card); every family's are its adapter's ``image_defaults`` (the demo's VQ-LM: no guidance, all codes)
 FAMILY_DEFAULTS = {"janus": JanusAdapter.image_defaults, "emu3": Emu3Adapter.image_defaults}
 
 
@@ -148,9 +150,19 @@ def _check_generates(model_class: str, where=None) -> None:
     from aia.adapters import ADAPTERS
 
     cls = ADAPTERS.get(model_class)
+    if cls is None:
+        return  # no adapter at all: loading says so, with the supported classes
     if getattr(cls, "image_defaults", None) is None:
         reason = getattr(cls, "no_images_reason", None) or AdapterBase.no_images_reason
         raise InputError(f"{model_class} {reason}", path=where)
+
+
+def _option_owners(option: str) -> list[str]:
+    """The families whose adapters take ``option`` (an :class:`ImageDefaults` ``options`` name)."""
+    from aia.adapters import ADAPTERS
+
+    return sorted({cls.family for cls in ADAPTERS.values()
+                   if option in getattr(getattr(cls, "image_defaults", None), "options", ())})
 
 
 def resolve_model(model, processor=None, *, device="cpu", dtype=None):
@@ -370,7 +382,7 @@ def _check_same_prompts(fmt: str, out_dir: Path, prompts: list[Prompt], n: int) 
                              "folder", path=out_dir / "index.jsonl")
 
 
-def _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio) -> int:
+def _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio, image_area) -> int:
     if fmt not in FORMATS:
         raise InputError(f"unknown output format {fmt!r}; known: {', '.join(FORMATS)}", field="fmt")
     n = IMAGES_PER_PROMPT[fmt] if images_per_prompt is None else images_per_prompt
@@ -388,6 +400,8 @@ def _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guida
         raise InputError(f"must be >= 1 (1: no guidance), got {guidance!r}", field="guidance")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"must be a non-negative integer, got {seed!r}", field="seed")
+    if image_area is not None and (isinstance(image_area, bool) or not isinstance(image_area, int) or image_area < 1):
+        raise InputError(f"must be a positive number of pixels, got {image_area!r}", field="image_area")
     if not isinstance(ratio, str) or not re.fullmatch(r"[1-9]\d*:[1-9]\d*", ratio):
         raise InputError(f"must be 'width:height' in whole numbers, got {ratio!r}", field="ratio")
     return n
@@ -418,14 +432,16 @@ def generate_images(
 
     Args:
         model: a model directory (``save_pretrained`` output, loaded on ``device`` in ``dtype``)
-            or a loaded Janus / Emu3 model (then give ``processor``; used as it is).
+            or a loaded model of a family that generates (Janus, Emu3, the demo's VQ-LM; then give
+            ``processor``; used as it is).
         prompts_path: GenEval ``.jsonl``, WISE ``.json``, ``.txt`` or a DPG-Bench folder.
         out_dir: where the images go (created).
         fmt: ``"plain"``, ``"geneval"``, ``"dpg"`` or ``"wise"``.
         images_per_prompt: default 4 for geneval and dpg, 1 for plain and wise (wise: only 1).
-        guidance: classifier-free guidance scale (1: none); None: the family's (Janus 5, Emu3 3).
+        guidance: classifier-free guidance scale (1: none); None: the family's (Janus 5, Emu3 3, VQ-LM 1).
         temperature: sampling temperature (0: greedy).
-        top_k: sample among the ``top_k`` most likely tokens; None: the family's (Janus all, Emu3 2048).
+        top_k: sample among the ``top_k`` most likely tokens; None: the family's (Janus and VQ-LM all, Emu3
+            2048).
         positive_prompt: Emu3 only: appended to every prompt (None: :data:`EMU3_POSITIVE`; "" for none).
         negative_prompt: Emu3 only: the guidance's negative prompt (None: :data:`EMU3_NEGATIVE`).
         image_area: Emu3 only: pixels of the generated image (None: the processor's ``image_area``
@@ -445,7 +461,7 @@ def generate_images(
             generates no images, a bad option (the message names it), or a bad prompt file
             (:class:`~aia.errors.DataError` naming the file and line).
     """
-    n = _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio)
+    n = _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio, image_area)
     if isinstance(model, str | os.PathLike):
         check_can_generate(model)  # before loading
     prompts = read_prompts(prompts_path)
@@ -457,12 +473,12 @@ def generate_images(
     _check_generates(type(unwrap(model)).__name__)
     adapter = get_adapter(model, processor)
     defaults = adapter.image_defaults
-    given = {"positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area}
+    given = {"positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area,
+             "ratio": None if ratio == "1:1" else ratio}  # every family draws square images
     foreign = [name for name, value in given.items() if value is not None and name not in defaults.options]
     if foreign:
-        owners = [f for f, d in FAMILY_DEFAULTS.items() if foreign[0] in d.options]
-        raise InputError(f"an option of the {' and '.join(owners)} family only, not of {adapter.family}",
-                         field=foreign[0])
+        raise InputError(f"an option of the {' and '.join(_option_owners(foreign[0]))} family only, not of "
+                         f"{adapter.family}", field=foreign[0])
     opts = ImageOptions(
         guidance=float(defaults.guidance if guidance is None else guidance),
         temperature=float(temperature),

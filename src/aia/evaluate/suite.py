@@ -138,8 +138,11 @@ def run_eval(config: EvalConfig | str | Path, progress: bool = True) -> dict:
                 check_can_generate(directory)
             except InputError as err:
                 raise ConfigError(f"{err}; it cannot run {', '.join(cfg.generation)}", field=f"models.{name}") from None
-    for spec in cfg.generation.values():
-        read_prompts(spec["prompts"])
+    for bench, spec in cfg.generation.items():
+        try:
+            read_prompts(spec["prompts"])
+        except InputError as err:
+            raise ConfigError(str(err), field=f"generation.{bench}.prompts") from None
     cfg.out.mkdir(parents=True, exist_ok=True)
     opts = cfg.options
     common = dict(device=cfg.device, dtype=cfg.dtype, progress=progress)
