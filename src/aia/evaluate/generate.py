@@ -27,10 +27,9 @@ families:
 
 Sampling (temperature, top-k) is done after transformers' guidance and constraint
 (:func:`aia.adapters.imagegen.seeded_sampler`), one ``torch.Generator`` per image seeded
-from ``(seed, prompt index, image index)``; the
-chosen token is handed back to transformers' greedy step. So an image does not depend on
-the batch it was generated in nor on what was generated before: batching and resuming
-give the same PNGs.
+from ``(seed, prompt index, image index)``; the chosen token is handed back to
+transformers' greedy step. So an image does not depend on the batch it was generated in
+nor on what was generated before: batching and resuming give the same PNGs.
 
 Prompt files (read by :func:`read_prompts`, chosen by the file's extension):
 
@@ -474,7 +473,7 @@ def generate_images(
     adapter = get_adapter(model, processor)
     defaults = adapter.image_defaults
     given = {"positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area,
-             "ratio": None if ratio == "1:1" else ratio}  # every family draws square images
+             "ratio": None if ratio == "1:1" else ratio}  # 1:1 is what the families without the option draw
     foreign = [name for name, value in given.items() if value is not None and name not in defaults.options]
     if foreign:
         raise InputError(f"an option of the {' and '.join(_option_owners(foreign[0]))} family only, not of "
