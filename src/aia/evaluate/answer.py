@@ -47,19 +47,20 @@ from __future__ import annotations
 import ast
 import csv
 import io
-import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from aia.adapters import IGNORE_INDEX, get_adapter
+from aia.adapters import get_adapter
 from aia.adapters.imagegen import generation_config
+from aia.data.encoder import RecordEncoder, prompt_part, question_record
 from aia.data.records import load_image
 from aia.errors import DataError, ImageError, InputError
 from aia.evaluate.generate import quiet_transformers, resolve_model
+from aia.jsonl import json_line, mend_torn_end, read_json_rows, read_jsonl
 
 __all__ = ["BENCHES", "OPTION_PROMPT", "SHORT_ANSWER_PROMPT", "Question", "answer", "read_questions"]
 
@@ -104,26 +105,7 @@ class Question:
 # ----------------------------------------------------------------- small readers
 def _json_records(path: Path) -> list[tuple[dict, str | int]]:
     """``(record, where)`` pairs of a JSON list or JSON Lines file; ``where`` is ``"line N"`` or an index."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text (byte {e.start})", path=path) from None
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg}", path=path, record=f"line {e.lineno}") from None
-        pairs = list(zip(items, range(len(items)), strict=True))
-    else:
-        pairs = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append((json.loads(line), f"line {lineno}"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path=path,
-                                record=f"line {lineno}") from None
+    pairs = [(record, where) for where, record in read_json_rows(path)]
     for record, where in pairs:
         if not isinstance(record, dict):
             raise DataError(f"a question is a JSON object, got {type(record).__name__}", path=path, record=where)
@@ -189,7 +171,7 @@ def _tab_lines(file: Path, fields: int | None = None) -> list[tuple[list[str], s
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text (byte {e.start})", path=file) from None
     out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 etc. stay inside a line
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split("\t")]
@@ -402,16 +384,13 @@ def read_questions(bench: str, data_path: str | Path, *, image_dir: str | Path |
 
 # ----------------------------------------------------------------- prompts for the model
 def _prompts(model, adapter, questions: list[Question]):
-    """The questions as the adapter encodes them for training and profiling (the checkpoint's own
-    chat template, token for token: tests/adapters/test_templates.py), cut where the answer
-    starts, collated with left padding. Returns the batch and the model's generation inputs."""
-    examples = []
-    for q in questions:
-        record = {"image": "-", "conversations": [{"from": "human", "value": q.prompt}, {"from": "gpt", "value": "-"}]}
-        example = adapter.encode(record, "und", None, image=q.load_image())
-        start = int((example.labels != IGNORE_INDEX).nonzero()[0])
-        examples.append(replace(example, input_ids=example.input_ids[:start], roles=example.roles[:start],
-                                labels=example.labels[:start]))
+    """The questions encoded by the record encoder of training and profiling
+    (:class:`aia.data.encoder.RecordEncoder`: the checkpoint's own chat template, token for token,
+    tests/adapters/test_templates.py), cut where the answer starts (:func:`aia.data.encoder.prompt_part`,
+    as decode-time profiling cuts), collated with left padding. Returns the batch and the model's
+    generation inputs."""
+    encode = RecordEncoder(adapter, "und", None)
+    examples = [prompt_part(encode(question_record(q.prompt), image=q.load_image())) for q in questions]
     batch = adapter.collate(examples)
     keys = adapter.decode_runner(model, "und").prefill_keys  # what the family's forward takes (None: all)
     return batch, {k: v for k, v in batch.inputs.items() if (k in keys if keys else k != "position_ids")}
@@ -452,27 +431,10 @@ def _done_ids(out_path: Path, bench: str) -> set[str]:
     (no newline, not JSON) is removed; a complete last line without its newline gets one."""
     if not out_path.is_file():
         return set()
-    raw = out_path.read_bytes()
-    lines = raw.split(b"\n")
-    unfinished = not raw.endswith(b"\n") and bool(raw)
-    done = set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            if unfinished and lineno == len(lines):
-                with open(out_path, "r+b") as f:
-                    f.truncate(len(raw) - len(line))
-                return done
-            raise DataError(f"invalid predictions line: {e}", path=out_path, record=f"line {lineno}") from None
-        if isinstance(row, dict) and str(row.get("bench", "")).lower() == bench and "id" in row:
-            done.add(str(row["id"]))
-    if unfinished:
-        with open(out_path, "ab") as f:
-            f.write(b"\n")
-    return done
+    mend_torn_end(out_path)
+    rows = [line.value for line in read_jsonl(out_path)]
+    mine = [r for r in rows if isinstance(r, dict) and "id" in r and str(r.get("bench", "")).lower() == bench]
+    return {str(r["id"]) for r in mine}
 
 
 def answer(
@@ -544,7 +506,7 @@ def answer(
                 batch = todo[start:start + batch_size]
                 for q, text in zip(batch, _generate(model, processor, batch, max_new_tokens), strict=True):
                     row = {**q.row, "prediction": text.strip() if q.strip else text}
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    out.write(json_line(row))
                     out.flush()
                     summary["answered"] += 1
                 os.fsync(out.fileno())

@@ -5,12 +5,13 @@ image tokens in one forward pass. The paper's curves come from the model *genera
 :func:`decode_profile` follows the released plot scripts (``gen_plot.py``, ``und_plot.py``;
 lines in ``docs/FIDELITY.md``) by default:
 
-1. the family adapter encodes the record and the sequence is cut where generation starts
-   (the first supervised position): for generation the prompt up to and including the
+1. the record is encoded as for teacher forcing (:class:`aia.data.encoder.RecordEncoder`, with
+   the same preprocessing) and the sequence is cut where generation starts (the first
+   supervised position, :func:`aia.data.encoder.prompt_part`): for generation the prompt up to and including the
    image's framing tokens (``<begin_of_image>``, Emu3's ``h*w`` header), for understanding
    the conversation up to the first answer of the first turn;
 2. a prefill pass fills the cache, then one token per step is chosen by the family's
-   decode runner (:meth:`Adapter.decode_runner`: Janus's generation head over the
+   decode runner (:meth:`AdapterBase.decode_runner`: Janus's generation head over the
    codebook; ``lm_head`` restricted to the image codes for the VQ-token families, Emu3's
    end-of-line forced at row ends; understanding never emits an image placeholder):
 
@@ -46,14 +47,16 @@ import torch
 from torch import nn
 
 from aia.adapters import get_adapter
-from aia.adapters.base import IGNORE_INDEX, Adapter, DecodeRunner, Example, unwrap
+from aia.adapters.base import AdapterBase, DecodeRunner, Example, unwrap
+from aia.adapters.imagegen import sample_tokens
 from aia.adapters.prompts import PromptConfig
 from aia.attention import capture
 from aia.core.spans import Role, SpanConfig, task_spans
+from aia.data.encoder import Preprocessing, RecordEncoder, prompt_part
 from aia.data.records import task_records
 from aia.errors import DataError, ImageError
 from aia.measure.profile import IntensityProfile
-from aia.measure.samples import SampleTally, check_length, model_length_limit, prompts_of
+from aia.measure.samples import SampleTally, measure_policy, prompts_of
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "DecodeSettings", "Decoded", "decode_example", "decode_profile"]
 
@@ -123,26 +126,18 @@ class Decoded:
     steps: int
 
 
-def _stop_ids(model: nn.Module, adapter: Adapter) -> set[int]:
+def _stop_ids(model: nn.Module, adapter: AdapterBase) -> set[int]:
     stops = {int(adapter.eos_id)}
     eos = getattr(getattr(unwrap(model), "generation_config", None), "eos_token_id", None)
     stops |= {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
     return stops
 
 
-def _prompt_and_plan(example: Example, adapter: Adapter, task: str) -> tuple[Example, torch.Tensor | None]:
+def _prompt_and_plan(example: Example, adapter: AdapterBase, task: str) -> tuple[Example, torch.Tensor | None]:
     """Cut the example before its first supervised position; for generation also return the
     roles of the image block to decode (``[N]``), read from the example's placeholder run."""
-    supervised = (example.labels != IGNORE_INDEX).nonzero()
-    if len(supervised) == 0:
-        raise DataError("the record has nothing to generate (no supervised position)")
-    start = int(supervised[0])
-    prompt = replace(
-        example,
-        input_ids=example.input_ids[:start],
-        roles=example.roles[:start],
-        labels=torch.full((start,), IGNORE_INDEX, dtype=torch.long),
-    )
+    prompt = prompt_part(example)
+    start = len(prompt)
     if task == "und":
         return prompt, None
     block = adapter.image_block(example.input_ids[start:])
@@ -161,7 +156,7 @@ def _position_ids(base: nn.Module, inputs: dict, attention_mask: torch.Tensor) -
 @torch.no_grad()
 def decode_example(
     model: nn.Module,
-    adapter: Adapter,
+    adapter: AdapterBase,
     example: Example,
     settings: DecodeSettings = DecodeSettings(),
     method: str = "auto",
@@ -290,7 +285,7 @@ class _Sequence:
 
 
 def _prefill(
-    model: nn.Module, adapter: Adapter, run: DecodeRunner, prompt: Example, span_cfg: SpanConfig
+    model: nn.Module, adapter: AdapterBase, run: DecodeRunner, prompt: Example, span_cfg: SpanConfig
 ) -> tuple[_Sequence, dict]:
     """The prompt's :class:`_Sequence` (empty cache) and the inputs of its prefill call."""
     param = next(unwrap(model).parameters())
@@ -346,13 +341,13 @@ class _Picker:
         return logits
 
     def _pick(self, logits: torch.Tensor) -> int:
-        if self.temperature == 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits.cpu() / self.temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        """``logits`` ``[V]`` -> the token (:func:`~aia.adapters.imagegen.sample_tokens`, as ``aia generate``
+        samples; the draw on the CPU, so it does not depend on the device)."""
+        row = logits[None] if self.temperature == 0 else logits.cpu()[None]  # [1, V]
+        return int(sample_tokens(row, [self.generator], self.temperature)[0])
 
 
-def _room(example: Example, adapter: Adapter, settings: DecodeSettings, limit: int | None) -> int | None:
+def _room(example: Example, adapter: AdapterBase, settings: DecodeSettings, limit: int | None) -> int | None:
     """``settings.max_new_tokens``, capped so that an answer never runs past ``limit`` positions."""
     if limit is None or example.task == "gen":
         return settings.max_new_tokens
@@ -383,6 +378,7 @@ def decode_profile(
     progress: bool = True,
     max_length: int | None = None,
     prompt_config: PromptConfig | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> IntensityProfile:
     """Per-layer intensity of ``model`` while it decodes the first ``samples`` usable records of ``task``.
 
@@ -397,10 +393,13 @@ def decode_profile(
         method: capture route (``"auto"``, ``"sdpa"``, ``"flex"``).
         model_name: recorded in the profile (default: the model's ``name_or_path``).
         progress: show a progress bar on stderr.
-        max_length: longest sequence in tokens (default: the model's ``max_position_embeddings``):
-            records longer than it are skipped and counted, and an answer stops there.
+        max_length: longest sequence in tokens (default: ``preprocessing``'s, else the model's
+            ``max_position_embeddings``); an answer stops there.
         prompt_config: prompt choices (:class:`~aia.adapters.prompts.PromptConfig`; default: the
             family's, which equal the checkpoint's own chat template).
+        preprocessing: image steps and length policy of the records, as in
+            :func:`aia.measure.teacher.profile_model` (default: images as they are, longer
+            records skipped and counted).
 
     Returns:
         The :class:`~aia.measure.profile.IntensityProfile` with ``mode="decode"``; its
@@ -413,15 +412,16 @@ def decode_profile(
     records = task_records(data, task)
     adapter = get_adapter(model, processor, span_config=span_config, prompt_config=prompt_config)
     guided = task == "gen" and settings.cfg_weight != 1
-    limit = model_length_limit(model, max_length)
+    policy = measure_policy(model, max_length, preprocessing)
+    limit = policy.length.max_length
+    encode = RecordEncoder(adapter, task, data.parent, policy)
     tally = SampleTally(task, samples, "decode", progress, " (e.g. an immediate end of turn)")
     for index, record in enumerate(records):
         if tally.full:
             break
         try:
-            example = adapter.encode(record, task, data.parent)
-            check_length(len(example), limit)
-            uncond = adapter.encode(record, task, data.parent, cfg_blank=True) if guided else None
+            example = encode(record)
+            uncond = encode(record, cfg_blank=True) if guided else None
             room = replace(settings, max_new_tokens=_room(example, adapter, settings, limit))
             decoded = decode_example(model, adapter, example, room, method, uncond=uncond, sample_index=index)
         except (ImageError, DataError) as err:
@@ -434,5 +434,6 @@ def decode_profile(
         "method": method,
         **settings.to_dict(task),
         "max_length": limit,
+        "preprocessing": policy.to_dict(),
     }
     return tally.profile(model, model_name, data, len(records), protocol)

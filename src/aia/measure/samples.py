@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from aia.adapters.base import unwrap
+from aia.adapters.base import AdapterBase, unwrap
+from aia.data.encoder import LengthPolicy, Preprocessing
 from aia.errors import DataError
 from aia.measure.profile import IntensityProfile
 
 __all__ = [
     "SampleTally",
-    "check_length",
     "check_samples",
+    "measure_policy",
     "model_length_limit",
     "model_name_of",
     "prompts_of",
@@ -63,17 +65,24 @@ def model_length_limit(model: nn.Module, max_length: int | None) -> int | None:
     return getattr(text, "max_position_embeddings", None)
 
 
-def check_length(length: int, limit: int | None) -> None:
-    """Raise a DataError for a sample of ``length`` tokens over ``limit`` (skipped and counted, as
-    ``aia train`` drops it: positions beyond the model's range give meaningless attention)."""
-    if limit is not None and length > limit:
-        raise DataError(f"too long: {length} tokens > max_length {limit}")
+def measure_policy(model: nn.Module, max_length: int | None, preprocessing: Preprocessing | None) -> Preprocessing:
+    """The preprocessing a profile's records get (:class:`aia.data.encoder.Preprocessing`).
+
+    ``preprocessing`` is a run's (``aia profile --config``: its image steps, and over-long
+    samples truncated as ``aia train`` does); without it, images go to the processor as they
+    are and samples longer than the limit are skipped and counted (positions beyond the model's
+    range give meaningless attention). The limit: ``max_length`` when given, else the policy's,
+    else the model's ``max_position_embeddings`` (:func:`model_length_limit`).
+    """
+    policy = preprocessing if preprocessing is not None else Preprocessing(length=LengthPolicy(over_long="skip"))
+    if max_length is not None or policy.length.max_length is None:
+        policy = replace(policy, length=replace(policy.length, max_length=model_length_limit(model, max_length)))
+    return policy
 
 
-def prompts_of(adapter) -> dict | None:
+def prompts_of(adapter: AdapterBase) -> dict | None:
     """The adapter's resolved prompt choices, for the profile's settings (None for families without any)."""
-    prompts = getattr(adapter, "prompt_config", None)
-    return dataclasses.asdict(prompts) if prompts is not None else None
+    return dataclasses.asdict(adapter.prompt_config) if adapter.prompt_config is not None else None
 
 
 def model_name_of(model: nn.Module) -> str:

@@ -4,9 +4,12 @@
 :func:`aia.capture` and returns a :class:`~aia.measure.profile.IntensityProfile` (mean and std across
 samples per layer, and every sample's curve). ``aia profile`` is a thin CLI over it.
 
-Records whose image is missing or unreadable, or that are malformed, are skipped and
-counted; samples whose query or key set is empty (no prompt text, no answer) carry no statistic and are
-counted as excluded. Zero usable samples is an error.
+Records are encoded by :class:`aia.data.encoder.RecordEncoder`, the encoder ``aia train`` uses,
+with the preprocessing given (a run's, :meth:`~aia.data.encoder.Preprocessing.from_data_config`:
+then a record is measured exactly as that run trained on it) or, by default, images as they are
+and over-long samples skipped. Records whose image is missing or unreadable, or that are
+malformed, are skipped and counted; samples whose query or key set is empty (no prompt text, no
+answer) carry no statistic and are counted as excluded. Zero usable samples is an error.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ import torch
 from torch import nn
 
 from aia.adapters import get_adapter
-from aia.adapters.base import Adapter, Example
+from aia.adapters.base import AdapterBase, Example
 from aia.adapters.prompts import PromptConfig
 from aia.attention import capture
 from aia.core.spans import SpanConfig
+from aia.data.encoder import Preprocessing, RecordEncoder
 from aia.data.records import task_records
 from aia.errors import DataError, ImageError
 from aia.measure.profile import IntensityProfile
-from aia.measure.samples import SampleTally, check_length, model_length_limit, prompts_of
+from aia.measure.samples import SampleTally, measure_policy, prompts_of
 
 __all__ = ["profile_model"]
 
@@ -44,6 +48,7 @@ def profile_model(
     progress: bool = True,
     max_length: int | None = None,
     prompt_config: PromptConfig | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> IntensityProfile:
     """Teacher-forced per-layer intensity of ``model`` on the first ``samples`` usable records of ``task``.
 
@@ -58,10 +63,14 @@ def profile_model(
         method: capture route (``"auto"``, ``"sdpa"``, ``"flex"``).
         model_name: recorded in the profile (default: the model's ``name_or_path``).
         progress: show a progress bar on stderr.
-        max_length: longest sample in tokens (default: the model's ``max_position_embeddings``);
-            longer ones are skipped and counted, as ``aia train`` drops them.
+        max_length: longest sample in tokens (default: ``preprocessing``'s, else the model's
+            ``max_position_embeddings``).
         prompt_config: prompt choices (:class:`~aia.adapters.prompts.PromptConfig`; default: the
             family's, which equal the checkpoint's own chat template).
+        preprocessing: image steps and length policy (:class:`~aia.data.encoder.Preprocessing`;
+            a run's: :meth:`~aia.data.encoder.Preprocessing.from_data_config`). Default: images
+            as they are, samples longer than ``max_length`` skipped and counted
+            (:func:`~aia.measure.samples.measure_policy`).
 
     Returns:
         The :class:`~aia.measure.profile.IntensityProfile`; ``skipped`` counts records that could not be used.
@@ -72,16 +81,15 @@ def profile_model(
     data = Path(data)
     records = task_records(data, task)
     adapter = get_adapter(model, processor, span_config=span_config, prompt_config=prompt_config)
-    limit = model_length_limit(model, max_length)
+    policy = measure_policy(model, max_length, preprocessing)
+    encode = RecordEncoder(adapter, task, data.parent, policy)
     tally = SampleTally(task, samples, "teacher", progress)
     examples: list[Example] = []
     for record in records:
         if tally.full:
             break
         try:
-            example = adapter.encode(record, task, data.parent)
-            check_length(len(example), limit)
-            examples.append(example)
+            examples.append(encode(record))
         except (ImageError, DataError) as err:
             tally.skip(err)
             continue
@@ -95,12 +103,13 @@ def profile_model(
         "prompts": prompts_of(adapter),
         "method": method,
         "batch_size": batch_size,
-        "max_length": limit,
+        "max_length": policy.length.max_length,
+        "preprocessing": policy.to_dict(),
     }
     return tally.profile(model, model_name, data, len(records), settings)
 
 
-def _measure_batch(model: nn.Module, adapter: Adapter, examples: list[Example], method: str, tally: SampleTally):
+def _measure_batch(model: nn.Module, adapter: AdapterBase, examples: list[Example], method: str, tally: SampleTally):
     """One forward pass over ``examples`` inside :func:`aia.capture`; every sample's curve (None
     where its query or key set is empty) goes to ``tally``."""
     batch = adapter.collate(examples).to(next(model.parameters()).device)

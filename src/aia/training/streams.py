@@ -1,15 +1,14 @@
 """Training data: validated per-task sample streams and a deterministic und:gen schedule.
 
-Files are read by :func:`aia.data.read_records` (JSON list, JSON Lines or parquet). Before training, every record is encoded once by the
-model's adapter: records whose image is missing or unreadable, that have no image, or
-that cannot fit ``max_length`` without cutting their image are dropped and counted; if
-more than ``max_bad_fraction`` of a file is bad, training stops with an error naming
-examples. A sample longer than ``max_length`` whose image ends before the limit is
-truncated after it.
-
-Images can be transformed before the processor (``image_transform``, built from
-``data.image_area`` and ``data.gen_image_transform``): the stream then loads the image
-itself and hands it to the adapter's ``encode(..., image=...)``.
+Files are read by :func:`aia.data.read_records` (JSON list, JSON Lines or parquet). Before
+training, every record is encoded once by the record encoder that ``aia profile`` and ``aia
+answer`` use too (:class:`aia.data.encoder.RecordEncoder`: ``data.image_root`` containment, the
+image transform built from ``data.image_area`` and ``data.gen_image_transform``, the model's
+adapter, the length policy): records whose image is missing or unreadable or outside
+``data.image_root``, that have no image, or that cannot fit ``max_length`` without cutting
+their image are dropped and counted; if more than ``max_bad_fraction`` of a file is bad,
+training stops with an error naming examples. A sample longer than ``max_length`` whose image
+ends before the limit is truncated after it.
 
 Everything that picks data is a pure function of ``(seed, step)``, so a resumed run
 draws exactly what the uninterrupted run would have drawn, and every rank agrees on
@@ -33,48 +32,20 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from aia.adapters import Adapter, Batch, Example
-from aia.core.spans import Role
-from aia.data.records import image_path, infer_task, load_image, read_records
+from aia.adapters import AdapterBase, Batch, Example
+from aia.data.encoder import LengthPolicy, OverLong, Preprocessing, RecordEncoder, contained, truncate
+from aia.data.records import infer_task, read_records
 from aia.errors import DataError, ImageError
 from aia.training.config import MIXINGS
 
 __all__ = ["TaskStream", "contained", "micro_batches_per_step", "step_schedule", "step_task", "truncate"]
-
-
-def contained(path: Path, root: Path) -> Path:
-    """``path`` if it resolves inside ``root`` (symbolic links and ``..`` followed).
-
-    Raises:
-        DataError: it points outside ``root``.
-    """
-    resolved = Path(path).resolve()
-    if not resolved.is_relative_to(root):
-        raise DataError(f"image {path} lies outside data.image_root {root}")
-    return resolved
-
-
-def truncate(example: Example, max_length: int) -> Example | None:
-    """``example`` cut to ``max_length`` tokens, or ``None`` if that would cut its image."""
-    if len(example) <= max_length:
-        return example
-    image = (example.roles == Role.IMAGE) | (example.roles == Role.IMAGE_MARKER)
-    last_image = int(image.nonzero().max()) if image.any() else -1
-    if last_image >= max_length:
-        return None
-    return replace(
-        example,
-        input_ids=example.input_ids[:max_length],
-        roles=example.roles[:max_length],
-        labels=example.labels[:max_length],
-    )
 
 
 @dataclass
@@ -97,16 +68,22 @@ class TaskStream:
         progress: show a progress bar while validating.
         cache: keep the validation pass's encoded samples and draw from them (memory grows
             with the data); blanked generation prompts are encoded when drawn.
-        image_root: every image must lie inside this folder (``data.image_root``); None: anywhere.
         image_transform: a PIL image -> PIL image function applied to every record's image
             before the adapter's processor (None: the adapter loads the image itself).
+        image_root: every image must lie inside this folder (``data.image_root``); None: anywhere.
+        over_long: what happens to a sample longer than ``max_length``
+            (:class:`aia.data.encoder.LengthPolicy`; ``truncate``: cut after its image, dropped
+            when its image would be cut).
+
+    Records are encoded by :class:`aia.data.encoder.RecordEncoder` (:attr:`encoder`), the encoder
+    ``aia profile`` and ``aia answer`` use too.
     """
 
     def __init__(
         self,
         path: str | Path,
         task: str,
-        adapter: Adapter,
+        adapter: AdapterBase,
         max_length: int,
         max_bad_fraction: float,
         seed: int,
@@ -115,10 +92,11 @@ class TaskStream:
         cache: bool = False,
         image_transform: Callable[[Image.Image], Image.Image] | None = None,
         image_root: str | Path | None = None,
+        over_long: str = "truncate",
     ):
         self.path, self.task, self.adapter = Path(path), task, adapter
-        self.image_transform = image_transform
-        self.image_root = Path(image_root).resolve() if image_root is not None else None
+        policy = Preprocessing(image_root=image_root, length=LengthPolicy(max_length, over_long))
+        self.encoder = RecordEncoder(adapter, task, self.path.parent, policy, transform=image_transform)
         self.max_length, self.seed, self.cfg_drop = max_length, seed, cfg_drop
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) of the last draw
         records = read_records(self.path)
@@ -130,13 +108,13 @@ class TaskStream:
             try:
                 if infer_task(record) != task:
                     raise DataError(f"a {infer_task(record)!r} record in the {task!r} file")
-                example = self._encode(record)
+                example = self.encoder.encode(record)
+                cut = self.encoder.length.fit(example)
+            except OverLong as err:
+                self.rejected.append(Rejected(i, str(err)))
+                continue
             except (ImageError, DataError, KeyError, TypeError) as err:
                 self.rejected.append(Rejected(i, f"{type(err).__name__}: {err}"))
-                continue
-            cut = truncate(example, max_length)
-            if cut is None:
-                self.rejected.append(Rejected(i, f"too long ({len(example)} > {max_length} tokens) to fit its image"))
                 continue
             truncated += cut is not example
             good.append(i)
@@ -155,15 +133,6 @@ class TaskStream:
                 f"{self.path}: {bad} of {len(records)} samples are unusable "
                 f"(> data.max_bad_fraction={max_bad_fraction}); e.g. {self._examples()}"
             )
-
-    def _encode(self, record: dict, cfg_blank: bool = False) -> Example:
-        """The adapter's encoding of ``record``, its image first transformed if so configured."""
-        image = None
-        if self.image_root is not None:
-            contained(image_path(record, self.path.parent), self.image_root)
-        if self.image_transform is not None:
-            image = self.image_transform(load_image(image_path(record, self.path.parent)))
-        return self.adapter.encode(record, self.task, self.path.parent, image=image, cfg_blank=cfg_blank)
 
     def _examples(self, n: int = 3) -> str:
         return "; ".join(f"record {r.index}: {r.reason}" for r in self.rejected[:n])
@@ -196,8 +165,7 @@ class TaskStream:
             if self.examples is not None and not blank:
                 examples.append(self.examples[i])
                 continue
-            example = self._encode(self.records[i], cfg_blank=blank)
-            examples.append(truncate(example, self.max_length))
+            examples.append(self.encoder(self.records[i], cfg_blank=blank))
         return self.adapter.collate(examples)
 
 
