@@ -115,3 +115,27 @@ def test_train_cli_fails_before_loading(tmp_path, capsys):
     assert "aia.weight_und" in capsys.readouterr().out
     assert "aia.enabled (True): Add the AIA loss" in config_help()
     assert "spans.question_in_query (False): Understanding only: the question's tokens join" in config_help()
+
+
+@pytest.mark.parametrize("name", ["janus-pro-1b", "janus-pro-7b", "janus-pro-1b-paper", "emu3", "chameleon"])
+def test_a_run_length_override_replaces_the_files(name):
+    """On every shipped config, ``train.max_steps=N`` alone sets the length (the file's ``epochs`` or
+    ``max_steps`` gives way), and so does ``train.epochs=E``; given both, the later override wins."""
+    path = CONFIGS / f"{name}.yaml"
+    cfg = load_config(path, ["train.max_steps=7"], check_paths=False)
+    assert (cfg.train.max_steps, cfg.train.epochs) == (7, None)
+    cfg = load_config(path, ["train.epochs=0.5"], check_paths=False)
+    assert (cfg.train.max_steps, cfg.train.epochs) == (None, 0.5)
+    cfg = load_config(path, ["train.epochs=2", "train.max_steps=3"], check_paths=False)
+    assert (cfg.train.max_steps, cfg.train.epochs) == (3, None)
+    cfg = load_config(path, ["train.max_steps=3", "train.epochs=2"], check_paths=False)
+    assert (cfg.train.max_steps, cfg.train.epochs) == (None, 2.0)
+
+
+def test_a_file_with_both_run_lengths_is_refused(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"und": "u.jsonl"}, "train": {"max_steps": 5, "epochs": 1}}))
+    with pytest.raises(ConfigError, match="train.max_steps / train.epochs: set one of them"):
+        load_config(path, check_paths=False)
+    assert load_config(path, ["train.epochs=null"], check_paths=False).train.max_steps == 5  # as before
+    assert "An override of either on the command line replaces the other" in " ".join(config_help().split())

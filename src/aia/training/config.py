@@ -12,9 +12,6 @@ is defined (the ``spans`` section is :class:`aia.core.spans.SpanConfig` itself);
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ import yaml
 from aia.adapters.prompts import PromptConfig
 from aia.core.spans import SpanConfig
 from aia.errors import ConfigError
-from aia.fields import field_docs
+from aia.fields import Raw, describe, from_mapping
 
 __all__ = [
     "AIAConfig",
@@ -136,15 +133,28 @@ class DataConfig:
 class AIAConfig:
     enabled: bool = True
     """Add the AIA loss. false gives the exact NTP-only baseline."""
-    targets: str = "janus-pro"
-    """Target profile: a preset (janus-pro, emu3) or a YAML file from ``aia targets``; mapped to
-    the model's depth by relative depth when it differs."""
+    targets: str = "janus-pro-released"
+    """Target profile: a preset or a YAML file from ``aia targets``, mapped to the model's depth by
+    ``aia.layer_map`` when it differs. Presets: ``janus-pro-released`` (the bands the released code
+    trains with, ``modeling_vlm.py:295-303,346-353``), ``janus-pro`` (paper Table S5: understanding
+    layer 20 at 0.30, where the release has 0.15), ``emu3`` (Table S4)."""
+    layer_map: str = "relative"
+    """How targets written for another depth meet the model (Janus-Pro-1B: 24 layers, the targets
+    30): ``relative`` = layer l takes source layer floor((l + 0.5) * L_targets / L_model), by relative
+    depth (our choice; the release never ran another depth); ``absolute`` = layer l takes source layer
+    min(l, L_targets - 1), as the released code's bands are written by layer index
+    (``modeling_vlm.py:295-303,346-353``)."""
     weight_und: float = 10.0
     """lambda for understanding batches (released Janus-Pro code: 10)."""
     weight_gen: float = 5.0
     """lambda for generation batches (released Janus-Pro code: 5)."""
     mode: str = "huber"
     """huber (paper) or mse (the paper's w/o-Huber ablation)."""
+    denominator: str = "all"
+    """What a task's AIA loss is averaged over besides the layers: ``all`` = every sample of the
+    global batch, those without the term (CFG-blanked, over-long) adding 0, as the released code
+    divides by layers x samples (``modeling_vlm.py:306-310,358-361``); ``enabled`` = only the samples
+    that carry the term."""
 
 
 @dataclass
@@ -185,7 +195,9 @@ class TrainConfig:
     output_dir: str = "runs/aia"
     """Where checkpoints, metrics.jsonl and TensorBoard events go."""
     max_steps: int | None = None
-    """Optimizer steps. Set this or ``train.epochs``, not both; neither: 1000."""
+    """Optimizer steps. A config file sets this or ``train.epochs``, not both; neither: 1000. An override
+    of either on the command line replaces the other (``aia train janus-pro-1b.yaml train.max_steps=50``
+    runs 50 steps although the file says ``epochs: 4``); given both, the later override wins."""
     epochs: float | None = None
     """Run length in epochs (released: ``max_epochs: 4``, ``t2i_generation.yml:16``), run as
     ``int(epochs * steps_per_epoch)`` steps (``train.py:49``). One epoch is the released
@@ -193,7 +205,8 @@ class TrainConfig:
     of the reference task (generation if the run has generation data, else understanding) and
     W processes, ``steps_per_epoch = (ceil(N / W) // batch_size) // m``, where ``m`` is the
     task's micro-batches per step (``grad_accum * ratio`` under ``data.mixing=both``, else
-    ``grad_accum * ratio / (ratio_und + ratio_gen)``) (:mod:`aia.training.schedule`)."""
+    ``grad_accum * ratio / (ratio_und + ratio_gen)``) (:mod:`aia.training.schedule`). An override
+    ``train.epochs=E`` replaces the file's ``train.max_steps`` (as ``train.max_steps`` does this)."""
     grad_accum: int = 1
     """Accumulation rounds per optimizer step (under ``data.mixing=both`` each round is ratio_und +
     ratio_gen micro-batches; under ``random``/``alternate`` one micro-batch of the step's task)."""
@@ -289,6 +302,8 @@ def _check_values(cfg: RunConfig) -> None:
     need(cfg.data.gen_image_transform in transforms, "data.gen_image_transform", "must be processor or center_crop")
     need(cfg.data.image_area is None or cfg.data.image_area >= 1, "data.image_area", "must be >= 1 or null")
     need(cfg.aia.mode in ("huber", "mse"), "aia.mode", "must be huber or mse")
+    need(cfg.aia.denominator in ("all", "enabled"), "aia.denominator", "must be all or enabled")
+    need(cfg.aia.layer_map in ("relative", "absolute"), "aia.layer_map", "must be relative or absolute")
     need(cfg.aia.weight_und >= 0, "aia.weight_und", "must be >= 0")
     need(cfg.aia.weight_gen >= 0, "aia.weight_gen", "must be >= 0")
     need(cfg.optim.lr >= 0, "optim.lr", "must be >= 0")
@@ -319,7 +334,7 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.train.max_steps is not None and cfg.train.epochs is not None:
         raise ConfigError(
             "train.max_steps / train.epochs: set one of them, not both "
-            f"(got {cfg.train.max_steps} and {cfg.train.epochs}; set the other to null)"
+            f"(got {cfg.train.max_steps} and {cfg.train.epochs}; set the other to null, or override one of them)"
         )
     need(cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps", "must be >= 1")
     need(cfg.train.epochs is None or cfg.train.epochs > 0, "train.epochs", "must be > 0")
@@ -340,82 +355,6 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-class _Raw(str):
-    """A command-line override value: YAML-parsed unless the field is a string."""
-
-
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check ``value`` against a field annotation (a string under ``from __future__``)."""
-    tp = eval(annotation, vars(typing) | {"list": list}) if isinstance(annotation, str) else annotation  # noqa: S307
-    if isinstance(value, _Raw):
-        if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)):
-            if value.strip().lower() not in ("null", "~"):
-                return str(value)
-        value = yaml.safe_load(value) if value.strip() else ""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            hint = " (YAML reads yes/no/on/off as booleans: quote the word)" if isinstance(value, bool) else ""
-            raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {tp}")
-
-
-def _section(cls, data: Any, prefix: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
-    values = {name: _coerce(value, fields[name].type, f"{prefix}.{name}") for name, value in data.items()}
-    try:
-        return cls(**values)
-    except ValueError as err:  # the section's own check (e.g. SpanConfig's)
-        named = [name for name in values if name in str(err)]
-        key = f"{prefix}.{named[0]}" if named else prefix
-        raise ConfigError(f"{key}: {err}") from None
-
-
 _SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
 
 
@@ -425,7 +364,11 @@ def _from_dict(data: dict) -> RunConfig:
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(_SECTIONS)})")
-    return RunConfig(**{name: _section(type(factory()), data.get(name), name) for name, factory in _SECTIONS.items()})
+    return RunConfig(**{name: from_mapping(type(factory()), data.get(name), name) for name, factory in _SECTIONS.items()})
+
+
+#: the two ways to give the run's length: an override of one replaces the other (see ``train.max_steps``)
+_RUN_LENGTH = ("max_steps", "epochs")
 
 
 def _apply_override(data: dict, item: str) -> None:
@@ -438,7 +381,11 @@ def _apply_override(data: dict, item: str) -> None:
     data.setdefault(parts[0], {})
     if data[parts[0]] is None:
         data[parts[0]] = {}
-    data[parts[0]][parts[1]] = _Raw(raw)
+    section, name = parts
+    if section == "train" and name in _RUN_LENGTH and raw.strip().lower() not in ("null", "~", ""):
+        other = _RUN_LENGTH[1 - _RUN_LENGTH.index(name)]
+        data[section][other] = None  # the length given last wins
+    data[section][name] = Raw(raw)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), check_paths: bool = True) -> RunConfig:
@@ -470,11 +417,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), check
 
 def config_help() -> str:
     """Every field with its documentation, as ``section.field (default): text``."""
-    lines = []
-    for name, factory in _SECTIONS.items():
-        cls = type(factory())
-        docs = field_docs(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"{name}.{f.name} ({default!r}): {docs.get(f.name, '')}")
-    return "\n".join(lines)
+    return "\n".join(describe(RunConfig))
