@@ -23,12 +23,33 @@ def test_aia_loss_by_hand():
     # layer 1: x = -0.20 -> linear: 0.05 * (0.20 - 0.025) = 0.00875 ; x = 0.05 -> quadratic 0.00125
     s0 = (0.005 + 0.00875) / 2
     s1 = (0.0002 + 0.00125) / 2
-    got = aia_loss(intensity, target, delta, valid)
+    got = aia_loss(intensity, target, delta, valid, denominator="enabled")
     assert got.item() == pytest.approx((s0 + s1) / 2, abs=1e-7)
+    # the released denominator (default): the excluded sample adds 0 but counts, / (L x B)
+    assert aia_loss(intensity, target, delta, valid).item() == pytest.approx((s0 + s1) / 3, abs=1e-7)
     # w/o Huber: plain 0.5 x^2
     m0 = (0.5 * 0.1**2 + 0.5 * 0.2**2) / 2
     m1 = (0.5 * 0.02**2 + 0.5 * 0.05**2) / 2
-    assert aia_loss(intensity, target, delta, valid, mode="mse").item() == pytest.approx((m0 + m1) / 2, abs=1e-7)
+    mse = aia_loss(intensity, target, delta, valid, mode="mse", denominator="enabled")
+    assert mse.item() == pytest.approx((m0 + m1) / 2, abs=1e-7)
+
+
+def test_all_denominator_is_the_released_sum_over_layers_and_samples():
+    # modeling_vlm.py:285-310: one nn.HuberLoss per (layer, sample), blanked samples times 0, / (L * B)
+    torch.manual_seed(0)
+    intensity = torch.rand(5, 4, dtype=torch.float64)
+    target, delta = torch.rand(5, dtype=torch.float64), torch.rand(5, dtype=torch.float64) * 0.3 + 0.01
+    valid = torch.tensor([True, False, True, True])
+    want = 0.0
+    for layer in range(5):
+        criterion = torch.nn.HuberLoss(delta=float(delta[layer]))
+        for b in range(4):
+            term = criterion(intensity[layer, b], target[layer])
+            want = want + (term if valid[b] else term * 0)
+    want = want / (5 * 4)
+    torch.testing.assert_close(aia_loss(intensity, target, delta, valid, denominator="all").double(), want)
+    with pytest.raises(ValueError, match="denominator"):
+        aia_loss(intensity, target, delta, valid, denominator="batch")
 
 
 def test_no_enabled_sample_gives_zero_with_grad():

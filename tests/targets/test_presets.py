@@ -57,7 +57,7 @@ def test_preset_rows_are_the_table_rows():
     assert [(s.start, s.end) for s in janus.tasks["und"]] == [(0, 10), (10, 20), (20, 25), (25, 30)]
     emu3 = TargetProfile.preset("Emu3")
     assert [(s.start, s.end) for s in emu3.tasks["gen"]] == [(0, 10), (10, 20), (20, 25), (25, 31), (31, 32)]
-    assert set(preset_names()) == set(PRESETS) == {"emu3", "janus-pro"}
+    assert set(preset_names()) == set(PRESETS) == {"emu3", "janus-pro", "janus-pro-released"}
     with pytest.raises(ValueError, match="unknown target preset 'bagel'"):
         TargetProfile.preset("bagel")
 
@@ -101,7 +101,7 @@ def test_yaml_roundtrip(tmp_path):
         assert back.source == src.source
         raw = yaml.safe_load(path.read_text())
         assert list(raw) == ["name", "num_layers", "source", "und", "gen"]
-        first = 8 if name == "janus-pro" else 7  # emu3: layer 7's centre lies in source layer 10
+        first = 7 if name == "emu3" else 8  # emu3: layer 7's centre lies in source layer 10
         assert raw["und"][0] == {"layers": [0, first], "target": 0.1, "delta": 0.05}
 
 
@@ -185,3 +185,60 @@ def test_constructor_validates():
         TargetProfile("x", 2, {"gen": (Stage(0, 2, 0.1, 0.1),), "und": (Stage(0, 2, 0.1, 0.0),)})
     with pytest.raises(ValueError, match="unknown task 'both'"):
         TargetProfile.preset("emu3").per_layer("both")
+
+
+def released_bands(task: str, layer_idx: int) -> tuple[float, float]:
+    """(target, delta) of one layer as the released code's if/elif chains write them
+    (models/modeling_vlm.py:295-303 generation, :330 and :346-353 understanding, zhengdian1/AIA 88aef6b)."""
+    if task == "gen":
+        if layer_idx < 10:
+            return 0.4, 0.2
+        elif layer_idx >= 10 and layer_idx < 25:
+            return 0.4, 0.1
+        return 0.2, 0.05
+    if layer_idx < 10:
+        return 0.1, 0.05
+    elif layer_idx >= 10 and layer_idx <= 20:
+        return 0.15, 0.05
+    elif layer_idx > 20 and layer_idx <= 29:
+        return 0.3, 0.05
+    return 0.2, 0.05
+
+
+@pytest.mark.parametrize("task", ["gen", "und"])
+def test_released_preset_is_the_released_bands_every_layer(task):
+    released = TargetProfile.preset("janus-pro-released")
+    assert released.num_layers == 30 and "modeling_vlm.py" in released.source
+    targets, deltas = released.per_layer(task)
+    assert list(zip(targets, deltas, strict=True)) == [released_bands(task, layer) for layer in range(30)]
+    table = TargetProfile.preset("janus-pro")
+    differ = [layer for layer in range(30) if table.per_layer(task)[0][layer] != targets[layer]]
+    assert differ == ([20] if task == "und" else [])  # Table S5 says 0.30 at und layer 20
+
+
+@pytest.mark.parametrize("task", ["gen", "und"])
+def test_by_index_applies_bands_by_absolute_layer_index(task):
+    released = TargetProfile.preset("janus-pro-released")
+    small = released.by_index(24)
+    targets, deltas = small.per_layer(task)
+    assert list(zip(targets, deltas, strict=True)) == [released_bands(task, layer) for layer in range(24)]
+    deep = released.by_index(32)
+    assert deep.per_layer(task)[0][30:] == [released.per_layer(task)[0][29]] * 2
+    assert "by layer index" in small.source and released.by_index(30) is released
+    assert TargetProfile.load("janus-pro-released", 24, layer_map="absolute") == small
+    assert TargetProfile.load("janus-pro-released", 24) == released.resize(24)
+    with pytest.raises(ValueError, match="layer_map must be one of relative, absolute"):
+        TargetProfile.load("janus-pro", 24, layer_map="depth")
+
+
+def test_the_two_24_layer_mappings_differ_in_13_layers():
+    relative = TargetProfile.preset("janus-pro").resize(24)
+    absolute = TargetProfile.preset("janus-pro-released").by_index(24)
+    differ = [
+        (task, layer)
+        for task in ("gen", "und")
+        for layer in range(24)
+        if (relative.per_layer(task)[0][layer], relative.per_layer(task)[1][layer])
+        != (absolute.per_layer(task)[0][layer], absolute.per_layer(task)[1][layer])
+    ]
+    assert len(differ) == 13

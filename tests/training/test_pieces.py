@@ -124,13 +124,18 @@ def test_step_norm_weights_place_each_micro_batch_in_the_global_batch():
     two = SimpleNamespace(num_processes=2, device=torch.device("cpu"), reduce=lambda t, reduction: t * 2)
     batches = [("und", _fake_batch([3, 1], [True, False])), ("gen", _fake_batch([4], [True])),
                ("gen", _fake_batch([2, 2], [False, False]))]
-    norm = StepNorm(batches, two)  # the other rank holds the same counts
+    norm = StepNorm(batches, two, denominator="enabled")  # the other rank holds the same counts
     assert norm.share == {"und": 1 / 3, "gen": 2 / 3} and norm.micro_batches == 3
     assert norm.tokens == {"und": 8, "gen": 16} and norm.samples == {"und": 2, "gen": 2}
     # share x world x micro-batches x this micro-batch's part of the global counts
     assert norm.local == [("und", 4, 1), ("gen", 4, 1), ("gen", 4, 0)]
     assert norm.weights(0) == pytest.approx((1 / 3 * 6 * 4 / 8, 1 / 3 * 6 * 1 / 2))
     assert norm.weights(2) == pytest.approx((2 / 3 * 6 * 4 / 16, 0.0))
+    # the released denominator (default): every sample counts, those without the term add 0
+    norm = StepNorm(batches, two)
+    assert norm.samples == {"und": 2, "gen": 2} and norm.denominators == {"und": 4, "gen": 6}
+    assert norm.weights(0) == pytest.approx((1 / 3 * 6 * 4 / 8, 1 / 3 * 6 * 2 / 4))
+    assert norm.weights(2) == pytest.approx((2 / 3 * 6 * 4 / 16, 2 / 3 * 6 * 2 / 6))
 
 
 def test_step_sums_row_is_the_global_batch_loss():
@@ -141,7 +146,8 @@ def test_step_sums_row_is_the_global_batch_loss():
 
     def res(ntp, tokens, aia, curve, n):
         return {"ntp": torch.tensor(ntp), "ntp_tokens": tokens, "aia": torch.tensor(aia),
-                "intensity": torch.tensor(curve), "aia_samples": torch.tensor(float(n))}
+                "intensity": torch.tensor(curve), "aia_samples": torch.tensor(float(n)),
+                "enabled": torch.tensor(float(n))}
 
     sums.add("und", res(1.0, 4, 0.2, [1.0, 2.0], 2))
     sums.add("gen", res(2.0, 1, 0.6, [3.0, 0.0], 1))

@@ -11,6 +11,10 @@ Presets
     ``TargetProfile.preset("emu3")`` (32 layers, paper Table S4) reproduce the
     published tables row by row (the tables list ``(delta, T)``, delta first).
     Janus-Pro's row ``l > 29`` is empty at 30 layers and is therefore omitted.
+    ``TargetProfile.preset("janus-pro-released")`` is the bands the released training code
+    hard-codes (``models/modeling_vlm.py:295-303,346-353`` at 88aef6b): Table S5 except
+    understanding layer 20, whose target is 0.15 there (``layer_idx>=10 and layer_idx<=20``,
+    ``:348``) and 0.30 in the table.
 
 Other depths (relative-depth rule)
     ``profile.resize(L_new)`` maps a profile of depth ``L`` to depth ``L_new``:
@@ -22,7 +26,9 @@ Other depths (relative-depth rule)
     for instance, gets ``TargetProfile.preset("janus-pro").resize(24)``: stages
     [0, 8), [8, 20), [20, 24) for generation and [0, 8), [8, 16), [16, 24) for
     understanding. The paper publishes no targets for that depth; this mapping is our
-    choice.
+    choice. ``profile.by_index(L_new)`` is the other one (:data:`LAYER_MAPS`): layer ``l``
+    keeps the values of source layer ``min(l, L - 1)``, as the released code's bands are
+    written by absolute layer index (``modeling_vlm.py:295-303,346-353``).
 
 YAML format (``to_yaml`` / ``from_yaml``)::
 
@@ -58,7 +64,10 @@ import yaml
 
 from aia.core.spans import TASKS
 
-__all__ = ["PRESETS", "Stage", "TargetProfile", "preset_names"]
+__all__ = ["LAYER_MAPS", "PRESETS", "Stage", "TargetProfile", "preset_names"]
+
+#: how a profile meets a model of another depth: by relative depth or by absolute layer index
+LAYER_MAPS = ("relative", "absolute")
 
 _TOP_KEYS = {"name", "num_layers", "source", *TASKS}
 _STAGE_KEYS = {"layers", "target", "delta"}
@@ -114,6 +123,15 @@ _PRESET_TABLES: dict[str, dict[str, Any]] = {
         "source": "paper Table S5 (Janus-Pro 7B, 30 layers)",
         "gen": _rows([(0, 10, 0.20, 0.40), (10, 20, 0.10, 0.40), (20, 25, 0.10, 0.40), (25, 30, 0.05, 0.20)]),
         "und": _rows([(0, 10, 0.05, 0.10), (10, 20, 0.05, 0.15), (20, 25, 0.05, 0.30), (25, 30, 0.05, 0.30)]),
+    },
+    # models/modeling_vlm.py at 88aef6b, 0-based layer_idx: generation `<10` (0.2, 0.4), `>=10 and <25`
+    # (0.1, 0.4), else (0.05, 0.2) (:295-303); understanding delta 0.05 (:330), T `<10` 0.1,
+    # `>=10 and <=20` 0.15, `>20 and <=29` 0.3 (:346-351); its `else` 0.2 (:352-353) is no layer of 30.
+    "janus-pro-released": {
+        "num_layers": 30,
+        "source": "released training code, models/modeling_vlm.py:295-303,346-353 (zhengdian1/AIA 88aef6b)",
+        "gen": _rows([(0, 10, 0.20, 0.40), (10, 25, 0.10, 0.40), (25, 30, 0.05, 0.20)]),
+        "und": _rows([(0, 10, 0.05, 0.10), (10, 21, 0.05, 0.15), (21, 30, 0.05, 0.30)]),
     },
 }
 PRESETS: tuple[str, ...] = tuple(sorted(_PRESET_TABLES))
@@ -180,7 +198,8 @@ class TargetProfile:
 
     @classmethod
     def preset(cls, name: str) -> TargetProfile:
-        """The paper's published targets: ``"janus-pro"`` (30 layers) or ``"emu3"`` (32 layers).
+        """A preset: the paper's ``"janus-pro"`` (Table S5, 30 layers) or ``"emu3"`` (Table S4, 32
+        layers), or ``"janus-pro-released"`` (the released code's bands, 30 layers).
 
         For another depth, chain :meth:`resize`: ``TargetProfile.preset("janus-pro").resize(24)``.
         """
@@ -191,20 +210,25 @@ class TargetProfile:
         return cls(key, table["num_layers"], {t: table[t] for t in TASKS}, source=table["source"])
 
     @classmethod
-    def load(cls, spec: str | Path, num_layers: int | None = None) -> TargetProfile:
-        """A preset name or a YAML path; resized by relative depth when ``num_layers`` differs.
+    def load(cls, spec: str | Path, num_layers: int | None = None, layer_map: str = "relative") -> TargetProfile:
+        """A preset name or a YAML path, mapped to ``num_layers`` when that differs.
 
         Args:
-            spec: ``"janus-pro"``, ``"emu3"`` or the path of a targets YAML file.
+            spec: a preset name (:data:`PRESETS`) or the path of a targets YAML file.
             num_layers: depth of the model being trained; ``None`` keeps the file's depth.
+            layer_map: ``"relative"`` (:meth:`resize`) or ``"absolute"`` (:meth:`by_index`).
         """
+        if layer_map not in LAYER_MAPS:
+            raise ValueError(f"layer_map must be one of {', '.join(LAYER_MAPS)}; got {layer_map!r}")
         if isinstance(spec, str) and spec.lower() in _PRESET_TABLES:
             profile = cls.preset(spec)
         elif Path(spec).is_file():
             profile = cls.from_yaml(spec)
         else:
             raise ValueError(f"targets {str(spec)!r} is neither a preset ({list(PRESETS)}) nor an existing YAML file")
-        return profile if num_layers is None else profile.resize(num_layers)
+        if num_layers is None:
+            return profile
+        return profile.resize(num_layers) if layer_map == "relative" else profile.by_index(num_layers)
 
     @classmethod
     def from_per_layer(
@@ -259,6 +283,22 @@ class TargetProfile:
             targets, deltas = self.per_layer(task)
             values[task] = ([targets[i] for i in src], [deltas[i] for i in src])
         source = f"{self.source or self.name} mapped by relative depth from {self.num_layers} to {num_layers} layers"
+        return TargetProfile.from_per_layer(f"{self.name}@{num_layers}", values, source=source)
+
+    def by_index(self, num_layers: int) -> TargetProfile:
+        """Map to another depth by absolute layer index: new layer ``l`` takes the values of source
+        layer ``min(l, L - 1)`` (a shallower model keeps the first layers' bands, a deeper one
+        repeats the last layer's). Returns ``self`` when the depth is unchanged."""
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+        if num_layers == self.num_layers:
+            return self
+        src = [min(i, self.num_layers - 1) for i in range(num_layers)]
+        values = {}
+        for task in TASKS:
+            targets, deltas = self.per_layer(task)
+            values[task] = ([targets[i] for i in src], [deltas[i] for i in src])
+        source = f"{self.source or self.name} mapped by layer index from {self.num_layers} to {num_layers} layers"
         return TargetProfile.from_per_layer(f"{self.name}@{num_layers}", values, source=source)
 
     # -- (de)serialisation ----------------------------------------------------------------

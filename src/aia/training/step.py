@@ -12,7 +12,8 @@ Loss normalisation (:class:`StepNorm`): the loss of an optimizer step is that of
 
 with ``S_task`` the sum of the task's next-token losses over its ``N_task`` supervised
 tokens, ``A_task`` the sum of the per-sample AIA losses (Eq. 2) over its ``V_task``
-enabled samples, all counted over the global batch, and ``share_task`` the task's share
+samples (every sample under ``aia.denominator=all``, as released; the samples that carry
+the term under ``enabled``), all counted over the global batch, and ``share_task`` the task's share
 of the step's micro-batches (``ratio_task / (ratio_und + ratio_gen)`` under
 ``data.mixing=both``; 1 for the one task of a ``random`` / ``alternate`` step). The
 counts are known before the forward passes (labels and span masks), summed over ranks
@@ -20,6 +21,7 @@ once per step; each micro-batch then contributes its exact part of ``J``, scaled
 ``world x micro-batches`` to undo the averaging of DDP / FSDP / DeepSpeed over ranks and
 of accelerate over accumulation rounds. So W ranks x b samples, 1 rank x W*b samples and
 accumulation of 2 x b/2 samples all take the same gradient, up to reduction order.
+Eq. 3 itself is :func:`aia.core.loss.total_loss`, given each micro-batch's share of ``J``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from aia.adapters import Batch
 from aia.adapters.base import supervised_tokens, unwrap
 from aia.attention import capture
 from aia.core.intensity import span_valid
-from aia.core.loss import aia_loss
+from aia.core.loss import aia_loss, total_loss
 from aia.targets.presets import TargetProfile
 from aia.training.config import RunConfig
 from aia.training.streams import step_schedule
@@ -50,11 +52,13 @@ class UnifiedStep(nn.Module):
     """The model plus the per-micro-batch loss, as one module (so DDP/FSDP wrap the whole step).
 
     ``forward(task, ntp_weight=1, aia_weight=1, **tensors)`` returns ``{"loss", "ntp", "aia",
-    "ntp_tokens", "intensity" [L], "aia_samples"}``: ``ntp`` is the micro-batch's mean over its
-    ``ntp_tokens`` supervised tokens, ``aia`` its mean over its ``aia_samples`` enabled samples,
-    and ``loss = ntp_weight * ntp + lambda_task * aia_weight * aia`` (the weights place the
-    micro-batch in its global batch, :class:`StepNorm`). With AIA on it runs inside
-    ``with step.capturing():``, which also spans the backward.
+    "ntp_tokens", "intensity" [L], "aia_samples", "enabled"}``: ``ntp`` is the micro-batch's mean
+    over its ``ntp_tokens`` supervised tokens, ``aia`` its mean over its ``aia_samples`` samples
+    (``aia.denominator``), ``intensity`` the mean curve of its ``enabled`` samples (those that carry
+    the term), and ``loss`` is Eq. 3 (:func:`~aia.core.loss.total_loss`) of ``ntp_weight * ntp``
+    and ``aia`` with weight ``lambda_task * aia_weight`` (the weights place the micro-batch in its
+    global batch, :class:`StepNorm`). With AIA on it runs inside ``with step.capturing():``, which
+    also spans the backward.
     """
 
     def __init__(self, model: nn.Module, adapter, targets: TargetProfile | None, cfg: RunConfig):
@@ -90,6 +94,7 @@ class UnifiedStep(nn.Module):
                 "aia": zero,
                 "intensity": None,
                 "aia_samples": zero,
+                "enabled": zero,
             }
         cap = self.capture
         if cap is None:
@@ -97,16 +102,20 @@ class UnifiedStep(nn.Module):
         out = self.adapter.forward(self.model, batch)
         intensity, valid = cap.intensity, cap.valid  # [L, B], [B]
         target, delta = getattr(self, f"target_{task}"), getattr(self, f"delta_{task}")
-        aia = aia_loss(intensity, target, delta, valid, mode=self.aia_cfg.mode)
+        denominator = self.aia_cfg.denominator
+        aia = aia_loss(intensity, target, delta, valid, mode=self.aia_cfg.mode, denominator=denominator)
         n = valid.sum()
         mean_curve = (intensity.detach() * valid).sum(1) / n.clamp(min=1)  # [L]
+        # the weight is one float, lambda_task * aia_weight, as the step has always rounded it
+        loss = total_loss(ntp_weight * out.loss, {task: aia}, {task: self.weights[task] * aia_weight})
         return {
-            "loss": ntp_weight * out.loss + self.weights[task] * aia_weight * aia,
+            "loss": loss,
             "ntp": out.loss,
             "ntp_tokens": out.num_tokens,
             "aia": aia,
             "intensity": mean_curve,
-            "aia_samples": n.float(),
+            "aia_samples": n.float() if denominator == "enabled" else torch.full((), float(valid.numel()), device=n.device),
+            "enabled": n.float(),
         }
 
     @contextlib.contextmanager
@@ -144,12 +153,13 @@ class StepNorm:
     """The global batch of one optimizer step: what each micro-batch's loss is divided by.
 
     Built on every rank from the step's micro-batches (``[(task, batch), ...]``, the same
-    schedule everywhere) with one collective: per task the supervised tokens ``N_task`` and
-    the AIA-enabled samples ``V_task`` summed over all micro-batches of all ranks. See the
-    module docstring for the loss it defines.
+    schedule everywhere) with one collective: per task the supervised tokens ``N_task``, the
+    AIA-enabled samples (``samples``) and the samples the AIA loss is divided by
+    (``denominators``: all of them under ``denominator="all"``, else the enabled ones), summed
+    over all micro-batches of all ranks. See the module docstring for the loss it defines.
     """
 
-    def __init__(self, batches: list[tuple[str, Batch]], accelerator):
+    def __init__(self, batches: list[tuple[str, Batch]], accelerator, denominator: str = "all"):
         self.world = accelerator.num_processes
         self.micro_batches = len(batches)
         self.share = {task: sum(t == task for t, _ in batches) / len(batches) for task, _ in batches}
@@ -157,29 +167,36 @@ class StepNorm:
         self.local = [
             (task, supervised_tokens(b.labels), int(span_valid(b.query_mask, b.key_mask).sum())) for task, b in batches
         ]
-        counts = torch.zeros(4, dtype=torch.long)
-        for task, n, v in self.local:
+        #: per micro-batch of this rank: the samples its AIA loss is divided by
+        self.local_denominators = [
+            v if denominator == "enabled" else b.labels.shape[0] for (_, _, v), (_, b) in zip(self.local, batches, strict=True)
+        ]
+        counts = torch.zeros(6, dtype=torch.long)
+        for (task, n, v), d in zip(self.local, self.local_denominators, strict=True):
             col = 0 if task == "und" else 1
             counts[col] += n
             counts[2 + col] += v
+            counts[4 + col] += d
         total = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
         self.tokens = {"und": total[0], "gen": total[1]}
         self.samples = {"und": total[2], "gen": total[3]}
+        self.denominators = {"und": total[4], "gen": total[5]}
 
     def weights(self, i: int) -> tuple[float, float]:
         """``(ntp_weight, aia_weight)`` of this rank's micro-batch ``i``: its share of the global
-        token and enabled-sample counts of its task, times ``share_task x world x micro-batches``
+        token and AIA-denominator counts of its task, times ``share_task x world x micro-batches``
         (the factor the ranks' and accumulation rounds' averaging divides by again)."""
-        task, n, v = self.local[i]
+        task, n, _ = self.local[i]
         scale = self.share[task] * self.world * self.micro_batches
-        return scale * n / max(self.tokens[task], 1), scale * v / max(self.samples[task], 1)
+        d = self.local_denominators[i]
+        return scale * n / max(self.tokens[task], 1), scale * d / max(self.denominators[task], 1)
 
 
 class StepSums:
     """What one optimizer step accumulated on this rank, over its micro-batches.
 
     ``sums`` holds per task ``loss/ntp/<task>`` (the sum of token losses) and with AIA on
-    ``loss/aia/<task>`` (the sum of per-sample AIA losses);
+    ``loss/aia/<task>`` (the sum of per-sample AIA losses, 0 for a sample without the term);
     ``curves`` per task the sum over AIA-carrying samples of their per-layer intensity;
     ``grad_norm`` the norm before clipping. :meth:`row` divides the sums of all ranks by the
     global counts of ``norm`` (:class:`StepNorm`). Under ``data.mixing`` random or
@@ -200,9 +217,8 @@ class StepSums:
         """Add one micro-batch's :class:`UnifiedStep` output."""
         self.sums[f"loss/ntp/{task}"] += res["ntp"].detach().float() * res["ntp_tokens"]
         if self.aia:
-            samples = res["aia_samples"].detach()
-            self.sums[f"loss/aia/{task}"] += res["aia"].detach().float() * samples
-            self.curves[task] = self.curves[task] + res["intensity"].detach().float() * samples
+            self.sums[f"loss/aia/{task}"] += res["aia"].detach().float() * res["aia_samples"].detach()
+            self.curves[task] = self.curves[task] + res["intensity"].detach().float() * res["enabled"].detach()
 
     def non_finite(self, accelerator) -> str | None:
         """The first of this step's terms (NTP or AIA per task, the gradient norm) that is not
@@ -230,11 +246,11 @@ class StepSums:
             row[f"loss/ntp/{t}"] = total[f"loss/ntp/{t}"] / max(self.norm.tokens[t], 1)
             row[f"ntp_tokens/{t}"] = self.norm.tokens[t]
             ntp += share * row[f"loss/ntp/{t}"]
-            loss += share * row[f"loss/ntp/{t}"]
+            aia = {}
             if self.aia:
-                row[f"loss/aia/{t}"] = total[f"loss/aia/{t}"] / max(self.norm.samples[t], 1)
+                aia[t] = row[f"loss/aia/{t}"] = total[f"loss/aia/{t}"] / max(self.norm.denominators[t], 1)
                 row[f"aia_samples/{t}"] = self.norm.samples[t]
-                loss += share * self.weights[t] * row[f"loss/aia/{t}"]
+            loss += share * total_loss(row[f"loss/ntp/{t}"], aia, self.weights)
         row["loss/ntp"], row["loss"] = ntp, loss
         for t in tasks if self.aia and intensity else ():
             # an intensity sum [L] per task, summed over ranks
@@ -257,7 +273,7 @@ def optimizer_step(run: Run, step: int) -> StepSums:
     batches = [
         (task, run.streams[task].batch(counter, cfg.data.batch_size, run.rank, run.world)) for task, counter in schedule
     ]
-    norm = StepNorm(batches, accelerator)
+    norm = StepNorm(batches, accelerator, cfg.aia.denominator)
     sums = StepSums(accelerator.device, aia=cfg.aia.enabled, norm=norm, weights=run.core.weights)
     for i, (task, batch) in enumerate(batches):
         ntp_weight, aia_weight = norm.weights(i)
