@@ -10,6 +10,7 @@ the conditional branch's.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -83,7 +84,8 @@ def test_decode_equals_teacher_forcing_on_own_output(tiny_model, family, task, p
         else:
             image = example.roles[len(decoded.prompt) :][:n]
             assert torch.equal(decoded.roles, image)
-            assert decoded.steps == int((image == Role.IMAGE).sum()) == 16  # the 4x4 image
+            # the 4x4 image but its last code (gen_queries="image-but-last": codes 0..N-2)
+            assert decoded.steps == int((image == Role.IMAGE).sum()) - 1 == 15
             assert n == (20 if family == "emu3" else 16)
             if family == "emu3":  # end-of-line forced after every row of 4 codes
                 eol = model.model.vocabulary_mapping.eol_token_id
@@ -160,7 +162,7 @@ def test_understanding_stops_at_end_of_turn(tiny_data, spans):
     decoded = decode_example(model, adapter, example)
     assert len(decoded.tokens) == 4 and decoded.tokens[-1] == adapter.eos_id
     assert decoded.roles.tolist() == [Role.ANSWER] * 3 + [Role.TEMPLATE]
-    assert decoded.steps == 3  # the end of turn is not an answer token: no query
+    assert decoded.steps == 4  # und_queries="answer+eos": the end of turn that closes the answer is a query
     torch.testing.assert_close(
         decoded.intensity, teacher_intensity(model, adapter, example, decoded), rtol=0, atol=1e-5
     )
@@ -169,6 +171,14 @@ def test_understanding_stops_at_end_of_turn(tiny_data, spans):
     assert decode_example(model, adapter, example).intensity is None
     model.lm_head.after = 10**9  # no end of turn: the answer runs to the default cap
     assert len(decode_example(model, adapter, example).tokens) == DEFAULT_MAX_NEW_TOKENS
+
+    answers = get_adapter(model, processor, span_config=replace(spans, und_queries="answer"))
+    model.lm_head.after, model.lm_head.calls = 3, 0
+    decoded = decode_example(model, answers, example)
+    assert decoded.steps == 3  # und_queries="answer": the end of turn is no query
+    torch.testing.assert_close(
+        decoded.intensity, teacher_intensity(model, answers, example, decoded), rtol=0, atol=1e-5
+    )
 
 
 def test_generation_prefix_and_image_markers(tiny_data):
@@ -180,7 +190,10 @@ def test_generation_prefix_and_image_markers(tiny_data):
     assert len(decoded.tokens) == 7 and decoded.steps == 6  # 4 codes, an end-of-line, 2 codes
     markers = get_adapter(model, processor, span_config=SpanConfig(image_markers_are_image=True))
     _, decoded = decode(model, markers, record, "gen", base)
-    assert decoded.steps == len(decoded.tokens) == 20  # the forced end-of-lines count too
+    assert len(decoded.tokens) == 20 and decoded.steps == 19  # the forced end-of-lines count too; the last code not
+    every = get_adapter(model, processor, span_config=SpanConfig(image_markers_are_image=True, gen_queries="image"))
+    _, decoded = decode(model, every, record, "gen", base)
+    assert decoded.steps == len(decoded.tokens) == 20
 
 
 def test_cached_single_query_matches_eager_rows():
@@ -235,8 +248,8 @@ def test_profile_cli_decode_mode(saved_model, tiny_data, tmp_path, capsys):
 
     assert main([*args, "--out", str(tmp_path / "x.json"), "--max-new-tokens", "4"]) == 2
     assert "--max-new-tokens applies to --mode decode only" in capsys.readouterr().err
-    assert main([*args, "--out", str(tmp_path / "x.json"), "--cfg-weight", "3"]) == 2
-    assert "--cfg-weight applies to --mode decode only" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "x.json"), "--guidance", "3"]) == 2
+    assert "--guidance applies to --mode decode only" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "x.json"), "--mode", "decode", "--batch-size", "2"]) == 2
     assert "one sample at a time" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

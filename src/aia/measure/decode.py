@@ -196,7 +196,7 @@ def decode_example(
             token, role = picker(hidden, other, int(plan[t]) if plan is not None else None, stops)
             tokens.append(token)
             roles.append(role)
-            in_query = _in_query_set(task, role, span_cfg)
+            in_query = _in_query_set(task, prompt.roles, roles, plan, span_cfg)
             last = t == steps - 1 or token in stops
             if in_query and not own:
                 counted.append(reading)
@@ -360,9 +360,17 @@ def _length(inputs: dict) -> int:
     return next(v for k, v in inputs.items() if k in ("input_ids", "inputs_embeds")).shape[1]
 
 
-def _in_query_set(task: str, role: int, cfg: SpanConfig) -> bool:
-    query, _ = task_spans(task, torch.tensor([[role]]), cfg)
-    return bool(query[0, 0])
+def _in_query_set(task: str, prompt_roles: torch.Tensor, roles: list[int], plan: torch.Tensor | None,
+                  cfg: SpanConfig) -> bool:
+    """Whether the token just decoded (the last of ``roles``) is in the query set, read from
+    :func:`~aia.core.spans.task_spans` over the whole sequence as teacher forcing sees it: the
+    prompt, the tokens decoded so far and, for generation, the rest of the planned image block
+    (``gen_queries="image-but-last"`` leaves out the block's last code; understanding's closing
+    end-of-turn follows the answer it closes)."""
+    ahead = plan[len(roles) :] if plan is not None else prompt_roles[:0]
+    sequence = torch.cat([prompt_roles, torch.tensor(roles, dtype=prompt_roles.dtype), ahead])  # [T]
+    query, _ = task_spans(task, sequence[None], cfg)
+    return bool(query[0, len(prompt_roles) + len(roles) - 1])
 
 
 def decode_profile(
