@@ -1,16 +1,22 @@
 """The ``aia`` command line: a thin layer over library functions.
 
-    aia profile MODEL_DIR --data FILE --task {und,gen} --samples N --out OUT.json [--mode {teacher,decode}]
+    aia profile MODEL_DIR --data FILE --task {und,gen} --out OUT.json [--samples N] [--mode {teacher,decode}] [...]
     aia targets PROFILE.json [PROFILE.json] --stages K --out targets.yaml [--per-layer]
     aia targets --preset janus-pro --layers 24 [--out targets.yaml]
     aia plot profiles P.json [P.json ...] [--labels a,b] [--targets T.yaml|PRESET] --out FIG
     aia plot losses RUN_DIR [RUN_DIR ...] [--labels a,b] [--key ntp] --out FIG
-    aia train CONFIG.yaml [section.field=value ...]
+    aia train CONFIG.yaml [section.field=value ...]        (aia train --help-config: every field)
     aia demo --out DIR [--quick] [--seed N] [--device cpu] [--ablations | --no-ablations]
     aia generate MODEL_DIR --prompts FILE --out DIR [--format {plain,geneval,dpg,wise}] [...]
     aia answer MODEL_DIR --bench {pope,mme,mmmu,mmvp,custom} --data PATH --out PREDS.jsonl [...]
-    aia score PREDS.jsonl [--bench NAME] [--compare AIA_PREDS.jsonl] [--json OUT.json]
-    aia eval EVAL.yaml
+    aia score PREDS.jsonl [--bench NAME] [--compare AIA_PREDS.jsonl] [--out OUT.json]
+    aia eval EVAL.yaml                                      (aia eval --help-config: every field)
+
+The options of profile, generate, answer and score are the dataclasses of
+:mod:`aia.options`, and their flags are made from them (:func:`aia.fields.add_flags`): one
+name per knob in every command, each flag's help its field's documentation and default.
+Building the parser imports neither torch nor transformers, so ``aia --help`` and ``aia
+CMD --help`` are quick; a command imports what it needs when it runs.
 
 Every error that comes from the user's input is printed as one line on stderr with a
 non-zero exit code.
@@ -19,23 +25,23 @@ non-zero exit code.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import os
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def _dtype(name: str | None):
-    import torch
+# ----------------------------------------------------------------- checks before the work
+def _dtype_name(value: str) -> str | None:
+    """``--dtype``'s dtype name (None: as saved), checked before any model is loaded."""
+    from aia.options import dtype_name
 
-    if name in (None, "auto"):
-        return None
-    if not hasattr(torch, name):
-        raise ValueError(f"--dtype: unknown dtype {name!r}")
-    return getattr(torch, name)
+    try:
+        return dtype_name(value)
+    except ValueError as err:
+        raise ValueError(f"--dtype: {err}") from None
 
 
 def _device(name: str) -> str:
@@ -73,53 +79,92 @@ def _positive(value: int, flag: str) -> None:
         raise ValueError(f"{flag} must be >= 1, got {value}")
 
 
-def _cmd_profile(args) -> int:
-    from aia.adapters import load_model
-    from aia.core.spans import SpanConfig
+def _options_parser(sub, name: str, options: type, func, help: str) -> argparse.ArgumentParser:
+    """The sub-parser of a command whose options are the dataclass ``options``."""
+    from aia.fields import add_flags
+
+    parser = sub.add_parser(name, help=help, description=options.__doc__.strip())
+    add_flags(parser, options)
+    parser.set_defaults(func=func, options=options)
+    return parser
+
+
+# ----------------------------------------------------------------- profile
+def _profile_parser(sub) -> None:
+    from aia.options import ProfileOptions
+
+    _options_parser(sub, "profile", ProfileOptions, _cmd_profile,
+                    "measure per-layer interaction intensity (teacher forcing or decoding)")
+
+
+#: the decode-only options, as ProfileOptions field -> DecodeSettings field
+_DECODE_OPTIONS = {"max_new_tokens": "max_new_tokens", "guidance": "cfg_weight", "temperature": "temperature",
+                   "seed": "seed"}
+
+
+def _cmd_profile(opts) -> int:
     from aia.data import task_records
+
+    if not Path(opts.data).is_file():
+        raise FileNotFoundError(f"--data: no such file: {opts.data}")
+    if opts.mode == "teacher":
+        for name in _DECODE_OPTIONS:
+            if getattr(opts, name) is not None:
+                raise ValueError(f"--{name.replace('_', '-')} applies to --mode decode only")
+    if opts.mode == "decode" and opts.batch_size != 1:
+        raise ValueError("--batch-size: --mode decode runs one sample at a time")
+    _positive(opts.samples, "--samples")
+    _positive(opts.batch_size, "--batch-size")
+    if opts.max_length is not None:
+        _positive(opts.max_length, "--max-length")
+    _device(opts.runtime.device)
+    dtype = _dtype_name(opts.runtime.dtype)
+    _writable_file(opts.out)
+    task_records(opts.data, opts.task)  # a bad data file fails here, before the model loads
+    from aia.adapters import load_model
     from aia.measure.profile import save_profile, summary_text
     from aia.measure.teacher import profile_model
+    from aia.options import torch_dtype
 
-    if not Path(args.data).is_file():
-        raise FileNotFoundError(f"--data: no such file: {args.data}")
-    if args.mode == "teacher":
-        for flag in ("max_new_tokens", "cfg_weight", "temperature", "seed"):
-            if getattr(args, flag) is not None:
-                raise ValueError(f"--{flag.replace('_', '-')} applies to --mode decode only")
-    if args.mode == "decode" and args.batch_size != 1:
-        raise ValueError("--batch-size: --mode decode runs one sample at a time")
-    _positive(args.samples, "--samples")
-    _positive(args.batch_size, "--batch-size")
-    if args.max_length is not None:
-        _positive(args.max_length, "--max-length")
-    _device(args.device)
-    _writable_file(args.out)
-    task_records(args.data, args.task)  # a bad data file fails here, before the model loads
-    prompts = _prompt_config(args)
-    model, processor = load_model(args.model_dir, dtype=_dtype(args.dtype), device=args.device)
-    spans = SpanConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SpanConfig)})
+    model, processor = load_model(opts.model_dir, dtype=torch_dtype(dtype), device=opts.runtime.device)
     common = dict(
-        span_config=spans,
-        prompt_config=prompts,
-        method=args.method,
-        model_name=str(args.model_dir),
-        progress=not args.quiet,
-        max_length=args.max_length,
+        span_config=opts.spans,
+        prompt_config=opts.prompts,
+        method=opts.method,
+        model_name=str(opts.model_dir),
+        progress=not opts.runtime.quiet,
+        max_length=opts.max_length,
     )
-    if args.mode == "decode":
+    if opts.mode == "decode":
         from aia.measure.decode import DecodeSettings, decode_profile
 
-        given = {k: getattr(args, k) for k in ("max_new_tokens", "cfg_weight", "temperature", "seed")}
+        given = {setting: getattr(opts, name) for name, setting in _DECODE_OPTIONS.items()}
         settings = DecodeSettings(**{k: v for k, v in given.items() if v is not None})
-        profile = decode_profile(model, processor, args.data, args.task, args.samples, settings, **common)
+        profile = decode_profile(model, processor, opts.data, opts.task, opts.samples, settings, **common)
     else:
         profile = profile_model(
-            model, processor, args.data, args.task, samples=args.samples, batch_size=args.batch_size, **common
+            model, processor, opts.data, opts.task, samples=opts.samples, batch_size=opts.batch_size, **common
         )
-    save_profile(profile, args.out)
+    save_profile(profile, opts.out)
     print(summary_text(profile))
-    print(f"wrote {args.out}")
+    print(f"wrote {opts.out}")
     return 0
+
+
+# ----------------------------------------------------------------- targets
+def _targets_parser(sub) -> None:
+    t = sub.add_parser("targets", help="stage-level AIA targets from profiles, or a preset")
+    t.add_argument("profiles", nargs="*", help="profile JSON files (at most one gen and one und)")
+    t.add_argument("--stages", type=int, default=4, help="number of contiguous stages (default: 4)")
+    t.add_argument("--per-layer", action="store_true",
+                   help="one stage per layer (the paper's w/o-stage ablation) (default: off)")
+    t.add_argument("--fallback", default=None, help="preset or YAML for a task without a profile (default: none)")
+    t.add_argument("--name", default="derived", help="name recorded in the targets file (default: derived)")
+    t.add_argument("--preset", default=None, help="render a preset (janus-pro, emu3) instead (default: none)")
+    t.add_argument("--layers", type=int, default=None,
+                   help="with --preset: map to this depth by relative depth (default: the preset's)")
+    t.add_argument("--out", default=None, help="output YAML (default: print)")
+    t.set_defaults(func=_cmd_targets)
 
 
 def _cmd_targets(args) -> int:
@@ -159,6 +204,17 @@ def _cmd_targets(args) -> int:
         print(yaml.safe_dump(targets.to_dict(), sort_keys=False), end="")
     return 0
 
+# ----------------------------------------------------------------- plot
+def _plot_parser(sub) -> None:
+    g = sub.add_parser("plot", help="figures: intensity curves with targets, or loss curves")
+    g.add_argument("what", choices=["profiles", "losses"])
+    g.add_argument("inputs", nargs="+", help="profile JSON files, or run directories / metrics.jsonl files")
+    g.add_argument("--labels", default=None, help="comma-separated legend labels (default: the file names)")
+    g.add_argument("--targets", default=None, help="profiles: a targets YAML or preset name to draw (default: none)")
+    g.add_argument("--key", default="ntp", help="losses: which loss group, ntp or aia (default: ntp)")
+    g.add_argument("--out", required=True, help="output path without extension (.png and .svg are written)")
+    g.set_defaults(func=_cmd_plot)
+
 
 def _labels(raw: str | None, n: int) -> list[str] | None:
     if raw is None:
@@ -189,131 +245,141 @@ def _cmd_plot(args) -> int:
         print(f"wrote {path}")
     return 0
 
+# ----------------------------------------------------------------- generate, answer, score, eval
+def _generate_parser(sub) -> None:
+    from aia.options import GenerateOptions
 
-#: shorter spellings of span flags documented before the flags were generated
-_SPAN_FLAG_ALIASES = {"image_markers_are_image": ["--image-markers"]}
-
-
-def _add_span_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`~aia.core.spans.SpanConfig` field, its help the field's doc."""
-    from aia.core.spans import GEN_KEYS, SpanConfig
-    from aia.fields import field_docs
-
-    docs = field_docs(SpanConfig)
-    choices = {"gen_keys": GEN_KEYS}
-    for f in dataclasses.fields(SpanConfig):
-        flags = ["--" + f.name.replace("_", "-"), *_SPAN_FLAG_ALIASES.get(f.name, [])]
-        if f.name in choices:
-            parser.add_argument(*flags, dest=f.name, choices=choices[f.name], default=f.default, help=docs[f.name])
-        else:
-            parser.add_argument(*flags, dest=f.name, action="store_true", default=f.default, help=docs[f.name])
+    _options_parser(sub, "generate", GenerateOptions, _cmd_generate,
+                    "text -> image with a saved Janus / Emu3 (or demo) model, in a benchmark's layout")
 
 
-#: the :class:`~aia.adapters.prompts.PromptConfig` fields that shape a profiled sequence (the others,
-#: generation labels and the CFG drop rate, are training choices)
-_PROFILE_PROMPT_FIELDS = ("system_prompt", "image_placement", "turn_separator", "answer_space", "question_suffix")
+def _cmd_generate(opts) -> int:
+    from aia.evaluate import generate_images
 
-
-def _add_prompt_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per sequence-shaping :class:`~aia.adapters.prompts.PromptConfig` field, its help the field's doc."""
-    from aia.adapters.prompts import IMAGE_PLACEMENTS, TURN_SEPARATORS, PromptConfig
-    from aia.fields import field_docs
-
-    docs = field_docs(PromptConfig)
-    defaults = {f.name: f.default for f in dataclasses.fields(PromptConfig)}
-    choices = {"image_placement": IMAGE_PLACEMENTS, "turn_separator": TURN_SEPARATORS, "answer_space": ("true", "false")}
-    for name in _PROFILE_PROMPT_FIELDS:
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, choices=choices.get(name), default=defaults[name], help=docs[name]
-        )
-
-
-def _prompt_config(args):
-    """The :class:`~aia.adapters.prompts.PromptConfig` of the prompt flags (unset ones: the family's default)."""
-    from aia.adapters.prompts import PromptConfig
-
-    given = {name: getattr(args, name) for name in _PROFILE_PROMPT_FIELDS}
-    if isinstance(given["answer_space"], str):
-        given["answer_space"] = given["answer_space"] == "true"
-    return PromptConfig(**given)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aia", description="Attention Interaction Alignment toolkit")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("profile", help="measure per-layer interaction intensity (teacher forcing or decoding)")
-    p.add_argument("model_dir", help="directory of a model saved with save_pretrained, with its processor")
-    p.add_argument("--data", required=True, help="JSON/JSONL data file (image paths relative to it)")
-    p.add_argument("--task", required=True, choices=["und", "gen"])
-    p.add_argument("--samples", type=int, default=100, help="usable samples to measure (default 100, as the paper)")
-    p.add_argument("--out", required=True, help="output JSON")
-    p.add_argument(
-        "--mode",
-        default="teacher",
-        choices=["teacher", "decode"],
-        help="teacher: one forward over the data's own tokens; decode: while the model generates (KV cache), "
-        "by default as the released plot scripts do (gen: CFG 5, sampling at temperature 1; und: greedy, 512 tokens)",
+    _device(opts.runtime.device)
+    summary = generate_images(
+        opts.model_dir,
+        opts.prompts,
+        opts.out,
+        fmt=opts.format,
+        images_per_prompt=opts.images_per_prompt,
+        guidance=opts.guidance,
+        temperature=opts.temperature,
+        top_k=opts.top_k,
+        positive_prompt=opts.positive_prompt,
+        negative_prompt=opts.negative_prompt,
+        image_area=opts.image_area,
+        ratio=opts.ratio,
+        seed=opts.seed,
+        batch_size=opts.batch_size,
+        device=opts.runtime.device,
+        dtype=_dtype_name(opts.runtime.dtype),
+        progress=not opts.runtime.quiet,
     )
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help="decode: und answer length cap (default 512); gen: decode only this many image tokens (default all)",
-    )
-    p.add_argument("--cfg-weight", type=float, default=None, help="decode, gen: CFG weight (default 5; 1 = no CFG)")
-    p.add_argument(
-        "--temperature", type=float, default=None, help="decode, gen: sampling temperature (default 1; 0 = greedy)"
-    )
-    p.add_argument("--seed", type=int, default=None, help="decode, gen: sampling seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=1, help="teacher mode: samples per forward pass")
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="longest sample in tokens; longer ones are skipped and counted (default: the model's positions)",
-    )
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
-    p.add_argument("--method", default="auto", choices=["auto", "sdpa", "flex"], help="intensity route")
-    _add_span_flags(p)
-    _add_prompt_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_profile)
+    done = summary["prompts_done_before"]
+    print(f"wrote {opts.out} ({summary['images_generated']} new images, {done} prompts already there)")
+    return 0
 
-    t = sub.add_parser("targets", help="stage-level AIA targets from profiles, or a preset")
-    t.add_argument("profiles", nargs="*", help="profile JSON files (at most one gen and one und)")
-    t.add_argument("--stages", type=int, default=4, help="number of contiguous stages (default 4)")
-    t.add_argument("--per-layer", action="store_true", help="one stage per layer (the paper's w/o-stage ablation)")
-    t.add_argument("--fallback", default=None, help="preset or YAML for a task without a profile")
-    t.add_argument("--name", default="derived", help="name recorded in the targets file")
-    t.add_argument("--preset", default=None, help="render a preset (janus-pro, emu3) instead")
-    t.add_argument("--layers", type=int, default=None, help="with --preset: map to this depth by relative depth")
-    t.add_argument("--out", default=None, help="output YAML (default: print)")
-    t.set_defaults(func=_cmd_targets)
 
-    g = sub.add_parser("plot", help="figures: intensity curves with targets, or loss curves")
-    g.add_argument("what", choices=["profiles", "losses"])
-    g.add_argument("inputs", nargs="+", help="profile JSON files, or run directories / metrics.jsonl files")
-    g.add_argument("--labels", default=None, help="comma-separated legend labels")
-    g.add_argument("--targets", default=None, help="profiles: a targets YAML or preset name to draw")
-    g.add_argument("--key", default="ntp", help="losses: which loss group (ntp, aia)")
-    g.add_argument("--out", required=True, help="output path without extension (.png and .svg are written)")
-    g.set_defaults(func=_cmd_plot)
+def _answer_parser(sub) -> None:
+    from aia.options import AnswerOptions
 
+    _options_parser(sub, "answer", AnswerOptions, _cmd_answer,
+                    "image -> text on a benchmark's official local files (greedy)")
+
+
+def _cmd_answer(opts) -> int:
+    from aia.evaluate import answer
+
+    _device(opts.runtime.device)
+    dtype = _dtype_name(opts.runtime.dtype)
+    _writable_file(opts.out)
+    answer(
+        opts.model_dir,
+        opts.bench,
+        opts.data,
+        opts.out,
+        image_dir=opts.image_dir,
+        max_new_tokens=opts.max_new_tokens,
+        limit=opts.limit,
+        batch_size=opts.batch_size,
+        device=opts.runtime.device,
+        dtype=dtype,
+        progress=not opts.runtime.quiet,
+    )
+    print(f"wrote {opts.out}")
+    return 0
+
+
+def _score_parser(sub) -> None:
+    from aia.options import ScoreOptions
+
+    _options_parser(sub, "score", ScoreOptions, _cmd_score,
+                    "score predictions the official way; --compare gives AIA - baseline with SEs")
+
+
+def _cmd_score(opts) -> int:
+    import json
+
+    from aia.evaluate import compare_files, format_table, score_file
+
+    if opts.out:
+        _writable_file(opts.out)
+    if opts.compare:
+        result = compare_files(opts.predictions, opts.compare, opts.bench, mmmu_parser=opts.mmmu_parser)
+    else:
+        result = score_file(opts.predictions, opts.bench, mmmu_parser=opts.mmmu_parser)
+    print(format_table(result))
+    if opts.out:
+        Path(opts.out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {opts.out}")
+    return 0
+
+
+def _eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="answer, generate and score several models; a before/after report")
+    ev.add_argument("config", nargs="?", default=None, help="eval YAML (aia eval --help-config lists its fields)")
+    ev.add_argument("--help-config", action="store_true", help="list every field of the eval file with its documentation")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+    ev.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from aia.evaluate.suite import eval_config_help, load_eval_config
+
+    if args.help_config:
+        print(eval_config_help())
+        return 0
+    if args.config is None:
+        raise ValueError("give an eval file, or --help-config")
+    cfg = load_eval_config(args.config)
+    _device(cfg.device)
+    from aia.evaluate.suite import run_eval
+
+    run_eval(cfg, progress=not args.quiet)
+    out = Path(cfg.out)
+    print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------- train, demo
+def _train_parser(sub) -> None:
     r = sub.add_parser("train", help="fine-tune with NTP + lambda * AIA (see configs/)")
     r.add_argument("config", nargs="?", default=None, help="YAML run config")
     r.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. aia.enabled=false")
     r.add_argument("--help-config", action="store_true", help="list every config field with its documentation")
     r.set_defaults(func=_cmd_train)
 
+
+def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="the paper's pipeline at micro scale on scikit-learn's digits (minutes, CPU)")
     d.add_argument("--out", required=True, help="output directory (report.md, results.json, figures, runs)")
-    d.add_argument("--quick", action="store_true", help="fewer steps and samples, no ablation runs (about a minute)")
+    d.add_argument("--quick", action="store_true",
+                   help="fewer steps and samples, no ablation runs (about a minute) (default: off)")
     d.add_argument(
         "--seed", type=int, default=0,
-        help="seeds the split, VQ, initial weights and the runs from scratch; the first post-training seed",
+        help="seeds the split, VQ, initial weights and the runs from scratch; the first post-training seed "
+             "(default: 0)",
     )
     d.add_argument(
         "--seeds", type=int, default=None,
@@ -327,142 +393,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the w/o-Huber and w/o-stage-level runs too (default: yes, except with --quick)",
     )
     d.set_defaults(func=_cmd_demo)
-
-    gen = sub.add_parser("generate", help="text -> image with a saved Janus / Emu3 (or demo) model, in a benchmark's layout")
-    gen.add_argument("model_dir", help="directory of a saved model (e.g. aia train's final/)")
-    gen.add_argument("--prompts", required=True, help="GenEval metadata .jsonl, WISE .json, a .txt, or DPG's folder")
-    gen.add_argument("--out", required=True, help="output folder (resumable: prompts already written are skipped)")
-    gen.add_argument("--format", default="plain", choices=["plain", "geneval", "dpg", "wise"])
-    gen.add_argument("--images-per-prompt", type=int, default=None, help="default: 4 (geneval, dpg), 1 (plain, wise)")
-    gen.add_argument("--guidance", type=float, default=None, help="CFG weight (default: the family's: Janus 5, Emu3 3, demo 1)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    gen.add_argument("--top-k", type=int, default=None, help="default: the family's (Emu3 2048, Janus and demo all)")
-    gen.add_argument("--seed", type=int, default=0, help="same seed, same images")
-    emu3 = gen.add_argument_group("Emu3 only")
-    emu3.add_argument("--positive-prompt", default=None,
-                      help="appended to every prompt (default: Emu3-Gen's ' masterpiece, film grained, best quality.'; "
-                           "'' for none)")
-    emu3.add_argument("--negative-prompt", default=None, help="the guidance's negative prompt (default: Emu3-Gen's)")
-    emu3.add_argument("--image-area", type=int, default=None,
-                      help="pixels of a generated image (default: the processor's, at most its max_pixels)")
-    emu3.add_argument("--ratio", default="1:1", help="aspect ratio width:height (default 1:1)")
-    _add_inference_flags(gen)
-    gen.set_defaults(func=_cmd_generate)
-
-    ans = sub.add_parser("answer", help="image -> text on a benchmark's official local files (greedy)")
-    ans.add_argument("model_dir", help="directory of a saved model (e.g. aia train's final/)")
-    ans.add_argument("--bench", required=True, choices=["pope", "mme", "mmmu", "mmvp", "custom"])
-    ans.add_argument("--data", required=True, help="the benchmark's files (see aia.evaluate.answer)")
-    ans.add_argument("--image-dir", default=None, help="images kept apart from the questions (POPE: COCO val2014)")
-    ans.add_argument("--out", required=True, help="predictions JSONL (resumable: answered ids are skipped)")
-    ans.add_argument("--max-new-tokens", type=int, default=128)
-    ans.add_argument("--limit", type=int, default=None, help="answer only the first N questions")
-    _add_inference_flags(ans)
-    ans.set_defaults(func=_cmd_answer)
-
-    sc = sub.add_parser("score", help="score predictions the official way; --compare gives AIA - baseline with SEs")
-    sc.add_argument("predictions", help="predictions JSONL written by aia answer (the baseline with --compare)")
-    sc.add_argument("--bench", default=None, help="pope, mme, mmmu or mmvp (default: the one the file names)")
-    sc.add_argument("--compare", default=None, help="a second predictions file (the AIA run): paired differences")
-    sc.add_argument("--mmmu-parser", default="mmmu", choices=["mmmu", "aia"],
-                    help="MMMU multiple choice: the benchmark's parser (default) or the released AIA pipeline's")
-    sc.add_argument("--json", default=None, help="also write every number here")
-    sc.set_defaults(func=_cmd_score)
-
-    ev = sub.add_parser("eval", help="answer, generate and score several models; a before/after report")
-    ev.add_argument("config", help="eval YAML (see aia.evaluate.suite)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bars")
-    ev.set_defaults(func=_cmd_eval)
-    return parser
-
-
-def _inference_options(args) -> dict:
-    """The options ``aia generate`` and ``aia answer`` share, as keyword arguments."""
-    return dict(
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype if args.dtype != "auto" else None,
-        progress=not args.quiet,
-    )
-
-
-def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, ... (default: as saved)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _cmd_generate(args) -> int:
-    from aia.evaluate import generate_images
-
-    _device(args.device)
-    summary = generate_images(
-        args.model_dir,
-        args.prompts,
-        args.out,
-        fmt=args.format,
-        images_per_prompt=args.images_per_prompt,
-        guidance=args.guidance,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        positive_prompt=args.positive_prompt,
-        negative_prompt=args.negative_prompt,
-        image_area=args.image_area,
-        ratio=args.ratio,
-        seed=args.seed,
-        **_inference_options(args),
-    )
-    done = summary["prompts_done_before"]
-    print(f"wrote {args.out} ({summary['images_generated']} new images, {done} prompts already there)")
-    return 0
-
-
-def _cmd_answer(args) -> int:
-    from aia.evaluate import answer
-
-    _device(args.device)
-    _writable_file(args.out)
-    answer(
-        args.model_dir,
-        args.bench,
-        args.data,
-        args.out,
-        image_dir=args.image_dir,
-        max_new_tokens=args.max_new_tokens,
-        limit=args.limit,
-        **_inference_options(args),
-    )
-    print(f"wrote {args.out}")
-    return 0
-
-
-def _cmd_score(args) -> int:
-    import json
-
-    from aia.evaluate import compare_files, format_table, score_file
-
-    if args.json:
-        _writable_file(args.json, "--json")
-    if args.compare:
-        result = compare_files(args.predictions, args.compare, args.bench, mmmu_parser=args.mmmu_parser)
-    else:
-        result = score_file(args.predictions, args.bench, mmmu_parser=args.mmmu_parser)
-    print(format_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _cmd_eval(args) -> int:
-    from aia.evaluate.suite import load_eval_config, run_eval
-
-    cfg = load_eval_config(args.config)
-    _device(cfg.device)
-    run_eval(cfg, progress=not args.quiet)
-    print(f"wrote {cfg.out / 'report.md'} and {cfg.out / 'report.json'}")
-    return 0
 
 
 def _cmd_train(args) -> int:
@@ -507,6 +437,35 @@ def _cmd_demo(args) -> int:
     )
     return 0
 
+# ----------------------------------------------------------------- the entry point
+#: the sub-parsers, in the order ``aia --help`` lists them
+_COMMANDS = (_profile_parser, _targets_parser, _plot_parser, _train_parser, _demo_parser, _generate_parser,
+             _answer_parser, _score_parser, _eval_parser)
+#: the commands that load saved models, the demo's VQ-LM included
+_LOADING = {"profile", "train", "demo", "generate", "answer", "eval"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``aia`` parser: one sub-parser per command (imports neither torch nor transformers)."""
+    parser = argparse.ArgumentParser(prog="aia", description="Attention Interaction Alignment toolkit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command's function on its options (a dataclass where the command has one)."""
+    if args.command in _LOADING:
+        import aia.demo  # noqa: F401  (registers the demo's VQ-LM family, so its saved models load)
+    options = getattr(args, "options", None)
+    if options is None:
+        return args.func(args)
+    from aia.fields import from_flags
+
+    return args.func(from_flags(options, args))
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aia`` console script.
@@ -515,14 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     status 2; ``--debug`` (or ``AIA_DEBUG=1``) shows the traceback instead.
     """
     args = build_parser().parse_args(argv)
-    import aia.demo  # noqa: F401  (registers the demo's VQ-LM family, so its saved models load)
-
     if args.debug or os.environ.get("AIA_DEBUG") == "1":
-        return args.func(args)
+        return _run(args)
     import yaml
 
     try:
-        return args.func(args)
+        return _run(args)
     except (ValueError, FileNotFoundError, KeyError, PermissionError, yaml.YAMLError) as err:
         print(f"aia {args.command}: error: {_one_line(err)}", file=sys.stderr)
     except OSError as err:
@@ -530,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f": {err.filename}" if err.filename else ""
         print(f"aia {args.command}: error: no space left on the device{where}", file=sys.stderr)
+    except KeyboardInterrupt as err:  # Ctrl-C: one line (the command's own, e.g. "interrupted at step N; ..."), status 130
+        print(f"aia {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
     return 2
 
 

@@ -30,7 +30,7 @@ def test_answer_score_and_compare_on_the_command_line(two_models, bench_files, t
         assert main([*argv, "--out", str(out), "--max-new-tokens", "3", "--quiet"]) == 0
         preds.append(out)
     capsys.readouterr()
-    assert main(["score", str(preds[0]), "--json", str(tmp_path / "s.json")]) == 0
+    assert main(["score", str(preds[0]), "--out", str(tmp_path / "s.json")]) == 0
     assert "mean/f1" in capsys.readouterr().out
     assert json.loads((tmp_path / "s.json").read_text())["bench"] == "pope"
     assert main(["score", str(preds[0]), "--compare", str(preds[1])]) == 0

@@ -21,6 +21,10 @@ written by ``aia train``) and the benchmarks with their local files::
       wise: {prompts: bench/wise/cultural_common_sense.json}
     options: {batch_size: 8, max_new_tokens: 128, images_per_prompt: 4, seed: 0}
 
+The file's keys are the fields of :class:`EvalConfig` (``aia eval --help-config`` lists
+them with their documentation and defaults); unknown keys and values of the wrong type
+fail at load with a message that names the key, as for the run config of ``aia train``.
+
 For every model: ``answer`` each understanding benchmark into
 ``OUT/<model>/<bench>.jsonl`` and score it; ``generate_images`` each generation benchmark
 into ``OUT/<model>/<bench>/`` (GenEval's detector, DPG-Bench's mPLUG judge and WISE's LLM
@@ -44,11 +48,12 @@ from aia.errors import ConfigError, InputError
 from aia.evaluate.answer import BENCHES, answer
 from aia.evaluate.generate import FORMATS, check_can_generate, generate_images, read_prompts
 from aia.evaluate.scoring import BENCHMARKS, compare_files, format_table, score_file
+from aia.fields import describe, from_mapping
+from aia.options import dtype_name
 
-__all__ = ["EvalConfig", "load_eval_config", "run_eval"]
+__all__ = ["EvalConfig", "EvalOptions", "GenerationBench", "UnderstandingBench", "eval_config_help",
+           "load_eval_config", "run_eval"]
 
-_TOP = {"out", "device", "dtype", "models", "compare", "understanding", "generation", "options"}
-_OPTIONS = {"batch_size", "max_new_tokens", "images_per_prompt", "seed", "guidance", "limit"}
 _JUDGES = {
     "geneval": "GenEval's object detector (its evaluate_images.py reads this folder)",
     "dpg": "DPG-Bench's mPLUG judge (its compute_dpg_bench.py reads these grids)",
@@ -57,80 +62,130 @@ _JUDGES = {
 
 
 @dataclass
-class EvalConfig:
-    """A validated eval config (see the module docstring)."""
+class UnderstandingBench:
+    """An understanding benchmark's local files (:func:`aia.evaluate.answer`)."""
 
-    out: Path
-    models: dict[str, Path]
-    understanding: dict[str, dict] = field(default_factory=dict)
-    generation: dict[str, dict] = field(default_factory=dict)
-    options: dict = field(default_factory=dict)
-    compare: tuple[str, str] | None = None
+    data: str
+    """The benchmark's files (POPE's question files, the MME release folder, MMMU's parquet, the MMVP folder)."""
+    image_dir: str | None = None
+    """Images kept apart from the questions (POPE: COCO val2014)."""
+
+
+@dataclass
+class GenerationBench:
+    """A generation benchmark's prompts (:func:`aia.evaluate.generate_images`)."""
+
+    prompts: str
+    """GenEval's evaluation_metadata.jsonl, DPG-Bench's prompts folder, or a WISE .json."""
+
+
+@dataclass
+class EvalOptions:
+    """The options of every answer and generate call of the run."""
+
+    batch_size: int = 1
+    """Questions per generate call, images generated together."""
+    max_new_tokens: int = 128
+    """Understanding: the most tokens per answer."""
+    limit: int | None = None
+    """Understanding: answer only the first N questions of each benchmark (null: all)."""
+    images_per_prompt: int | None = None
+    """Generation: images per prompt (null: the layout's, 4 for geneval and dpg, 1 for wise)."""
+    guidance: float | None = None
+    """Generation: classifier-free guidance weight (null: the family's)."""
+    seed: int = 0
+    """Generation: images are seeded from (seed, prompt index, image index)."""
+
+
+@dataclass
+class EvalConfig:
+    """An eval file (see the module docstring); paths in the file are resolved against its folder."""
+
+    models: dict[str, str]
+    """The models to evaluate, name: directory written by save_pretrained (typically a baseline and an AIA
+    checkpoint, both from aia train)."""
+    out: str = "eval_out"
+    """Output folder: OUT/<model>/<bench>.jsonl answers, OUT/<model>/<bench>/ images, OUT/report.md and
+    OUT/report.json."""
     device: str = "cpu"
-    dtype: str | None = None
+    """Where the models run: cpu, cuda, cuda:1, ..."""
+    dtype: str = "auto"
+    """Weights dtype: float32, bfloat16 or float16; auto: as saved."""
+    compare: list[str] | None = None
+    """Two model names [baseline, aia]: the report gives aia minus baseline with paired standard errors
+    (null: the first two models, in file order)."""
+    understanding: dict[str, UnderstandingBench] = field(default_factory=dict)
+    """Benchmarks answered and scored: pope, mme, mmmu, mmvp (custom: answered only)."""
+    generation: dict[str, GenerationBench] = field(default_factory=dict)
+    """Benchmarks whose images are written in the layout the benchmark's own scorer reads: geneval, dpg, wise."""
+    options: EvalOptions = field(default_factory=EvalOptions)
+    """Options of every answer and generate call."""
+
+    def __post_init__(self):
+        if not self.models:
+            raise ConfigError("list the models to evaluate, name: directory", field="models")
+        for section, known in (("understanding", BENCHES), ("generation", tuple(f for f in FORMATS if f != "plain"))):
+            for bench in getattr(self, section):
+                if bench not in known:
+                    raise ConfigError(f"unknown benchmark; choose from {sorted(known)}", field=f"{section}.{bench}")
+        if not (self.understanding or self.generation):
+            raise ConfigError("name at least one benchmark under understanding: or generation:")
+        if self.compare is None and len(self.models) >= 2:
+            self.compare = list(self.models)[:2]
+        if self.compare is not None and (len(self.compare) != 2 or not set(self.compare) <= set(self.models)):
+            raise ConfigError("two model names: [baseline, aia]", field="compare")
+        try:
+            dtype_name(self.dtype)
+        except ValueError as err:
+            raise ConfigError(str(err), field="dtype") from None
 
 
 def load_eval_config(path: str | Path) -> EvalConfig:
-    """Read and check an eval config; every error names the file and the key."""
+    """Read and check an eval file; every error names the file and the key.
+
+    Unknown keys and values of the wrong type fail here, before any model runs
+    (:func:`aia.fields.from_mapping`); relative paths are resolved against the file's folder.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError("no such eval config", path=path)
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping of sections", path=path)
-    unknown = sorted(set(data) - _TOP)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown}; allowed: {sorted(_TOP)}", path=path)
+    try:
+        cfg = from_mapping(EvalConfig, data)
+    except ConfigError as err:
+        raise ConfigError(err.reason, path=path, field=err.field) from None
     base = path.parent
 
-    def local(value, key: str) -> Path:
-        if not isinstance(value, str) or not value:
+    def local(value: str, key: str) -> str:
+        if not value:
             raise ConfigError("must be a path", path=path, field=key)
-        p = Path(value)
-        return p if p.is_absolute() else base / p
+        return value if Path(value).is_absolute() else str(base / value)
 
-    models = data.get("models")
-    if not isinstance(models, dict) or not models:
-        raise ConfigError("list the models to evaluate, name: directory", path=path, field="models")
-    benches = {}
-    for section, known, needed in (("understanding", BENCHES, "data"), ("generation", FORMATS, "prompts")):
-        entries = data.get(section) or {}
-        if not isinstance(entries, dict):
-            raise ConfigError("expected a mapping bench: {...}", path=path, field=section)
-        for bench, spec in entries.items():
-            key = f"{section}.{bench}"
-            if bench not in known or (section == "generation" and bench == "plain"):
-                raise ConfigError(f"unknown benchmark; choose from {sorted(set(known) - {'plain'})}", path=path,
-                                  field=key)
-            if not isinstance(spec, dict) or needed not in spec:
-                raise ConfigError(f"needs {needed}: PATH", path=path, field=key)
-            benches[key] = {k: (local(v, f"{key}.{k}") if k in ("data", "prompts", "image_dir") else v)
-                            for k, v in spec.items()}
-    options = data.get("options") or {}
-    if not isinstance(options, dict) or set(options) - _OPTIONS:
-        raise ConfigError(f"allowed options: {sorted(_OPTIONS)}", path=path, field="options")
-    pair = data.get("compare", list(models)[:2] if len(models) >= 2 else None)
-    if pair is not None and (not isinstance(pair, list) or len(pair) != 2 or not set(pair) <= set(models)):
-        raise ConfigError("two model names: [baseline, aia]", path=path, field="compare")
-    if not any(k.startswith(("understanding.", "generation.")) for k in benches):
-        raise ConfigError("name at least one benchmark under understanding: or generation:", path=path)
-    return EvalConfig(
-        out=local(data.get("out", "eval_out"), "out"),
-        models={str(name): local(d, f"models.{name}") for name, d in models.items()},
-        understanding={k.split(".", 1)[1]: v for k, v in benches.items() if k.startswith("understanding.")},
-        generation={k.split(".", 1)[1]: v for k, v in benches.items() if k.startswith("generation.")},
-        options=options,
-        compare=tuple(str(n) for n in pair) if pair else None,
-        device=str(data.get("device", "cpu")),
-        dtype=data.get("dtype"),
-    )
+    cfg.out = local(cfg.out, "out")
+    cfg.models = {name: local(d, f"models.{name}") for name, d in cfg.models.items()}
+    for bench, spec in cfg.understanding.items():
+        spec.data = local(spec.data, f"understanding.{bench}.data")
+        if spec.image_dir is not None:
+            spec.image_dir = local(spec.image_dir, f"understanding.{bench}.image_dir")
+    for bench, spec in cfg.generation.items():
+        spec.prompts = local(spec.prompts, f"generation.{bench}.prompts")
+    return cfg
+
+
+def eval_config_help() -> str:
+    """Every field of an eval file with its documentation, as ``key (default): text``."""
+    return "\n".join(describe(EvalConfig))
 
 
 def run_eval(config: EvalConfig | str | Path, progress: bool = True) -> dict:
     """Answer, generate and score for every model of ``config``; write and return the report."""
     cfg = config if isinstance(config, EvalConfig) else load_eval_config(config)
     # what can be checked before any model runs: the saved models, that they generate, the prompt files
-    for name, directory in cfg.models.items():
+    models = {name: Path(directory) for name, directory in cfg.models.items()}
+    out = Path(cfg.out)
+    for name, directory in models.items():
         if not (directory / "config.json").is_file():
             raise ConfigError(f"no saved model (config.json) in {directory}", field=f"models.{name}")
         if cfg.generation:
@@ -140,39 +195,39 @@ def run_eval(config: EvalConfig | str | Path, progress: bool = True) -> dict:
                 raise ConfigError(f"{err}; it cannot run {', '.join(cfg.generation)}", field=f"models.{name}") from None
     for bench, spec in cfg.generation.items():
         try:
-            read_prompts(spec["prompts"])
+            read_prompts(spec.prompts)
         except InputError as err:
             raise ConfigError(str(err), field=f"generation.{bench}.prompts") from None
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     opts = cfg.options
-    common = dict(device=cfg.device, dtype=cfg.dtype, progress=progress)
+    common = dict(device=cfg.device, dtype=dtype_name(cfg.dtype), batch_size=opts.batch_size, progress=progress)
     scores: dict[str, dict[str, dict]] = {}
     exported: dict[str, dict[str, str]] = {}
-    for name, directory in cfg.models.items():
+    for name, directory in models.items():
         for bench, spec in cfg.understanding.items():
-            preds = cfg.out / name / f"{bench}.jsonl"
+            preds = out / name / f"{bench}.jsonl"
             _say(f"{name}: {bench} answers -> {preds}")
-            extra = {k: opts[k] for k in ("batch_size", "max_new_tokens", "limit") if k in opts}
-            answer(directory, bench, spec["data"], preds, image_dir=spec.get("image_dir"), **extra, **common)
+            answer(directory, bench, spec.data, preds, image_dir=spec.image_dir, max_new_tokens=opts.max_new_tokens,
+                   limit=opts.limit, **common)
             if bench in BENCHMARKS:
                 scores.setdefault(bench, {})[name] = score_file(preds, bench)
         for bench, spec in cfg.generation.items():
-            folder = cfg.out / name / bench
+            folder = out / name / bench
             _say(f"{name}: {bench} images -> {folder}")
-            extra = {k: opts[k] for k in ("batch_size", "images_per_prompt", "seed", "guidance") if k in opts}
-            generate_images(directory, spec["prompts"], folder, fmt=bench, **extra, **common)
+            generate_images(directory, spec.prompts, folder, fmt=bench, images_per_prompt=opts.images_per_prompt,
+                            guidance=opts.guidance, seed=opts.seed, **common)
             exported.setdefault(bench, {})[name] = str(folder)
     names = list(cfg.models)
     comparisons = {}
     if cfg.compare:
         base, new = cfg.compare
         for bench in scores:
-            comparisons[bench] = compare_files(cfg.out / base / f"{bench}.jsonl", cfg.out / new / f"{bench}.jsonl", bench)
-    report = {"models": {n: str(d) for n, d in cfg.models.items()}, "compare": cfg.compare, "scores": scores,
+            comparisons[bench] = compare_files(out / base / f"{bench}.jsonl", out / new / f"{bench}.jsonl", bench)
+    report = {"models": {n: str(d) for n, d in models.items()}, "compare": cfg.compare, "scores": scores,
               "comparisons": comparisons,
               "exported": exported}
-    (cfg.out / "report.json").write_text(json.dumps(report, indent=1))
-    (cfg.out / "report.md").write_text(_markdown(report, names, cfg.compare))
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(_markdown(report, names, cfg.compare))
     return report
 
 

@@ -22,6 +22,7 @@ from aia.adapters.prompts import PromptConfig
 from aia.core.spans import SpanConfig
 from aia.errors import ConfigError
 from aia.fields import Raw, describe, from_mapping
+from aia.options import DTYPES, dtype_name
 
 __all__ = [
     "AIAConfig",
@@ -49,8 +50,8 @@ class ModelConfig:
     path: str = ""
     """Directory of a saved transformers model and its processor (``save_pretrained``)."""
     dtype: str = "float32"
-    """Weights dtype: float32, bfloat16 or float16 (in half precision the optimizer runs in it too; prefer
-    float32 weights + ``train.mixed_precision=bf16`` when memory allows)."""
+    """Weights dtype: float32, bfloat16 or float16 (or bf16, fp16, fp32; in half precision the optimizer runs
+    in it too; prefer float32 weights + ``train.mixed_precision=bf16`` when memory allows)."""
     frozen: list[str] | None = None
     """Parameter-name substrings to freeze. Default (null): the released AIA code's frozen set,
     the VQ tokenizer and the understanding vision tower (``vqmodel``, ``vision_model``); the
@@ -282,7 +283,12 @@ def _check_values(cfg: RunConfig) -> None:
         if not cond:
             raise ConfigError(f"{key}: {msg}, got {_get(cfg, key)!r}")
 
-    need(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "must be float32, bfloat16 or float16")
+    try:
+        dtype = dtype_name(cfg.model.dtype)
+    except ValueError:
+        dtype = None
+    need(dtype is not None, "model.dtype", f"must be {', '.join(DTYPES)} (or bf16, fp16, fp32)")
+    cfg.model.dtype = dtype
     need(cfg.model.attn_method in ("auto", "sdpa", "flex"), "model.attn_method", "must be auto, sdpa or flex")
     need(cfg.lora.r >= 1, "lora.r", "must be >= 1")
     need(0 <= cfg.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
