@@ -23,7 +23,7 @@ from aia.adapters import IGNORE_INDEX, PromptConfig, get_adapter
 from aia.adapters.base import fill_image_tokens
 from aia.adapters.emu3 import SYSTEM as EMU3_SYSTEM
 from aia.adapters.janus import DEFAULT_SYSTEM_PROMPT
-from aia.adapters.prompts import FAMILY_DEFAULTS, place_image
+from aia.adapters.prompts import place_image
 from aia.core.spans import Role
 from aia.errors import InputError
 from aia.testing.tiny import TINY_MODELS
@@ -357,11 +357,15 @@ def test_emu3_generation_supervises_codes_only():
 
 def test_cfg_drop_defaults():
     """Emu3's fine-tuning drops the prompt at 0.05 (null_prompt_prob), the released AIA code at 0.1."""
-    assert {f: c.cfg_drop for f, c in FAMILY_DEFAULTS.items()} == {"janus": 0.1, "emu3": 0.05, "chameleon": 0.1}
+    defaults = {}
     for family, build in TINY_MODELS.items():
         model, processor = build(seed=0)
-        assert get_adapter(model, processor).prompt_config.cfg_drop == FAMILY_DEFAULTS[family].cfg_drop
-        assert get_adapter(model, processor, prompt_config=PromptConfig(cfg_drop=0.2)).prompt_config.cfg_drop == 0.2
+        adapter = get_adapter(model, processor)
+        defaults[family] = type(adapter).prompt_defaults.cfg_drop
+        assert adapter.prompt_config.cfg_drop == adapter.cfg_drop == defaults[family]
+        chosen = get_adapter(model, processor, prompt_config=PromptConfig(cfg_drop=0.2))
+        assert chosen.prompt_config.cfg_drop == chosen.cfg_drop == 0.2
+    assert defaults == {"janus": 0.1, "emu3": 0.05, "chameleon": 0.1}
 
 
 def test_chameleon_mid_question_whitespace():
@@ -386,7 +390,8 @@ def test_prompt_config_resolves_per_family(tiny_model, family):
     adapter = get_adapter(model, processor)
     resolved = adapter.prompt_config
     assert all(v is not None for v in vars(resolved).values())
-    defaults = FAMILY_DEFAULTS[family]
+    defaults = type(adapter).prompt_defaults
+    assert all(v is not None for k, v in vars(defaults).items() if k != "system_prompt")  # every choice sourced
     for name in ("image_placement", "turn_separator", "answer_space", "question_suffix", "gen_supervision"):
         assert getattr(resolved, name) == getattr(defaults, name)
     assert resolved.system_prompt == {"janus": DEFAULT_SYSTEM_PROMPT, "emu3": EMU3_SYSTEM, "chameleon": "none"}[family]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -140,12 +141,39 @@ def test_vqlm_decode_equals_teacher_forcing_on_its_own_output(hand_made, task, p
     torch.testing.assert_close(decoded.intensity, cap.intensity[:, 0].double(), rtol=0, atol=1e-5)
 
 
+def _plain_llama(vocab_size: int = 64) -> LlamaForCausalLM:
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+
+
 def test_get_adapter_needs_a_processor_with_an_image_tokenizer(hand_made):
-    processor, _, _, _ = hand_made
-    plain = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+    processor, model, _, _ = hand_made
     with pytest.raises(ValueError, match="image tokenizer"):
-        get_adapter(plain, processor.tokenizer)
+        get_adapter(model, processor.tokenizer)
+
+
+def test_a_plain_llama_is_not_taken_for_the_demo_family(hand_made, tmp_path):
+    """The demo family is found by the marker its models carry (config.json's aia_family), never by
+    the class alone: a plain Llama, in memory or saved with a digits processor, has no adapter."""
+    from aia.adapters import FAMILY_MARKER, load_model
+    from aia.errors import InputError
+
+    processor, model, _, _ = hand_made
+    assert getattr(model.config, FAMILY_MARKER) == VQLMAdapter.family
+    plain = _plain_llama(len(processor.tokenizer))
+    with pytest.raises(InputError, match="no adapter for LlamaForCausalLM"):
+        get_adapter(plain, processor)
+    for name, which in (("plain", plain), ("demo", model)):
+        which.save_pretrained(tmp_path / name)
+        processor.save_pretrained(tmp_path / name)
+    with pytest.raises(InputError, match="config.json: no adapter for LlamaForCausalLM"):
+        load_model(tmp_path / "plain")
+    loaded, loaded_processor = load_model(tmp_path / "demo")
+    assert isinstance(get_adapter(loaded, loaded_processor), VQLMAdapter)
+    marked_unknown = json.loads((tmp_path / "demo" / "config.json").read_text())
+    (tmp_path / "demo" / "config.json").write_text(json.dumps({**marked_unknown, FAMILY_MARKER: "nope"}))
+    with pytest.raises(InputError, match="marked as family 'nope'.*not registered"):
+        load_model(tmp_path / "demo")
 
 
 # ----------------------------------------------------------------- text-to-image (aia generate)

@@ -1,11 +1,12 @@
-"""The common shape of a model-family adapter, and the pieces every family shares.
+"""The adapter contract (:class:`AdapterBase`), and the pieces every family shares.
 
 An adapter turns one data record into the language model's input sequence, its
 next-token labels and one :class:`~aia.core.spans.Role` per position (:meth:`encode`),
 pads a list of them into a batch whose AIA span masks come from
 :func:`aia.core.spans.task_spans` (:meth:`collate`), and runs the training forward that
 returns the NTP loss while handing the span masks to every attention call of the
-language model (:meth:`forward`).
+language model (:meth:`forward`). :class:`AdapterBase` declares every hook and per-family
+default the rest of the package uses, with its default; a family is one subclass.
 
 Conventions shared by all families:
 
@@ -25,29 +26,30 @@ Conventions shared by all families:
 
 from __future__ import annotations
 
+import abc
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aia.adapters.imagegen import ImageDefaults, ImageOptions
-from aia.adapters.prompts import FAMILY_DEFAULTS, PromptConfig
+from aia.adapters.prompts import PromptConfig
 from aia.core.spans import Role, SpanConfig, check_task, task_spans
 from aia.data.records import split_at_image
 
 __all__ = [
     "IGNORE_INDEX",
-    "Adapter",
     "AdapterBase",
     "AdapterOutput",
     "DecodeRunner",
     "Batch",
     "Example",
+    "ImageDefaults",
+    "ImageOptions",
     "SequenceBuilder",
     "collate_examples",
     "next_token_loss",
@@ -129,7 +131,7 @@ class Batch:
 
 @dataclass
 class AdapterOutput:
-    """Result of :meth:`Adapter.forward`.
+    """Result of :meth:`AdapterBase.forward`.
 
     Attributes:
         loss: scalar NTP loss, mean over the batch's ``num_tokens`` targets.
@@ -158,53 +160,43 @@ class DecodeRunner:
     forced: dict[int, int] | None = None  #: role -> token id decoded without a choice
 
 
+@dataclass(frozen=True)
+class ImageDefaults:
+    """A family's text-to-image sampling defaults (:attr:`AdapterBase.image_defaults`).
+
+    Attributes:
+        guidance: classifier-free guidance scale (1: none).
+        top_k: sample among the ``top_k`` most likely tokens (None: all).
+        positive: appended to every prompt.
+        negative: the guidance's negative prompt ("" where the family guides against an empty prompt).
+        options: the family-specific options of :func:`aia.evaluate.generate_images` it accepts
+            (``positive_prompt``, ``negative_prompt``, ``image_area``, ``ratio`` other than ``"1:1"``).
+    """
+
+    guidance: float
+    top_k: int | None
+    positive: str = ""
+    negative: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """The sampling settings of one :meth:`AdapterBase.generate_images` call (the user's, with the
+    family's :class:`ImageDefaults` filled in)."""
+
+    guidance: float
+    temperature: float
+    top_k: int | None
+    positive: str = ""
+    negative: str = ""
+    image_area: int | None = None
+    ratio: str = "1:1"
+
+
 def id_tensor(ids, device: torch.device) -> torch.Tensor:
     """Sorted unique token ids as a long tensor on ``device``."""
     return torch.tensor(sorted({int(i) for i in ids}), dtype=torch.long, device=device)
-
-
-class Adapter(Protocol):
-    """What the trainer and the profiler need from a model family.
-
-    Text-to-image (``aia generate``) needs two more, which :class:`AdapterBase` gives every
-    family as "generates no images": ``image_defaults``
-    (:class:`~aia.adapters.imagegen.ImageDefaults`) and ``generate_images(model, prompts,
-    seeds, options)``; a family that generates sets the first and overrides the second.
-    """
-
-    family: str
-    span_config: SpanConfig
-    padding_side: str
-
-    def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
-        """Encode one record. ``image`` (a PIL image) replaces the record's image file;
-        ``cfg_blank`` (generation only) blanks the prompt as for classifier-free guidance."""
-        ...
-
-    def collate(self, examples: list[Example]) -> Batch:
-        """Pad examples of one task into a :class:`Batch` with its AIA span masks."""
-        ...
-
-    def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
-        """Training forward: NTP loss of the batch; the language model gets the span masks."""
-        ...
-
-    def language_model(self, model: nn.Module) -> nn.Module:
-        """The decoder stack whose attention AIA observes."""
-        ...
-
-    @classmethod
-    def load_processor(cls, model_dir: Path):
-        """Read the family's processor saved beside a model in ``model_dir``."""
-        ...
-
-    def decode_runner(self, model: nn.Module, task: str) -> DecodeRunner:
-        """How to call ``model`` to decode ``task`` one token at a time."""
-        ...
-
-    def image_block(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[T]`` bool: which of ``input_ids`` are image tokens to generate (placeholders or codes)."""
-        ...
 
 
 #: tokenizer -> {template text: its ids}; entries go with their tokenizer
@@ -400,33 +392,92 @@ def collate_examples(examples: list[Example], pad_token_id: int, padding_side: s
     )
 
 
-class AdapterBase:
-    """What the unified-model adapters (Janus, Emu3, Chameleon, VQ-LM) share.
+class AdapterBase(abc.ABC):
+    """The adapter contract: everything the rest of the package asks of a model family.
 
-    The processor and its tokenizer, the span settings and padding side, the prompt choices
-    (``prompt_config``: the given :class:`~aia.adapters.prompts.PromptConfig` with the
-    family's defaults filled in, :data:`~aia.adapters.prompts.FAMILY_DEFAULTS`), the
-    ``bos_id`` / ``eos_id`` of the tokenizer, ``pad_id`` (its pad token, else eos) and
-    :meth:`collate`.
+    A family is one subclass (one file): it sets :attr:`family`, implements the four abstract
+    hooks (:meth:`encode`, :meth:`forward`, :meth:`language_model`, :meth:`decode_runner`) and
+    overrides any other member whose default does not fit; the training, profiling, answering and
+    generation code calls nothing else. :func:`aia.adapters.register_adapter` tells
+    :func:`aia.adapters.get_adapter` which transformers model class it handles.
+
+    Class attributes are the family's defaults (what it encodes, its prompt choices, CFG drop,
+    frozen modules, text-to-image defaults). An instance holds the processor and its
+    ``tokenizer``, the span settings and padding side, the resolved prompt choices
+    (:attr:`prompt_config`), the ``bos_id`` / ``eos_id`` of the tokenizer and ``pad_id`` (its pad
+    token, else eos).
     """
 
+    #: the family's name (profiles, messages, ``aia generate``'s summary; the marker value of a
+    #: family registered with ``marked=True``)
+    family: ClassVar[str]
+    #: the tasks :meth:`encode` takes: ``"und"`` (the family answers questions: ``aia eval``, lmms-eval)
+    #: and ``"gen"``
+    tasks: ClassVar[tuple[str, ...]] = ("und", "gen")
+    #: the family's sourced prompt choices (:class:`~aia.adapters.prompts.PromptConfig`, every field set);
+    #: None: the family takes no prompt choices (a non-default ``prompt_config`` is refused)
+    prompt_defaults: ClassVar[PromptConfig | None] = None
+    #: share of generation samples whose prompt is blanked for classifier-free guidance when
+    #: ``data.cfg_drop`` is not set (the released AIA code's 0.1); a family with prompt choices takes
+    #: its resolved ``prompt_config.cfg_drop`` instead
+    cfg_drop: float = 0.1
+    #: name parts of the parameters ``aia train`` freezes when ``model.frozen`` is not set (the released
+    #: AIA code's: the VQ tokenizer and the understanding vision tower)
+    frozen_modules: ClassVar[tuple[str, ...]] = ("vqmodel", "vision_model")
     #: name parts of the modules that only one task runs through (their parameters get no
     #: gradient from the other task's micro-batches); empty when both tasks share every module
-    task_specific_modules: tuple[str, ...] = ()
+    task_specific_modules: ClassVar[tuple[str, ...]] = ()
     #: a text-only prompt's system message (None: the chat template's own)
-    text_system: str | None = None
+    text_system: ClassVar[str | None] = None
     #: processor keyword arguments a text-only prompt is encoded with
-    text_processor_kwargs: dict = {}
+    text_processor_kwargs: ClassVar[dict] = {}
     #: text-to-image sampling defaults; None: the family generates no images (:meth:`generate_images`)
-    image_defaults: ImageDefaults | None = None
+    image_defaults: ClassVar[ImageDefaults | None] = None
     #: the end of the error :meth:`generate_images` raises where ``image_defaults`` is None
-    no_images_reason: str = "generates no images; text-to-image needs a family that does (Janus(-Pro), Emu3)"
+    no_images_reason: ClassVar[str] = (
+        "generates no images; text-to-image needs a family that does (Janus(-Pro), Emu3)"
+    )
+    #: the image placeholder id the default :meth:`image_block` looks for (set by the family's
+    #: ``__init__``; a family without one overrides :meth:`image_block`)
+    image_token_id: int | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not isinstance(getattr(cls, "family", None), str) or not cls.family:
+            raise TypeError(f"{cls.__name__} must set the class attribute family (the family's name)")
 
     def __init__(
-        self, processor, span_config: SpanConfig, padding_side: str, prompt_config: PromptConfig | None = None
+        self,
+        model: nn.Module,
+        processor,
+        span_config: SpanConfig = SpanConfig(),
+        padding_side: str = "right",
+        prompt_config: PromptConfig | None = None,
     ):
-        defaults = FAMILY_DEFAULTS.get(getattr(self, "family", ""), PromptConfig())
-        self.prompt_config = (prompt_config or PromptConfig()).resolve(defaults)
+        """
+        Args:
+            model: the family's transformers model (possibly PEFT-wrapped); the adapter keeps its
+                class name (``model_class``), never its weights.
+            processor: the model's processor, with a ``tokenizer``.
+            span_config: choices of the AIA query/key sets.
+            padding_side: ``"right"`` or ``"left"``.
+            prompt_config: prompt choices (None: :attr:`prompt_defaults`); fields left at None take
+                the family's default.
+
+        Raises:
+            InputError: prompt choices for a family that takes none.
+        """
+        self.model_class = type(unwrap(model)).__name__
+        if self.prompt_defaults is None:
+            if prompt_config is not None and prompt_config != PromptConfig():
+                from aia.errors import InputError
+
+                raise InputError(f"{type(self).__name__} takes no prompt choices; got {prompt_config}")
+            self.prompt_config: PromptConfig | None = None
+        else:
+            self.prompt_config = (prompt_config or PromptConfig()).resolve(self.prompt_defaults)
+            if self.prompt_config.cfg_drop is not None:
+                self.cfg_drop = self.prompt_config.cfg_drop
         self.processor = processor
         self.tokenizer = tok = processor.tokenizer
         self.span_config = span_config
@@ -434,6 +485,28 @@ class AdapterBase:
         self.bos_id, self.eos_id = tok.bos_token_id, tok.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
 
+    # -- what every family implements ------------------------------------------------------
+    @abc.abstractmethod
+    def encode(self, record: dict, task: str, base_dir: Path, image=None, *, cfg_blank: bool = False) -> Example:
+        """Encode one record of ``task`` (one of :attr:`tasks`; images relative to ``base_dir``).
+        ``image`` (a PIL image) replaces the record's image file; ``cfg_blank`` (generation only)
+        blanks the prompt as for classifier-free guidance."""
+
+    @abc.abstractmethod
+    def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
+        """Training forward: NTP loss of the batch; the language model gets the span masks
+        (:func:`aia_kwargs`)."""
+
+    @abc.abstractmethod
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The decoder stack whose attention AIA observes."""
+
+    @abc.abstractmethod
+    def decode_runner(self, model: nn.Module, task: str) -> DecodeRunner:
+        """How to call ``model`` to decode ``task`` one token at a time (``aia profile --mode decode``,
+        answering)."""
+
+    # -- defaults a family may override -----------------------------------------------------
     def collate(self, examples: list[Example]) -> Batch:
         """Pad examples of one task into a :class:`Batch` with its AIA span masks."""
         return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
@@ -446,7 +519,8 @@ class AdapterBase:
         return transformers.AutoProcessor.from_pretrained(model_dir)
 
     def image_block(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[T]`` bool: the image placeholder positions of ``input_ids``."""
+        """``[T]`` bool: which of ``input_ids`` are image tokens to generate (here: the positions of
+        :attr:`image_token_id`)."""
         return input_ids == self.image_token_id
 
     def text_prompt(self, question: str) -> tuple[str, dict]:
@@ -459,11 +533,14 @@ class AdapterBase:
         return with_bos(self.tokenizer, self.plain_text_prompt(question)), {}
 
     def plain_text_prompt(self, question: str) -> str:
-        """:meth:`text_prompt` for a processor without a chat template."""
+        """:meth:`text_prompt` for a processor without a chat template (here: refused).
+
+        Raises:
+            InputError: the family has no text-only format.
+        """
         from aia.errors import InputError
 
-        raise InputError(f"the {getattr(self, 'family', 'model')} processor has no chat template; cannot build a "
-                         "text-only prompt")
+        raise InputError(f"the {self.family} processor has no chat template; cannot build a text-only prompt")
 
     def generate_images(self, model: nn.Module, prompts: list[str], seeds: list[int], options: ImageOptions) -> list:
         """One PIL image per prompt, image ``i`` sampled with the generator seeded ``seeds[i]``
@@ -476,6 +553,11 @@ class AdapterBase:
         from aia.errors import InputError
 
         raise InputError(f"{type(unwrap(model)).__name__} {self.no_images_reason}")
+
+    def generation_settings(self) -> dict:
+        """What a saved checkpoint's ``generation_config`` needs for the family's own ``generate``
+        (``{key: value}``; a dict value is merged into the current one); here nothing."""
+        return {}
 
 
 def with_bos(tokenizer, text: str) -> str:

@@ -67,6 +67,17 @@ class ChameleonAdapter(AdapterBase):
     """Chameleon: images are VQ tokens of the shared vocabulary between begin/end markers."""
 
     family = "chameleon"
+    #: the sources of each choice: :mod:`aia.adapters.prompts`
+    prompt_defaults = PromptConfig(
+        image_placement="as_written",
+        turn_separator="eos",
+        answer_space=False,
+        question_suffix="",
+        gen_supervision="codes+structure",
+        cfg_drop=0.1,
+    )
+    #: the VQ tokenizer (Chameleon has no vision tower)
+    frozen_modules = ("vqmodel",)
     #: a text-only prompt's chat template already ends the turn: the processor must not append its separator
     text_processor_kwargs = {"return_for_text_completion": True}
     no_images_reason = (
@@ -83,7 +94,7 @@ class ChameleonAdapter(AdapterBase):
         prompt_config: PromptConfig | None = None,
     ):
         config = unwrap(model).config
-        super().__init__(processor, span_config, padding_side, prompt_config)
+        super().__init__(model, processor, span_config, padding_side, prompt_config)
         self.system_prompt = self.prompt_config.system_text("")  # ChameleonProcessor adds none
         self.prompt_config = replace(self.prompt_config, system_prompt=self.system_prompt or "none")
         tok = self.tokenizer

@@ -57,6 +57,8 @@ from aia.adapters.base import (
     Batch,
     DecodeRunner,
     Example,
+    ImageDefaults,
+    ImageOptions,
     SequenceBuilder,
     aia_kwargs,
     check_encode_args,
@@ -67,14 +69,7 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
-from aia.adapters.imagegen import (
-    ImageDefaults,
-    ImageOptions,
-    check_seeds,
-    generation_config,
-    seeded_sampler,
-    to_pil,
-)
+from aia.adapters.imagegen import check_seeds, generation_config, seeded_sampler, to_pil
 from aia.adapters.prompts import PromptConfig, place_image
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, generation_prompt, image_path, load_image
@@ -104,6 +99,17 @@ class Emu3Adapter(AdapterBase):
     """Emu3: images are VQ tokens of the shared vocabulary, one end-of-line per row."""
 
     family = "emu3"
+    #: the sources of each choice: :mod:`aia.adapters.prompts`
+    prompt_defaults = PromptConfig(
+        image_placement="first",
+        turn_separator="eos",
+        answer_space=True,
+        question_suffix="",
+        gen_supervision="codes",
+        cfg_drop=0.05,
+    )
+    #: the VQ tokenizer (Emu3 has no vision tower)
+    frozen_modules = ("vqmodel",)
     text_system = SYSTEM  # Emu3-Chat's system message, which its chat template does not add
     #: the Emu3-Gen model card: guidance 3, top-k 2048, its positive suffix and negative prompt
     image_defaults = ImageDefaults(guidance=3.0, top_k=2048, positive=POSITIVE, negative=NEGATIVE,
@@ -118,7 +124,7 @@ class Emu3Adapter(AdapterBase):
         prompt_config: PromptConfig | None = None,
     ):
         config = unwrap(model).config
-        super().__init__(processor, span_config, padding_side, prompt_config)
+        super().__init__(model, processor, span_config, padding_side, prompt_config)
         self.system_prompt = self.prompt_config.system_text(SYSTEM)
         self.prompt_config = replace(self.prompt_config, system_prompt=self.system_prompt or "none")
         tok = self.tokenizer

@@ -4,61 +4,37 @@ A family that generates images sets :attr:`~aia.adapters.base.AdapterBase.image_
 and implements :meth:`~aia.adapters.base.AdapterBase.generate_images` (the family's prompt,
 ``model.generate`` call, constraint and decoder); :func:`aia.evaluate.generate_images` does
 the rest (prompt files, seeds, batching, resuming, the benchmarks' layouts) for every family.
+:class:`~aia.adapters.base.ImageDefaults` and :class:`~aia.adapters.base.ImageOptions`, part of
+the adapter contract, are defined with it and exported here too.
 
 Sampling (temperature, top-k) is done by :func:`seeded_sampler`, after transformers' guidance
 and constraint, one ``torch.Generator`` per image seeded by the caller; the chosen token is
 handed back to transformers' greedy step. So an image does not depend on the batch it was
-generated in.
+generated in. Its draw, :func:`sample_tokens`, is the one decode-time profiling uses too
+(:mod:`aia.measure.decode`).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ImageDefaults", "ImageOptions", "check_seeds", "generation_config", "seeded_sampler", "to_pil"]
+from aia.adapters.base import ImageDefaults, ImageOptions, unwrap
 
-
-@dataclass(frozen=True)
-class ImageDefaults:
-    """A family's text-to-image sampling defaults.
-
-    Attributes:
-        guidance: classifier-free guidance scale (1: none).
-        top_k: sample among the ``top_k`` most likely tokens (None: all).
-        positive: appended to every prompt.
-        negative: the guidance's negative prompt ("" where the family guides against an empty prompt).
-        options: the family-specific options of :func:`aia.evaluate.generate_images` it accepts
-            (``positive_prompt``, ``negative_prompt``, ``image_area``, ``ratio`` other than ``"1:1"``).
-    """
-
-    guidance: float
-    top_k: int | None
-    positive: str = ""
-    negative: str = ""
-    options: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """The sampling settings of one :meth:`~aia.adapters.base.AdapterBase.generate_images` call
-    (the user's, with the family's :class:`ImageDefaults` filled in)."""
-
-    guidance: float
-    temperature: float
-    top_k: int | None
-    positive: str = ""
-    negative: str = ""
-    image_area: int | None = None
-    ratio: str = "1:1"
+__all__ = [
+    "ImageDefaults",
+    "ImageOptions",
+    "check_seeds",
+    "generation_config",
+    "sample_tokens",
+    "seeded_sampler",
+    "to_pil",
+]
 
 
 def generation_config(model, **overrides):
     """A copy of the model's generation config without sampling settings, plus ``overrides``."""
-    from aia.adapters.base import unwrap
-
     config = copy.deepcopy(unwrap(model).generation_config)
     for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "guidance_scale"):
         setattr(config, name, None)
@@ -75,6 +51,20 @@ def check_seeds(prompts: list[str], seeds: list[int]) -> None:
         raise ValueError(f"generate_images needs one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
 
 
+def sample_tokens(logits: torch.Tensor, generators: list, temperature: float, top_k: int | None = None) -> torch.Tensor:
+    """One token per row of ``logits`` ``[B, V]`` (float): the argmax at ``temperature`` 0, else a draw
+    from ``softmax(logits / temperature)``, kept to the ``top_k`` largest when given, row ``i`` with
+    its own generator ``generators[i]`` (so a row's draw does not depend on the others). Returns ``[B]``."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+
+
 def seeded_sampler(seeds: list[int], temperature: float, top_k: int | None):
     """A transformers ``LogitsProcessor`` that draws each row's next token with its own generator
     (row ``i`` seeded with ``seeds[i]``; temperature 0: greedy) and returns scores that allow only that
@@ -87,17 +77,9 @@ def seeded_sampler(seeds: list[int], temperature: float, top_k: int | None):
 
         def __call__(self, input_ids, scores):
             scores = scores.float()
-            if temperature == 0:
-                chosen = scores.argmax(-1)
-            else:
-                logits = scores / temperature
-                if top_k is not None and top_k < logits.shape[-1]:
-                    kth = logits.topk(top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = logits.softmax(-1)
-                if self.generators is None:
-                    self.generators = [torch.Generator(device=probs.device).manual_seed(s) for s in seeds]
-                chosen = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+            if self.generators is None and temperature != 0:
+                self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in seeds]
+            chosen = sample_tokens(scores, self.generators, temperature, top_k)
             out = torch.full_like(scores, float("-inf"))
             return out.scatter_(1, chosen[:, None], 0.0)
 

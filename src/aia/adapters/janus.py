@@ -60,6 +60,8 @@ from aia.adapters.base import (
     Batch,
     DecodeRunner,
     Example,
+    ImageDefaults,
+    ImageOptions,
     SequenceBuilder,
     aia_kwargs,
     check_encode_args,
@@ -70,14 +72,7 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
-from aia.adapters.imagegen import (
-    ImageDefaults,
-    ImageOptions,
-    check_seeds,
-    generation_config,
-    seeded_sampler,
-    to_pil,
-)
+from aia.adapters.imagegen import check_seeds, generation_config, seeded_sampler, to_pil
 from aia.adapters.prompts import PromptConfig, place_image
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import IMAGE_PLACEHOLDER, dialogue, generation_prompt, image_path, load_image
@@ -99,6 +94,17 @@ class JanusAdapter(AdapterBase):
     """Janus / Janus-Pro: SigLIP features for understanding, VQ codes for generation."""
 
     family = "janus"
+    #: the sources of each choice: :mod:`aia.adapters.prompts`
+    prompt_defaults = PromptConfig(
+        image_placement="as_written",
+        turn_separator="eos",
+        answer_space=True,
+        question_suffix="",
+        gen_supervision="codes",
+        cfg_drop=0.1,
+    )
+    #: the released AIA code's (``trainer_t2i.py``): the VQ tokenizer and the SigLIP tower
+    frozen_modules = ("vqmodel", "vision_model")
     #: the understanding aligner; the generation embedding, aligner and head
     task_specific_modules = ("aligner", "generation_embeddings", "generation_aligner", "generation_head")
     #: Janus' own ``generation_inference.py``: guidance 5, sampling over the whole codebook
@@ -113,7 +119,7 @@ class JanusAdapter(AdapterBase):
         prompt_config: PromptConfig | None = None,
     ):
         config = unwrap(model).config
-        super().__init__(processor, span_config, padding_side, prompt_config)
+        super().__init__(model, processor, span_config, padding_side, prompt_config)
         # "default": what JanusProcessor adds to a text-mode prompt (use_default_system_prompt)
         default = DEFAULT_SYSTEM_PROMPT if getattr(processor, "use_default_system_prompt", False) else ""
         self.system_prompt = self.prompt_config.system_text(default)

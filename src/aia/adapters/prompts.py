@@ -6,7 +6,8 @@ those pieces token for token against what the released checkpoints' own processo
 chat templates produce. Where the sources differ from each other (the transformers
 checkpoint, the family's original code, the released AIA training code), the choice is a
 field of :class:`PromptConfig`. A field left at ``None`` (``"default"`` for
-``system_prompt``) takes the family's sourced default, :data:`FAMILY_DEFAULTS`:
+``system_prompt``) takes the family's sourced default, its adapter's
+:attr:`~aia.adapters.base.AdapterBase.prompt_defaults`:
 
 ============================  =====================  ======================  =====================
 field                         Janus-Pro              Emu3                    Chameleon
@@ -52,7 +53,6 @@ from dataclasses import dataclass, fields, replace
 from aia.data.records import IMAGE_PLACEHOLDER, split_at_image
 
 __all__ = [
-    "FAMILY_DEFAULTS",
     "GEN_SUPERVISION",
     "IMAGE_PLACEMENTS",
     "TURN_SEPARATORS",
@@ -126,35 +126,6 @@ class PromptConfig:
         if self.system_prompt == "default":
             return default
         return "" if self.system_prompt == "none" else self.system_prompt
-
-
-#: each family's sourced defaults (see the module docstring for the sources)
-FAMILY_DEFAULTS: dict[str, PromptConfig] = {
-    "janus": PromptConfig(
-        image_placement="as_written",
-        turn_separator="eos",
-        answer_space=True,
-        question_suffix="",
-        gen_supervision="codes",
-        cfg_drop=0.1,
-    ),
-    "emu3": PromptConfig(
-        image_placement="first",
-        turn_separator="eos",
-        answer_space=True,
-        question_suffix="",
-        gen_supervision="codes",
-        cfg_drop=0.05,
-    ),
-    "chameleon": PromptConfig(
-        image_placement="as_written",
-        turn_separator="eos",
-        answer_space=False,
-        question_suffix="",
-        gen_supervision="codes+structure",
-        cfg_drop=0.1,
-    ),
-}
 
 
 def place_image(question: str, placement: str) -> tuple[str, str]:

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aia.adapters.base import (
+    AdapterBase,
     AdapterOutput,
     Batch,
     DecodeRunner,
@@ -55,13 +56,13 @@ from aia.adapters.base import (
     SequenceBuilder,
     aia_kwargs,
     check_encode_args,
-    collate_examples,
     id_tensor,
     module_dtype,
     next_token_loss,
     token_id,
     unwrap,
 )
+from aia.adapters.prompts import PromptConfig
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, image_path, load_image, split_at_image
 
@@ -99,16 +100,23 @@ class UnderstandingExample(Example):
     vision: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class UnderstandingAdapter:
+class UnderstandingAdapter(AdapterBase):
     """Understanding-only vision-language models: vision features fill the image-token slots."""
 
     family = "understanding"
+    tasks = ("und",)
 
     def __init__(
-        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+        self,
+        model: nn.Module,
+        processor,
+        span_config: SpanConfig = SpanConfig(),
+        padding_side: str = "right",
+        prompt_config: PromptConfig | None = None,
     ):
+        super().__init__(model, processor, span_config, padding_side, prompt_config)
         model = unwrap(model)
-        self.model_class = name = type(model).__name__
+        name = self.model_class
         if name not in UNDERSTANDING_MODELS:
             raise ValueError(f"no reference-model format for {name}; supported: {', '.join(UNDERSTANDING_MODELS)}")
         _, self.chat_format, self.system = UNDERSTANDING_MODELS[name]
@@ -116,10 +124,7 @@ class UnderstandingAdapter:
         self.image_token_id = getattr(config, "image_token_id", None)
         if self.image_token_id is None:
             raise ValueError(f"{name}: no image_token_id in config; cannot locate the image tokens")
-        self.processor = processor
-        self.tokenizer = tok = processor.tokenizer
-        self.span_config = span_config
-        self.padding_side = padding_side
+        tok = self.tokenizer
         self.image_token = getattr(processor, "image_token", None)
         if self.image_token is None or token_id(tok, self.image_token) != self.image_token_id:
             raise ValueError(
@@ -216,7 +221,7 @@ class UnderstandingAdapter:
 
     # -- batches and forward ----------------------------------------------------------------
     def collate(self, examples: list[Example]) -> Batch:
-        batch = collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
+        batch = super().collate(examples)
         keys = set(getattr(examples[0], "vision", {}))
         if any(set(getattr(ex, "vision", {})) != keys for ex in examples):
             raise ValueError("every example of a batch needs the same vision inputs")
@@ -240,10 +245,6 @@ class UnderstandingAdapter:
             return transformers.AutoProcessor.from_pretrained(model_dir)
         except ImportError:
             return load_image_only_processor(model_dir)
-
-    def image_block(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[T]`` bool: the image-feature slots of ``input_ids``."""
-        return input_ids == self.image_token_id
 
     def decode_runner(self, model: nn.Module, task: str) -> DecodeRunner:
         """Understanding only: the model's own forward (vision inputs, M-RoPE token types), never

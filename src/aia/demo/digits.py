@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from aia.jsonl import write_jsonl
+
 __all__ = [
     "DIGIT_WORDS",
     "GEN_PROMPT",
@@ -312,7 +314,7 @@ def write_digits_data(directory: str | Path, split: DigitsSplit) -> dict[str, Pa
             )
         for task, records in (("und", und), ("gen", gen)):
             path = directory / f"{task}_{part}.jsonl"
-            path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+            write_jsonl(path, records)
             paths[f"{task}_{part}"] = path
     return paths
 
@@ -328,9 +330,15 @@ def build_digits_model(
 
     Intermediate size ``2 * hidden_size``, one key/value head per query head, no dropout,
     untied input/output embeddings; initialised under ``torch.manual_seed(seed)`` without
-    touching the global generator.
+    touching the global generator. Its config carries the demo family's marker
+    (:data:`aia.adapters.FAMILY_MARKER`: ``"vqlm"``), which ``save_pretrained`` keeps in
+    ``config.json``: that, not the class, is how its adapter (:class:`aia.demo.vqlm.VQLMAdapter`)
+    is found.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from aia.adapters import FAMILY_MARKER
+    from aia.demo.vqlm import VQLMAdapter
 
     tok = processor.tokenizer
     config = LlamaConfig(
@@ -345,6 +353,7 @@ def build_digits_model(
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        **{FAMILY_MARKER: VQLMAdapter.family},
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

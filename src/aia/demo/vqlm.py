@@ -48,6 +48,8 @@ from aia.adapters.base import (
     Batch,
     DecodeRunner,
     Example,
+    ImageDefaults,
+    ImageOptions,
     SequenceBuilder,
     aia_kwargs,
     check_encode_args,
@@ -56,7 +58,8 @@ from aia.adapters.base import (
     token_id,
     unwrap,
 )
-from aia.adapters.imagegen import ImageDefaults, ImageOptions, check_seeds, seeded_sampler
+from aia.adapters.imagegen import check_seeds, seeded_sampler
+from aia.adapters.prompts import PromptConfig
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, generation_prompt, image_path, load_image
 
@@ -73,7 +76,12 @@ class VQLMAdapter(AdapterBase):
     image_defaults = ImageDefaults(guidance=1.0, top_k=None)
 
     def __init__(
-        self, model: nn.Module, processor, span_config: SpanConfig = SpanConfig(), padding_side: str = "right"
+        self,
+        model: nn.Module,
+        processor,
+        span_config: SpanConfig = SpanConfig(),
+        padding_side: str = "right",
+        prompt_config: PromptConfig | None = None,
     ):
         name = type(unwrap(model)).__name__
         if getattr(processor, "image_tokenizer", None) is None:
@@ -85,7 +93,7 @@ class VQLMAdapter(AdapterBase):
         missing = [a for a in _CONTRACT.split(", ") if getattr(processor, a, None) is None]
         if missing:
             raise ValueError(f"the processor of {name} lacks {', '.join(missing)} (needs: {_CONTRACT})")
-        super().__init__(processor, span_config, padding_side)
+        super().__init__(model, processor, span_config, padding_side, prompt_config)
         tok = self.tokenizer
         self.image_tokenizer = processor.image_tokenizer
         self.code_ids = list(processor.image_code_token_ids)

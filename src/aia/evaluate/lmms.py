@@ -1,4 +1,4 @@
-"""An ``aia`` model for lmms-eval: any transformers-format Janus(-Pro), Emu3 or Chameleon checkpoint.
+"""An ``aia`` model for lmms-eval: a checkpoint of any family whose adapter answers questions.
 
 With the ``lmms`` extra installed (``pip install "aia[lmms]"``), lmms-eval finds this model
 through the Python entry-point group ``lmms_eval.models`` (lmms-eval 0.6 and later), which
@@ -102,19 +102,11 @@ def _flat(visuals) -> list:
     return [v for v in out if v is not None]
 
 
-def _text_only_prompt(adapter, processor, question: str) -> tuple[str, dict]:
-    """The family adapter's text-only prompt, or for a model without an adapter its processor's chat
-    template (:func:`aia.adapters.base.chat_text_prompt`)."""
-    from aia.adapters.base import chat_text_prompt
-
-    return adapter.text_prompt(question) if adapter is not None else chat_text_prompt(processor, question)
-
-
 def _generate_text_only(model, processor, adapter, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy answers to text-only prompts, batched with left padding (as ``answer._generate``)."""
     from aia.adapters.imagegen import generation_config
 
-    texts, extra = zip(*(_text_only_prompt(adapter, processor, p) for p in prompts), strict=True)
+    texts, extra = zip(*(adapter.text_prompt(p) for p in prompts), strict=True)
     inputs = processor(text=list(texts), return_tensors="pt", padding=True, padding_side="left",
                        add_special_tokens=False, **extra[0])
     inputs = {k: v.to(model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
@@ -156,8 +148,9 @@ class _AIAModel:
         super().__init__()
         import torch
 
+        from aia.adapters import get_adapter
         from aia.errors import InputError
-        from aia.evaluate.generate import family_of, resolve_model
+        from aia.evaluate.generate import resolve_model
 
         if kwargs:
             warnings.warn(f"aia model: ignoring unknown model_args {sorted(kwargs)}", stacklevel=2)
@@ -177,13 +170,11 @@ class _AIAModel:
         self._device = torch.device(device)
         self._model, self.processor = resolve_model(str(pretrained), device=self._device, dtype=dtype)
         self._model.eval()
-        self.family = family_of(self._model)
-        if self.family is None and not getattr(self.processor, "chat_template", None):
-            raise InputError("not a Janus, Emu3 or Chameleon model, and its processor has no chat template",
-                             path=pretrained, field="pretrained")
-        from aia.adapters import get_adapter
-
-        self.adapter = get_adapter(self._model, self.processor) if self.family is not None else None
+        self.adapter = get_adapter(self._model, self.processor)
+        self.family = self.adapter.family
+        if "und" not in self.adapter.tasks:
+            raise InputError(f"the {self.family} family answers no questions (its adapter encodes "
+                             f"{', '.join(self.adapter.tasks)} only)", path=pretrained, field="pretrained")
         self._warned: set[str] = set()
 
     # lmms-eval's usual attributes
