@@ -245,7 +245,7 @@ def save_model(accelerator, step_module, processor, path: Path) -> None:
             f"the gathered weights name {len(unknown)} tensors the model does not have (e.g. {unknown[0]}); "
             "nothing was written"
         )
-    settings = getattr(core.adapter, "generation_settings", dict)()  # e.g. Janus's boi_token_id
+    settings = core.adapter.generation_settings()  # e.g. Janus's boi_token_id
     generation = getattr(unwrap(core.model), "generation_config", None)
     for key, value in settings.items() if generation is not None else ():
         current = getattr(generation, key, None)

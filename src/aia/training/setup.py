@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aia.adapters import get_adapter
-from aia.adapters.base import unwrap
+from aia.adapters import adapter_class_of, get_adapter
+from aia.adapters.base import AdapterBase, unwrap
 from aia.data.images import center_crop, resize_to_area
 from aia.errors import ConfigError
 from aia.targets.presets import TargetProfile
@@ -26,7 +26,6 @@ from aia.training.step import UnifiedStep
 from aia.training.streams import TaskStream, micro_batches_per_step
 
 __all__ = [
-    "DEFAULT_FROZEN",
     "Run",
     "add_lora",
     "check_deepspeed",
@@ -38,9 +37,6 @@ __all__ = [
     "setup",
     "task_ratios",
 ]
-
-DEFAULT_FROZEN = ("vqmodel", "vision_model")
-
 
 @dataclass
 class Run:
@@ -86,13 +82,14 @@ class Run:
 
 
 def freeze(model: nn.Module, patterns: list[str] | tuple[str, ...] | None) -> tuple[int, int]:
-    """Freeze parameters whose name contains one of ``patterns`` (default: :data:`DEFAULT_FROZEN`,
-    the frozen set of the released AIA code: the VQ tokenizer and the understanding vision tower).
+    """Freeze parameters whose name contains one of ``patterns`` (None: the family adapter's
+    :attr:`~aia.adapters.base.AdapterBase.frozen_modules`, e.g. the released AIA code's VQ tokenizer
+    and understanding vision tower).
 
     Returns:
         ``(trainable, frozen)`` parameter counts.
     """
-    patterns = DEFAULT_FROZEN if patterns is None else tuple(patterns)
+    patterns = adapter_class_of(model).frozen_modules if patterns is None else tuple(patterns)
     trainable = frozen = 0
     for name, p in model.named_parameters():
         if any(s in name for s in patterns):
@@ -179,7 +176,7 @@ def make_optimizer(module: nn.Module, cfg: RunConfig, run_plan: Plan):
     return optimizer, scheduler
 
 
-def check_deepspeed(accelerator, model: nn.Module, adapter) -> None:
+def check_deepspeed(accelerator, model: nn.Module, adapter: AdapterBase) -> None:
     """Refuse DeepSpeed ZeRO-3 when a trainable parameter lies in a module that only one task
     runs through (``adapter.task_specific_modules``, e.g. Janus's generation head).
 
@@ -195,7 +192,7 @@ def check_deepspeed(accelerator, model: nn.Module, adapter) -> None:
     ds = getattr(accelerator.state, "deepspeed_plugin", None)
     if ds is None or getattr(ds, "zero_stage", None) != 3:
         return
-    parts = set(getattr(adapter, "task_specific_modules", ()))
+    parts = set(adapter.task_specific_modules)
     hit = next(
         (n for n, p in model.named_parameters() if p.requires_grad and parts & set(n.split("."))), None
     )
@@ -353,16 +350,10 @@ def _stream(cfg: RunConfig, task: str, adapter, progress: bool) -> TaskStream:
     )
 
 
-#: CFG drop rate of a family whose adapter has no prompt choices (the released AIA code's)
-DEFAULT_CFG_DROP = 0.1
-
-
-def cfg_drop(cfg: RunConfig, adapter) -> float:
-    """``data.cfg_drop``, else the adapter's resolved ``prompts.cfg_drop`` (the family's default)."""
-    if cfg.data.cfg_drop is not None:
-        return cfg.data.cfg_drop
-    prompts = getattr(adapter, "prompt_config", None)
-    return prompts.cfg_drop if prompts is not None and prompts.cfg_drop is not None else DEFAULT_CFG_DROP
+def cfg_drop(cfg: RunConfig, adapter: AdapterBase) -> float:
+    """``data.cfg_drop``, else the adapter's :attr:`~aia.adapters.base.AdapterBase.cfg_drop` (``prompts.cfg_drop``
+    resolved against the family's default)."""
+    return cfg.data.cfg_drop if cfg.data.cfg_drop is not None else adapter.cfg_drop
 
 
 def describe(run: Run, resumed_from: Path | None) -> str:

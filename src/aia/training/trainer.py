@@ -50,10 +50,10 @@ from aia.errors import InputError
 from aia.training.checkpoint import run_lock, save_checkpoint, save_final, start_or_resume
 from aia.training.config import RunConfig, TrainConfig
 from aia.training.metrics import METRIC_KEYS, MetricsWriter
-from aia.training.setup import DEFAULT_FROZEN, describe, freeze, setup
+from aia.training.setup import describe, freeze, setup
 from aia.training.step import UnifiedStep, batch_tensors, optimizer_step
 
-__all__ = ["METRIC_KEYS", "DEFAULT_FROZEN", "TrainResult", "UnifiedStep", "batch_tensors", "freeze", "train"]
+__all__ = ["METRIC_KEYS", "TrainResult", "UnifiedStep", "batch_tensors", "freeze", "train"]
 
 
 @dataclass
