@@ -17,8 +17,8 @@ families:
   end-of-line per row, then end-of-frame, end-of-image and end-of-sequence (as
   transformers' Emu3 documentation does), classifier-free guidance against a negative
   prompt (transformers' ``negative_prompt_ids``); defaults from the Emu3-Gen model card:
-  guidance 3, top-k 2048, the positive suffix :data:`EMU3_POSITIVE` and the negative prompt
-  :data:`EMU3_NEGATIVE`; the rows decoded with ``model.decode_image_tokens``;
+  guidance 3, top-k 2048, its positive suffix and negative prompt
+  (:attr:`aia.adapters.Emu3Adapter.image_defaults`); the rows decoded with ``model.decode_image_tokens``;
 * **the demo's VQ-LM** (:class:`aia.demo.VQLMAdapter`): codes sampled over the code tokens,
   no guidance by default, decoded by the processor's image tokenizer;
 * **Chameleon**: transformers ships no image decoder for Chameleon (its VQ-VAE has only the
@@ -73,16 +73,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aia.adapters.base import AdapterBase
-from aia.adapters.emu3 import Emu3Adapter
 from aia.adapters.imagegen import ImageOptions
-from aia.adapters.janus import JanusAdapter
 from aia.errors import DataError, InputError
 
 __all__ = [
-    "EMU3_NEGATIVE",
-    "EMU3_POSITIVE",
-    "FAMILY_DEFAULTS",
     "FORMATS",
     "Prompt",
     "check_can_generate",
@@ -95,14 +89,6 @@ __all__ = [
 FORMATS = ("plain", "geneval", "dpg", "wise")
 #: images per prompt when not given: GenEval's and DPG-Bench's 4, WISE's 1
 IMAGES_PER_PROMPT = {"plain": 1, "geneval": 4, "dpg": 4, "wise": 1}
-
-#: Emu3-Gen's model card: appended to every prompt
-EMU3_POSITIVE = Emu3Adapter.image_defaults.positive
-#: Emu3-Gen's model card: the negative prompt of its classifier-free guidance
-EMU3_NEGATIVE = Emu3Adapter.image_defaults.negative
-#: the shipped families' sampling defaults (Janus: ``generation_inference.py``; Emu3: the Emu3-Gen model
-#: card); every family's are its adapter's ``image_defaults`` (the demo's VQ-LM: no guidance, all codes)
-FAMILY_DEFAULTS = {"janus": JanusAdapter.image_defaults, "emu3": Emu3Adapter.image_defaults}
 
 
 # ----------------------------------------------------------------- models
@@ -124,14 +110,6 @@ def _architecture(model_dir: Path) -> str | None:
         return None
 
 
-def family_of(model) -> str | None:
-    """``"janus"``, ``"emu3"``, ``"chameleon"`` or None, from the (possibly PEFT-wrapped) model's class."""
-    from aia.adapters import ADAPTERS, unwrap
-
-    family = getattr(ADAPTERS.get(type(unwrap(model)).__name__), "family", None)
-    return family if family in ("janus", "emu3", "chameleon") else None
-
-
 def check_can_generate(model_dir: str | Path) -> None:
     """Refuse, from its ``config.json`` alone, a saved model whose family generates no images (Chameleon,
     understanding-only models); a config that cannot be read is left to loading to report.
@@ -151,9 +129,8 @@ def _check_generates(model_class: str, where=None) -> None:
     cls = ADAPTERS.get(model_class)
     if cls is None:
         return  # no adapter at all: loading says so, with the supported classes
-    if getattr(cls, "image_defaults", None) is None:
-        reason = getattr(cls, "no_images_reason", None) or AdapterBase.no_images_reason
-        raise InputError(f"{model_class} {reason}", path=where)
+    if cls.image_defaults is None:
+        raise InputError(f"{model_class} {cls.no_images_reason}", path=where)
 
 
 def _option_owners(option: str) -> list[str]:
@@ -161,7 +138,7 @@ def _option_owners(option: str) -> list[str]:
     from aia.adapters import ADAPTERS
 
     return sorted({cls.family for cls in ADAPTERS.values()
-                   if option in getattr(getattr(cls, "image_defaults", None), "options", ())})
+                   if cls.image_defaults is not None and option in cls.image_defaults.options})
 
 
 def resolve_model(model, processor=None, *, device="cpu", dtype=None):
@@ -441,8 +418,8 @@ def generate_images(
         temperature: sampling temperature (0: greedy).
         top_k: sample among the ``top_k`` most likely tokens; None: the family's (Janus and VQ-LM all, Emu3
             2048).
-        positive_prompt: Emu3 only: appended to every prompt (None: :data:`EMU3_POSITIVE`; "" for none).
-        negative_prompt: Emu3 only: the guidance's negative prompt (None: :data:`EMU3_NEGATIVE`).
+        positive_prompt: Emu3 only: appended to every prompt (None: the family's default; "" for none).
+        negative_prompt: Emu3 only: the guidance's negative prompt (None: the family's default).
         image_area: Emu3 only: pixels of the generated image (None: the processor's ``image_area``
             capped at its image processor's ``max_pixels``; 720x720 for Emu3-Gen).
         ratio: Emu3 only: the image's aspect ratio ``"w:h"``.
