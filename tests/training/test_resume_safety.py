@@ -37,9 +37,9 @@ def test_resume_refuses_changed_state_and_config_and_falls_back_from_a_stale_lat
     assert [r["lr"] for r in rows(out)] == [1e-3, 1e-3, 1e-3, 1e-3, 1e-2]
     assert json.loads((out / "config.json").read_text())["optim"]["lr"] == 1e-2
 
-    # a pickled state file that is not the one this run wrote is never loaded
-    (out / "checkpoint-5" / "random_states_0.pkl").write_bytes(b"not what was saved")
-    with pytest.raises(InputError, match="do not match the digest"):
+    # a state file that is not the one this run wrote is never loaded
+    (out / "checkpoint-5" / "rng-rank0.json").write_text('{"python": []}')
+    with pytest.raises(InputError, match=r"checkpoint-5/rng-rank0.json: does not match the digest"):
         train(make_cfg(tiny_data, out, "train.max_steps=6", "optim.lr=1e-2"), *tiny_janus(seed=0))
 
 

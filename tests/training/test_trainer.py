@@ -14,6 +14,7 @@ import transformers
 import aia.training.checkpoint as checkpoint_mod
 import aia.training.step as step_mod
 import aia.training.streams as streams_mod
+from aia.errors import InputError
 from aia.testing.tiny import TINY_MODELS
 from aia.training.config import load_config
 from aia.training.trainer import train
@@ -163,7 +164,7 @@ def test_checkpoint_never_half_written(tiny_data, tmp_path, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(checkpoint_mod, "save_model", crash_second_time)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match=r"cannot write checkpoint-4 \(disk full\); .* last complete checkpoint is checkpoint-2"):
         train(make_cfg(tiny_data, tmp_path / "run", "train.max_steps=4", "train.save_every=2"), model, processor)
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-2"
     assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").is_file()

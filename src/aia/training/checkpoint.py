@@ -1,13 +1,16 @@
 """What a run writes to disk besides its metrics: checkpoints, the final model, ``latest``.
 
 * ``checkpoint-<step>/``: ``model/`` (``save_pretrained`` + processor, loadable by plain
-  transformers), accelerate's state (model, optimizer, scheduler, RNG) and
-  ``trainer_state.json`` (the step and the run config);
+  transformers), the resumable state (model, optimizer, scheduler, RNG; safetensors, JSON and
+  weights-only ``.pt`` files, :mod:`aia.training.state`) and ``trainer_state.json`` (the step,
+  the run config, the state's layout and digest);
 * ``latest``: the name of the newest complete checkpoint;
 * ``final/``: the trained model and processor.
 
 Every folder is written under a temporary name and renamed when complete
 (:func:`written_atomically`), so a crash never leaves a half-written one under its real name.
+A resume reads only a complete checkpoint inside the run folder, holding only the files aia
+writes there, whose digest matches (:func:`start_or_resume`); nothing in it can run code.
 Every function here is collective: call it on every rank.
 """
 
@@ -17,14 +20,19 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aia.adapters.base import unwrap
 from aia.errors import InputError
-from aia.training.config import RunConfig
+from aia.training.state import check_files, load_state, save_state
+
+if TYPE_CHECKING:
+    from aia.training.setup import Run
 
 __all__ = [
     "RESUMABLE_CHANGES",
@@ -44,6 +52,28 @@ def _complete(ckpt: Path) -> bool:
     return (ckpt / "trainer_state.json").is_file() and (ckpt / "model").is_dir()
 
 
+def _inside(out: Path, ckpt: Path) -> bool:
+    """Whether ``ckpt`` is a folder of ``out`` itself, not a link to somewhere else."""
+    return not ckpt.is_symlink() and ckpt.resolve().parent == out.resolve()
+
+
+def _named_by_latest(out: Path) -> Path | None:
+    """The checkpoint ``<out>/latest`` names (``None`` without one).
+
+    Raises:
+        InputError: it names anything but a ``checkpoint-<step>`` folder of ``out`` (an absolute
+            path, a path with a separator or ``..``, a link): a resume reads only this run's folder.
+    """
+    pointer = out / "latest"
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(errors="replace").strip()
+    if not re.fullmatch(r"checkpoint-\d+", name) or not _inside(out, out / name):
+        raise InputError(f"names {name[:200]!r}, not a checkpoint-<step> folder of this run; refusing to follow it: "
+                         "write the name of a checkpoint here (or remove the file)", path=pointer)
+    return out / name
+
+
 def _step_of(ckpt: Path) -> int:
     try:
         return int(ckpt.name.split("-", 1)[1])
@@ -58,13 +88,13 @@ def latest_checkpoint(out: Path) -> Path | None:
 
     Raises:
         InputError: the folder holds checkpoints but none is complete (resuming would lose
-            them; ``train.resume=false`` starts over on purpose).
+            them; ``train.resume=false`` starts over on purpose), or ``latest`` names something
+            else than a checkpoint of this folder.
     """
-    pointer = out / "latest"
-    named = out / pointer.read_text().strip() if pointer.is_file() else None
+    named = _named_by_latest(out)
     if named is not None and _complete(named):
         return named
-    found = sorted((c for c in out.glob("checkpoint-*") if c.is_dir()), key=_step_of)
+    found = sorted((c for c in out.glob("checkpoint-*") if c.is_dir() and _inside(out, c)), key=_step_of)
     complete = [c for c in found if _complete(c)]
     if complete:
         why = f"'latest' names {named.name}, which is missing or incomplete" if named else "'latest' is missing"
@@ -115,9 +145,10 @@ def config_changes(saved: dict, new: dict, done: int) -> list[str]:
 
 
 def state_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every pickled file accelerate's ``save_state`` wrote (optimizer, scheduler, RNG,
-    sampler state): resuming unpickles them, which can run code, so a resume first checks that
-    they are the files this run wrote. safetensors files hold tensors only and are not hashed."""
+    """sha256 of every state file of a checkpoint but the safetensors ones (optimizer, scheduler,
+    RNG, DeepSpeed's files): a resume first checks that they are the files this run wrote. They
+    are read as JSON or weights-only, so a changed file cannot run code; the digest stops a
+    resume from another state than this run's. safetensors files hold tensors only and are not hashed."""
     digests = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
@@ -127,44 +158,65 @@ def state_digest(folder: Path) -> dict[str, str]:
 
 
 def _check_digest(ckpt: Path, state: dict) -> None:
-    """Refuse to unpickle a checkpoint whose state files are not the ones this run wrote."""
+    """Refuse a checkpoint whose state files are not the ones this run wrote, naming the first."""
     want = state.get("state_sha256")
     if want is None:
-        raise InputError("trainer_state.json records no digest of the saved state; refusing to load pickled state "
-                         "that this version of aia did not write (start over with train.resume=false)", path=ckpt)
-    if state_digest(ckpt) != want:
-        raise InputError("the saved state files do not match the digest recorded when they were written "
-                         "(changed or replaced); refusing to load them", path=ckpt)
+        raise InputError("records no digest of the saved state; refusing to load state that this version of aia "
+                         "did not write (start over with train.resume=false)", path=ckpt / "trainer_state.json")
+    got = state_digest(ckpt)
+    for name in sorted(want.keys() | got.keys()):
+        if want.get(name) != got.get(name):
+            what = "is missing" if name not in got else "was not written by this run" if name not in want else (
+                "does not match the digest recorded when it was written (changed or replaced)")
+            raise InputError(f"{what}; refusing to resume from this checkpoint", path=ckpt / name)
 
 
-def start_or_resume(accelerator, out: Path, resume: bool, cfg: RunConfig | None = None) -> tuple[int, Path | None]:
+def _trainer_state(ckpt: Path) -> dict:
+    path = ckpt / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no step count")
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read it ({' '.join(str(err).split())[:200]}); restore it, or remove this "
+                         "checkpoint to resume from an earlier one", path=path) from None
+    return state
+
+
+def start_or_resume(run: Run, out: Path, resume: bool) -> tuple[int, Path | None]:
     """Load the newest complete checkpoint (``resume``) or remove earlier ones (not ``resume``).
 
-    Before anything is unpickled, the checkpoint's state files are checked against the digest
-    recorded when they were written, and ``cfg`` (when given) against the config saved with
-    the checkpoint (:func:`config_changes`).
+    ``run`` is the prepared :class:`aia.training.setup.Run`. Before any state is read, the
+    checkpoint's files are checked: only the ones aia writes there
+    (:func:`aia.training.state.check_files`), matching the digest recorded when they were
+    written, and the run's config against the one saved with them (:func:`config_changes`).
 
     Returns:
         ``(start, checkpoint)``: the number of steps already done and the checkpoint they
         come from (``0, None`` for a fresh start).
+
+    Raises:
+        InputError: any of those checks fails, or a state file cannot be loaded (one line
+            naming it; the run never continues from another state than the checkpoint's).
     """
+    accelerator = run.accelerator
     resume_from = latest_checkpoint(out) if resume else None
     stale = sorted(out.glob("checkpoint-*")) if not resume else []
     if stale and accelerator.is_main_process:  # starting over: an old checkpoint must not outlive the new ones
         print(f"aia train: starting over in {out}: removing {len(stale)} earlier checkpoint(s)", file=sys.stderr)
         for old in stale:
-            shutil.rmtree(old)
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
         (out / "latest").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     if resume_from is None:
         return 0, None
-    state = json.loads((resume_from / "trainer_state.json").read_text())
+    state = _trainer_state(resume_from)
+    check_files(resume_from)
     _check_digest(resume_from, state)
-    if cfg is not None:
-        for change in config_changes(state.get("config", {}), cfg.to_dict(), state["step"]):
-            if accelerator.is_main_process:
-                print(f"aia train: resuming with {change}", file=sys.stderr)
-    accelerator.load_state(str(resume_from))
+    for change in config_changes(state.get("config", {}), run.cfg.to_dict(), state["step"]):
+        if accelerator.is_main_process:
+            print(f"aia train: resuming with {change}", file=sys.stderr)
+    load_state(accelerator, run.step_module, run.optimizer, run.scheduler, resume_from, state)
     return state["step"], resume_from
 
 
@@ -175,7 +227,8 @@ def written_atomically(accelerator, path: Path) -> Iterator[Path]:
     A leftover temporary folder of an earlier crash is removed first and the folder created
     before any rank writes into it. The rename (which replaces an existing ``path``) is the main
     process's, after every rank has left the block, and happens only if the block completes:
-    an exception leaves ``path`` as it was.
+    an exception leaves ``path`` as it was (and the temporary folder is removed, which frees
+    the space of a write that failed on a full disk).
     """
     tmp = path.with_name(f".{path.name}.tmp")
     if accelerator.is_main_process:
@@ -183,7 +236,12 @@ def written_atomically(accelerator, path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    yield tmp
+    try:
+        yield tmp
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if path.exists():
@@ -195,15 +253,24 @@ def written_atomically(accelerator, path: Path) -> Iterator[Path]:
 def run_lock(out: Path) -> Iterator[None]:
     """Hold ``<out>/.lock`` for the run, so that a second ``aia train`` on the same folder refuses to
     start instead of interleaving its logs and checkpoints with this one's. Only the global rank 0
-    process locks (it is the one that writes); the lock goes with the process, even on kill -9."""
+    process locks (it is the one that writes); the lock goes with the process, even on kill -9.
+
+    Raises:
+        InputError: another run holds the lock, or the folder cannot be written (read-only, a file).
+    """
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
     import fcntl
 
-    out.mkdir(parents=True, exist_ok=True)
     path = out / ".lock"
-    with open(path, "a+") as handle:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115  (held for the run)
+    except OSError as err:  # read-only, not a folder, no permission: before any model is loaded
+        raise InputError(f"cannot write the run here ({err.strerror or err}); give a writable "
+                         "train.output_dir", path=out) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -255,22 +322,44 @@ def save_model(accelerator, step_module, processor, path: Path) -> None:
         processor.save_pretrained(path)
 
 
-def save_checkpoint(
-    accelerator, step_module, processor, out: Path, step: int, cfg: RunConfig, skipped_in_a_row: int = 0
-) -> Path:
+@contextlib.contextmanager
+def _writing(out: Path, what: str, step: int) -> Iterator[None]:
+    """Turn a failed write (full disk, read-only folder) into one line; what was complete stays."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[:200]
+        latest = (out / "latest").read_text().strip() if (out / "latest").is_file() else None
+        raise InputError(
+            f"cannot write {what} ({reason}); the run stopped after step {step}, "
+            + (f"its last complete checkpoint is {latest}" if latest else "with no complete checkpoint")
+            + ": make room (or fix the folder) and rerun the same command to resume",
+            path=out,
+        ) from None
+
+
+def save_checkpoint(run: Run, out: Path, step: int, skipped_in_a_row: int = 0) -> Path:
     """Write ``checkpoint-<step>``, point ``latest`` at it, keep ``train.save_total_limit`` checkpoints.
-    ``skipped_in_a_row``: the non-finite steps skipped up to it (``train.skip_nonfinite``), for a resume."""
-    final = out / f"checkpoint-{step}"
-    with written_atomically(accelerator, final) as tmp:
-        accelerator.save_state(str(tmp))
-        save_model(accelerator, step_module, processor, tmp / "model")
-        accelerator.wait_for_everyone()  # every rank's state files are written before they are digested
+    ``skipped_in_a_row``: the non-finite steps skipped up to it (``train.skip_nonfinite``), for a resume.
+
+    Raises:
+        InputError: the folder cannot be written (full disk, read-only); nothing complete is lost.
+    """
+    accelerator, cfg, final = run.accelerator, run.cfg, out / f"checkpoint-{step}"
+    with _writing(out, final.name, step):
+        with written_atomically(accelerator, final) as tmp:
+            kind = save_state(accelerator, run.step_module, run.optimizer, run.scheduler, tmp)
+            save_model(accelerator, run.step_module, run.processor, tmp / "model")
+            accelerator.wait_for_everyone()  # every rank's state files are written before they are digested
+            if accelerator.is_main_process:
+                state = {"step": step, "config": cfg.to_dict(), "layout": kind, "processes": accelerator.num_processes,
+                         "state_sha256": state_digest(tmp), "skipped_in_a_row": skipped_in_a_row}
+                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         if accelerator.is_main_process:
-            state = {"step": step, "config": cfg.to_dict(), "state_sha256": state_digest(tmp),
-                     "skipped_in_a_row": skipped_in_a_row}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+            _write_text_atomic(out / "latest", final.name)
     if accelerator.is_main_process:
-        _write_text_atomic(out / "latest", final.name)
         kept = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in kept[: -cfg.train.save_total_limit]:
             shutil.rmtree(old)
@@ -278,10 +367,10 @@ def save_checkpoint(
     return final
 
 
-def save_final(accelerator, step_module, processor, out: Path) -> Path:
-    """Write the trained model and processor to ``<out>/final``; returns that folder."""
+def save_final(run: Run, out: Path, step: int) -> Path:
+    """Write the trained model and processor to ``<out>/final`` (after ``step``); returns that folder."""
     final = out / "final"
-    with written_atomically(accelerator, final) as tmp:
-        save_model(accelerator, step_module, processor, tmp)
-    accelerator.wait_for_everyone()
+    with _writing(out, final.name, step), written_atomically(run.accelerator, final) as tmp:
+        save_model(run.accelerator, run.step_module, run.processor, tmp)
+    run.accelerator.wait_for_everyone()
     return final

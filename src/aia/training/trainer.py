@@ -30,9 +30,13 @@ Outputs in ``train.output_dir``:
   :mod:`aia.training.step`);
 * ``tensorboard/``: the same scalars, and per-layer intensities as ``intensity/<task>/layer_<l>``;
 * ``checkpoint-<step>/``: ``model/`` (``save_pretrained`` + processor, loadable by plain
-  transformers) and accelerate's state (model, optimizer, scheduler, RNG); written under
-  a temporary name and renamed when complete; ``latest`` names the newest complete one;
+  transformers) and the resumable state (model, optimizer, scheduler, RNG; safetensors, JSON
+  and weights-only files, :mod:`aia.training.state`); written under a temporary name and
+  renamed when complete; ``latest`` names the newest complete one;
 * ``final/``: the trained model and processor.
+
+Ctrl-C stops the run with :class:`Interrupted` ("interrupted at step N; rerun the same
+command to resume"); the CLI prints that line and exits with status 130.
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ class DivergedError(InputError):
     """A loss term or the gradient norm became NaN or infinite: the run stops (exit status 2)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says the step and how to resume."""
+
+
 def _every(n: int, step: int) -> bool:
     """Whether 1-based ``step`` is one of every ``n`` (never when ``n`` is 0)."""
     return bool(n) and step % n == 0
@@ -106,14 +114,14 @@ def train(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
         A :class:`TrainResult` with the metrics history of this process.
     """
     out = Path(cfg.train.output_dir)
-    with run_lock(out):  # one trainer per output folder
+    with run_lock(out):  # one trainer per output folder; also checks that it can be written
         return _train(cfg, out, model, processor, accelerator)
 
 
 def _train(cfg: RunConfig, out: Path, model, processor, accelerator) -> TrainResult:
     run = setup(cfg, model, processor, accelerator)
     acc = run.accelerator
-    start, resumed_from = start_or_resume(acc, out, cfg.train.resume, cfg)
+    start, resumed_from = start_or_resume(run, out, cfg.train.resume)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -123,41 +131,54 @@ def _train(cfg: RunConfig, out: Path, model, processor, accelerator) -> TrainRes
     bar = tqdm(total=total, initial=start, desc="aia train", disable=not run.progress, file=sys.stderr)
     history: list[dict] = []
     streak = _skipped_before(resumed_from)  # non-finite steps skipped in a row
-    for step in range(start + 1, total + 1):  # 1-based: the step being taken
-        lr = run.scheduler.get_last_lr()[0]
-        t0 = time.perf_counter()
-        sums = optimizer_step(run, step - 1)
-        bad = sums.non_finite(acc)
-        if bad is not None and (not sums.skipped or streak >= cfg.train.skip_nonfinite):
-            # stop before anything is logged or saved from a non-finite state
-            raise DivergedError(
-                f"step {step}: {bad} is not finite (lr {lr:.3g})"
-                + (f", after {streak} skipped step(s) in a row" if streak else "")
-                + "; nothing was saved from this step, the last good checkpoint is "
-                + ((out / "latest").read_text().strip() if (out / "latest").is_file() else "none")
-            )
-        streak = streak + 1 if bad is not None else 0
-        run.scheduler.step()
-        step_time = time.perf_counter() - t0
-        bar.update(1)
-        if bad is not None:  # skipped: parameters and optimizer state as before the step
-            row = {"step": step, "lr": lr, "time/step_s": step_time, "skipped": bad}
-            if acc.is_main_process:
-                print(f"aia train: step {step}: {bad} is not finite; its update was skipped "
-                      f"({streak} of train.skip_nonfinite={cfg.train.skip_nonfinite} in a row)", file=sys.stderr)
-            history.append(row)
-            metrics.write(row)
-        elif _every(cfg.train.log_every, step) or _logs_intensity(cfg, step):  # collective: every rank
-            row = sums.row(acc, step, lr, step_time, intensity=_logs_intensity(cfg, step))
-            history.append(row)
-            metrics.write(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-        if _saves_checkpoint(cfg.train, step, total):
-            save_checkpoint(acc, run.step_module, run.processor, out, step, cfg, skipped_in_a_row=streak)
-    bar.close()
-    if start < total:
-        save_checkpoint(acc, run.step_module, run.processor, out, total, cfg, skipped_in_a_row=streak)
-    final = save_final(acc, run.step_module, run.processor, out)
+    step = start + 1
+    try:
+        for step in range(start + 1, total + 1):  # 1-based: the step being taken
+            streak = _take_step(run, out, step, total, streak, metrics, bar, history)
+        bar.close()
+        if start < total:
+            save_checkpoint(run, out, total, skipped_in_a_row=streak)
+        final = save_final(run, out, total)
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(f"interrupted at step {step}; rerun the same command to resume") from None
     metrics.close()
     skipped = {t: len(s.rejected) for t, s in run.streams.items()}
     return TrainResult(output_dir=out, final_dir=final, history=history, skipped=skipped, is_main_process=acc.is_main_process)
+
+
+def _take_step(run, out: Path, step: int, total: int, streak: int, metrics: MetricsWriter, bar, history: list) -> int:
+    """Take 1-based ``step``: log it, checkpoint after it when due. Returns the non-finite steps
+    skipped in a row up to it (``streak`` before it)."""
+    cfg, acc = run.cfg, run.accelerator
+    lr = run.scheduler.get_last_lr()[0]
+    t0 = time.perf_counter()
+    sums = optimizer_step(run, step - 1)
+    bad = sums.non_finite(acc)
+    if bad is not None and (not sums.skipped or streak >= cfg.train.skip_nonfinite):
+        # stop before anything is logged or saved from a non-finite state
+        raise DivergedError(
+            f"step {step}: {bad} is not finite (lr {lr:.3g})"
+            + (f", after {streak} skipped step(s) in a row" if streak else "")
+            + "; nothing was saved from this step, the last good checkpoint is "
+            + ((out / "latest").read_text().strip() if (out / "latest").is_file() else "none")
+        )
+    streak = streak + 1 if bad is not None else 0
+    run.scheduler.step()
+    step_time = time.perf_counter() - t0
+    bar.update(1)
+    if bad is not None:  # skipped: parameters and optimizer state as before the step
+        row = {"step": step, "lr": lr, "time/step_s": step_time, "skipped": bad}
+        if acc.is_main_process:
+            print(f"aia train: step {step}: {bad} is not finite; its update was skipped "
+                  f"({streak} of train.skip_nonfinite={cfg.train.skip_nonfinite} in a row)", file=sys.stderr)
+        history.append(row)
+        metrics.write(row)
+    elif _every(cfg.train.log_every, step) or _logs_intensity(cfg, step):  # collective: every rank
+        row = sums.row(acc, step, lr, step_time, intensity=_logs_intensity(cfg, step))
+        history.append(row)
+        metrics.write(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+    if _saves_checkpoint(cfg.train, step, total):
+        save_checkpoint(run, out, step, skipped_in_a_row=streak)
+    return streak
