@@ -1,5 +1,10 @@
 """aia.capture inside a real transformers model, against eager attention maps."""
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AttentionInterface
@@ -199,3 +204,46 @@ def test_flex_capture_forward_on_cpu_matches_eager(pad_side):
     ref = model(input_ids=ids, attention_mask=attn).logits
     keep = attn.bool()
     torch.testing.assert_close(out.logits[keep], ref[keep], rtol=0, atol=1e-4)
+
+
+LAZY = textwrap.dedent(
+    """
+    import sys
+    import aia
+    from aia import ConfigError, DataError, InputError  # the errors are plain names
+    heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+    assert not heavy, f"import aia imported {heavy}"
+    from aia.attention import ATTN_SDPA
+    assert "transformers" not in sys.modules, "aia.attention imported transformers"
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from tests.helpers import tiny_llama
+    import torch
+    assert ATTN_SDPA not in ALL_ATTENTION_FUNCTIONS, "registered at import"
+    model = tiny_llama(torch.float32)
+    ids = torch.randint(1, 97, (2, 9))
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    with aia.capture(model) as cap:
+        assert ATTN_SDPA in ALL_ATTENTION_FUNCTIONS
+        model(input_ids=ids, aia_query_mask=mask | (torch.arange(9) >= 5), aia_key_mask=mask | (torch.arange(9) < 3))
+    assert cap.intensity.shape == (3, 2) and aia.span_valid is aia.core.intensity.span_valid
+    print("ok")
+    """
+)
+
+
+def test_import_aia_is_lazy_and_capture_registers_on_first_use():
+    """`import aia` loads neither torch nor transformers; the first capture() registers the attention."""
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", LAZY], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_lazy_names_are_the_modules_own():
+    from aia.core import loss, spans
+
+    assert aia.capture is aia.attention.capture and aia.Capture is aia.attention.Capture
+    assert (aia.total_loss, aia.TASKS) == (loss.total_loss, spans.TASKS)
+    assert set(aia.__all__) <= set(dir(aia))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        aia.nope  # noqa: B018

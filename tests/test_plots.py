@@ -115,7 +115,7 @@ def test_plot_losses_errors(tmp_path):
         build_losses_figure({"n": nostep})
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"step": 1}\n{oops\n')
-    with pytest.raises(ValueError, match=f"{broken}: line 2: not valid JSON"):
+    with pytest.raises(ValueError, match=f"{broken}: line 2: invalid JSON"):
         build_losses_figure({"b": broken})
     with pytest.raises(ValueError, match="no such metrics file"):
         build_losses_figure({"m": tmp_path / "missing"})

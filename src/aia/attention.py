@@ -14,7 +14,9 @@ returns the same outputs as plain SDPA and records, per decoder layer, the inten
 of paper Eq. 1 for every sample. The attention output and the statistic come from one
 fused kernel call (see :mod:`aia.core.intensity`); no attention map is stored. Without the
 span kwargs (vision towers, cached decoding steps, ``generate``) the function is plain
-SDPA / FlexAttention. On exit the previous implementation is restored.
+SDPA / FlexAttention. On exit the previous implementation is restored. The two
+implementations are registered with transformers when the first capture is made, so
+importing this module imports no transformers.
 
 Results are keyed by layer index, so non-reentrant activation checkpointing, which
 calls the attention function again during backward, overwrites a layer's entry with
@@ -26,16 +28,20 @@ differentiable statistic: it is refused with a message.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.integrations.flex_attention import flex_attention_forward
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask, sdpa_mask
 
-from aia.core.intensity import attention_with_mass, flex_attention_with_mass, flex_available, reduce_mass, span_valid
+from aia.core.intensity import (
+    attention_with_mass,
+    flex_attention_with_mass,
+    flex_available,
+    reduce_flex_mass,
+    reduce_mass,
+    span_valid,
+)
 
 __all__ = ["ATTN_FLEX", "ATTN_SDPA", "Capture", "capture", "language_model_config"]
 
@@ -72,6 +78,8 @@ def _aia_sdpa_attention(
     cap = _ACTIVE.get(id(getattr(module, "config", None)))
     unsupported = kwargs.get("position_bias") is not None or kwargs.get("cache") is not None
     if cap is None or aia_query_mask is None or aia_key_mask is None or unsupported:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
@@ -104,6 +112,8 @@ def _aia_flex_attention(
     cap = _ACTIVE.get(id(getattr(module, "config", None)))
     special = any(kwargs.get(k) is not None for k in ("softcap", "s_aux", "position_bias"))
     if cap is None or aia_query_mask is None or aia_key_mask is None or special:
+        from transformers.integrations.flex_attention import flex_attention_forward
+
         return flex_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     if kwargs.get("dropout", 0.0) > 0:
         raise ValueError("aia: the FlexAttention route does not support attention dropout; use method='sdpa'")
@@ -111,18 +121,23 @@ def _aia_flex_attention(
     if attention_mask is not None and not hasattr(attention_mask, "mask_mod"):
         raise TypeError("aia: the FlexAttention route expects a BlockMask from transformers' flex_attention_mask")
     out, mass = flex_attention_with_mass(query, key, value, aia_query_mask, aia_key_mask, attention_mask, None, scaling)
-    gathered = torch.ones(mass.shape[0], mass.shape[-1], dtype=torch.bool, device=mass.device)
-    valid = span_valid(aia_query_mask[:, -query.shape[2] :], aia_key_mask)
-    counts = aia_query_mask[:, -query.shape[2] :].sum(-1, keepdim=True)
-    gathered &= torch.arange(mass.shape[-1], device=mass.device)[None, :] < counts
-    cap._record(module.layer_idx, reduce_mass(mass, gathered, aia_key_mask), valid)
+    qmask = aia_query_mask[:, -query.shape[2] :]
+    cap._record(module.layer_idx, reduce_flex_mass(mass, qmask, aia_key_mask), span_valid(qmask, aia_key_mask))
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ATTN_SDPA, _aia_sdpa_attention)
-AttentionMaskInterface.register(ATTN_SDPA, sdpa_mask)
-AttentionInterface.register(ATTN_FLEX, _aia_flex_attention)
-AttentionMaskInterface.register(ATTN_FLEX, flex_attention_mask)
+@functools.cache
+def _register() -> None:
+    """Register both implementations with transformers (once, at the first capture).
+
+    The mask functions are transformers' own, so padded batches keep their masks."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask, sdpa_mask
+
+    AttentionInterface.register(ATTN_SDPA, _aia_sdpa_attention)
+    AttentionMaskInterface.register(ATTN_SDPA, sdpa_mask)
+    AttentionInterface.register(ATTN_FLEX, _aia_flex_attention)
+    AttentionMaskInterface.register(ATTN_FLEX, flex_attention_mask)
 
 
 def language_model_config(model: nn.Module):
@@ -175,6 +190,7 @@ class Capture:
     def __init__(self, model: nn.Module, method: str = "auto"):
         if method not in ("auto", "sdpa", "flex"):
             raise ValueError(f"method must be 'auto', 'sdpa' or 'flex', got {method!r}")
+        _register()
         device = next(model.parameters()).device
         if method == "flex" and not flex_available(device):
             warnings.warn(
@@ -227,16 +243,6 @@ class Capture:
             raise RuntimeError(_REENTRANT_MESSAGE)
         self._layers[int(layer_idx)] = per_sample
         self._valid = valid
-
-    def reset(self) -> None:
-        """Forget the recorded layers (a new forward overwrites them anyway)."""
-        self._layers.clear()
-        self._valid = None
-
-    @property
-    def per_layer(self) -> dict[int, torch.Tensor]:
-        """Recorded ``{layer_idx: fp32 [B]}``."""
-        return dict(self._layers)
 
     @property
     def intensity(self) -> torch.Tensor:

@@ -20,7 +20,7 @@ def test_utf8_bom_is_accepted(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("latin1.jsonl", "é".encode("latin-1"), r"latin1\.jsonl: not UTF-8 text"),
+        ("latin1.jsonl", "é".encode("latin-1"), r"latin1\.jsonl: line 1: not UTF-8 text"),
         ("blank.jsonl", b"\n  \n", r"blank\.jsonl: no records"),
         ("empty.json", b"[]", r"empty\.json: no records"),
         ("zero.jsonl", b"", r"zero\.jsonl: no records"),

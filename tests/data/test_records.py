@@ -31,6 +31,18 @@ def test_load_json_list_and_jsonl(tmp_path):
     assert read_records(tmp_path / "b.jsonl") == [GEN, UND]
 
 
+def test_line_separators_inside_values_stay_in_their_record(tmp_path):
+    gen = gen_record("a red\u2028cube\u2029on grass\u0085", image="a.png")
+    und = und_record(("<image>\nwhat\u2028is it?", "a cube\u0085"), image="b.png")
+    path = tmp_path / "sep.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in (gen, und)), encoding="utf-8")
+    assert read_records(path) == [gen, und]
+    assert [infer_task(r) for r in read_records(path)] == ["gen", "und"]
+    path.write_bytes(b'{"image": "a.png"}\n\x80\x81\xfe junk\n')
+    with pytest.raises(DataError, match=r"sep\.jsonl: line 2: not UTF-8 text"):
+        read_records(path)
+
+
 def test_bad_json_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(GEN) + "\n" + '{"image": "x.png", "conversations": [\n')

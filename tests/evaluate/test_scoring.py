@@ -23,6 +23,7 @@ from aia.evaluate import (
     score,
     score_file,
 )
+from aia.jsonl import json_line
 
 
 def approx(x):
@@ -304,6 +305,25 @@ def test_score_file_reads_and_names_file_and_line(tmp_path):
         score_file(bad)
     with pytest.raises(DataError, match=r"nope\.jsonl: no such predictions file"):
         score_file(tmp_path / "nope.jsonl")
+
+
+def test_answers_holding_line_separators_score(tmp_path):
+    """A model answer with U+2028 / U+2029 / U+0085 (which str.splitlines() breaks at) keeps its
+    row whole: written by `aia answer`'s writer (escaped) or by another tool (raw)."""
+    rows = [{**r, "prediction": r["prediction"] + "\u2028\u2029\u0085"[i % 3]} for i, r in enumerate(POPE_ROWS)]
+    rows[0]["question"] = "Is there\u2028a dog?"
+    want = score("pope", rows)
+    assert want["metrics"] == score("pope", POPE_ROWS)["metrics"]  # the characters are not words
+    ours = tmp_path / "ours.jsonl"
+    with ours.open("a", encoding="utf-8") as out:  # as aia.evaluate.answer appends its rows
+        for row in rows:
+            out.write(json_line(row))
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    for path in (ours, raw):
+        assert read_predictions(path) == rows
+        assert score_file(path)["metrics"] == want["metrics"]
+        assert compare_files(path, path)["n"] == len(rows)
 
 
 def test_score_file_with_several_benchmarks(tmp_path):

@@ -38,6 +38,7 @@ __all__ = [
     "flex_attention_with_mass",
     "flex_available",
     "mass_reference",
+    "reduce_flex_mass",
     "reduce_mass",
     "span_mass",
     "span_valid",
@@ -564,6 +565,23 @@ def flex_attention_with_mass(
     return (out if value is not None else None), mass
 
 
+def reduce_flex_mass(mass: torch.Tensor, query_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """:func:`reduce_mass` of :func:`flex_attention_with_mass`'s mass, whose rows are the gathered query set.
+
+    Args:
+        mass: ``[B, H, Mq]``, row ``m`` the ``m``-th query of the sample (zeros past its count).
+        query_mask: bool ``[B, Tq]``, the query set over the call's query rows (the last ``Tq``
+            positions of the mask given to :func:`flex_attention_with_mass`).
+        key_mask: bool ``[B, Tk]``.
+
+    Returns:
+        ``[B]``, as :func:`reduce_mass`.
+    """
+    count = query_mask.sum(-1, keepdim=True)  # [B, 1]
+    rows = torch.arange(mass.shape[-1], device=mass.device)[None, :] < count  # [B, Mq]
+    return reduce_mass(mass, rows, key_mask)
+
+
 def _flex_block_mask(attention_mask, causal, b, tq, tk, device):
     from torch.nn.attention.flex_attention import create_block_mask
 
@@ -638,7 +656,5 @@ def span_mass(
     else:
         block_mask, mask_mod = _flex_block_mask(attention_mask, causal, b, tq, key.shape[2], query.device)
         _, mass = flex_attention_with_mass(query, key, None, query_mask, key_mask, block_mask, mask_mod, scaling)
-        gathered_q = torch.ones(mass.shape[0], mass.shape[-1], dtype=torch.bool, device=mass.device)
-        _, qv = _gather_rows(_last(query_mask, tq))
-        out = reduce_mass(mass, gathered_q & qv, key_mask)
+        out = reduce_flex_mass(mass, _last(query_mask, tq), key_mask)
     return (out, valid) if return_valid else out

@@ -24,6 +24,7 @@ from PIL import Image
 
 from aia.core.spans import check_task
 from aia.errors import DataError, ImageError
+from aia.jsonl import read_json_rows
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
@@ -55,48 +56,23 @@ def read_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError("no such data file", path=path)
-    records, lines = _read_parquet(path) if path.suffix == ".parquet" else _read_json(path)
-    for i, (record, lineno) in enumerate(zip(records, lines, strict=True)):
+    rows = _read_parquet(path) if path.suffix == ".parquet" else read_json_rows(path)
+    for where, record in rows:
         if not isinstance(record, dict):
-            where = f"line {lineno}" if lineno is not None else i
             raise DataError(f"a record must be a JSON object, got {type(record).__name__}", path=path, record=where)
-    if not records:
+    if not rows:
         raise DataError("no records", path=path)
-    return records
+    return [record for _, record in rows]
 
 
-def _read_json(path: Path) -> tuple[list, list[int | None]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text (byte {e.start}); data files are UTF-8 JSON, JSON Lines or parquet",
-                        path=path) from None
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg}", path=path, record=f"line {e.lineno}") from None
-        return records, [None] * len(records)
-    records, lines = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg}", path=path, record=f"line {lineno}") from None
-        lines.append(lineno)
-    return records, lines
-
-
-def _read_parquet(path: Path) -> tuple[list, list[int | None]]:
+def _read_parquet(path: Path) -> list[tuple[int, dict]]:
     import datasets
 
     try:
         rows = datasets.load_dataset("parquet", data_files=str(path), split="train").to_list()
     except Exception as err:  # datasets / pyarrow raise many types for malformed files
         raise DataError(f"cannot be read as parquet: {err}", path=path) from None
-    return rows, [None] * len(rows)
+    return list(enumerate(rows))
 
 
 def task_records(path: str | Path, task: str) -> list[dict]:

@@ -3,7 +3,7 @@ the training runs, the compared metrics and the pipeline's steps."""
 
 from __future__ import annotations
 
-__all__ = ["ABLATIONS", "METRICS", "POST_RUNS", "RUNS", "SHARED_RUNS", "STEPS"]
+__all__ = ["ABLATIONS", "METRICS", "POST_RUNS", "RUNS", "STEPS"]
 
 #: run name -> (row label of the report, tasks it trains on)
 RUNS = {
@@ -16,8 +16,6 @@ RUNS = {
     "aia_per_layer": ("post-trained + AIA w/o stage-level", ("und", "gen")),
 }
 
-#: runs trained once per demo, from the random initial weights
-SHARED_RUNS = ("und_only", "gen_only", "pretrained")
 #: runs trained once per seed, from the pretrained checkpoint
 POST_RUNS = ("baseline", "aia", "aia_mse", "aia_per_layer")
 #: the post-training runs that are ablations of ``aia``

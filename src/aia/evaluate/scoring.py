@@ -23,15 +23,18 @@ from its baseline and whether that is beyond noise, and :func:`format_table` pri
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
+import aia.evaluate.mme as mme
+import aia.evaluate.mmmu as mmmu
+import aia.evaluate.mmvp as mmvp
+import aia.evaluate.pope as pope
 from aia.errors import DataError
-from aia.evaluate import mme, mmmu, mmvp, pope
+from aia.jsonl import read_jsonl
 
 __all__ = [
     "BENCHMARKS",
@@ -73,23 +76,13 @@ def _read(path: str | Path) -> tuple[list[dict], list[int]]:
     path = Path(path)
     if not path.is_file():
         raise DataError("no such predictions file", path=path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text (byte {e.start}); a predictions file is UTF-8 JSON Lines", path=path) from None
     rows, lines = [], []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path=path, record=f"line {lineno}") from None
-        if not isinstance(row, dict):
-            raise DataError(f"a prediction must be a JSON object, got {type(row).__name__}", path=path,
-                            record=f"line {lineno}")
-        rows.append(row)
-        lines.append(lineno)
+    for line in read_jsonl(path):
+        if not isinstance(line.value, dict):
+            kind = type(line.value).__name__
+            raise DataError(f"a prediction must be a JSON object, got {kind}", path=path, record=f"line {line.number}")
+        rows.append(line.value)
+        lines.append(line.number)
     if not rows:
         raise DataError("no predictions", path=path)
     return rows, lines

@@ -22,7 +22,6 @@ produce are noise.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -45,6 +44,8 @@ from transformers import (
 )
 from transformers.models.chameleon.image_processing_pil_chameleon import ChameleonImageProcessorPil
 from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+from aia.jsonl import write_jsonl
 
 __all__ = [
     "EMU3_CHAT_TEMPLATE",
@@ -462,5 +463,5 @@ def write_tiny_dataset(
         )
     und_path, gen_path = directory / "und.jsonl", directory / "gen.jsonl"
     for path, records in ((und_path, und), (gen_path, gen)):
-        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        write_jsonl(path, records)
     return und_path, gen_path

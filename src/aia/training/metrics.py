@@ -1,16 +1,17 @@
 """The training log: ``metrics.jsonl`` rows (one per logged step) and their TensorBoard twin.
 
 :class:`MetricsWriter` is the one place a run's metrics are written; :func:`read_metrics`
-is the one place they are read back (``aia plot losses``, the demo).
+reads them back (``aia plot losses``, the demo), through the same reader as a resumed run,
+which keeps the rows up to its checkpoint. Lines are :mod:`aia.jsonl`'s.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from aia.errors import InputError
+from aia.jsonl import json_line, mend_torn_end, read_jsonl, write_jsonl
 
 __all__ = ["METRIC_KEYS", "MetricsWriter", "read_metrics"]
 
@@ -51,8 +52,15 @@ class MetricsWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # keep what the resumed-from run logged up to its checkpoint
-            rows = _logged_rows(self.path)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
+            torn = mend_torn_end(self.path)
+            if torn is not None:
+                print(f"aia train: {self.path}: line {torn} is incomplete (an interrupted write); dropped",
+                      file=sys.stderr)
+            try:
+                rows = _steps(self.path)
+            except InputError as err:
+                raise InputError(f"cannot resume: {err.reason}", path=err.path, record=err.record) from None
+            write_jsonl(self.path, [r for r in rows if r["step"] <= start])
         elif start:
             self.path.touch()
         from torch.utils.tensorboard import SummaryWriter
@@ -64,8 +72,8 @@ class MetricsWriter:
         (a list, the per-layer intensity, as one ``<key>/layer_<l>`` scalar per layer)."""
         if self.writer is None:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(row, allow_nan=False) + "\n")  # strict JSON: a non-finite run stops first
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json_line(row))  # strict JSON: a non-finite run stops first
         step = row["step"]
         for k, v in row.items():
             if isinstance(v, float) and k != "step":
@@ -79,22 +87,18 @@ class MetricsWriter:
             self.writer.close()
 
 
-def _logged_rows(path: Path) -> list[dict]:
-    """The rows of an existing ``metrics.jsonl``; a torn last line (a crash or a full disk while
-    logging) is dropped with a warning, a bad line elsewhere is an error naming it."""
-    lines = [(no, line) for no, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+def _steps(path: Path) -> list[dict]:
+    """The rows with a ``"step"`` of a ``metrics.jsonl`` (others, e.g. run summaries, are skipped).
+
+    Raises:
+        InputError: a line is not JSON or not a JSON object (naming the line).
+    """
     rows = []
-    for i, (no, line) in enumerate(lines):
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or "step" not in row:
-                raise ValueError("not a metrics row")
-        except ValueError as err:
-            if i == len(lines) - 1:
-                print(f"aia train: {path}: line {no} is incomplete (an interrupted write); dropped", file=sys.stderr)
-                break
-            raise InputError(f"cannot resume: {err}", path=path, record=f"line {no}") from None
-        rows.append(row)
+    for line in read_jsonl(path):
+        if not isinstance(line.value, dict):
+            raise InputError("expected a JSON object per line", path=path, record=f"line {line.number}")
+        if "step" in line.value:
+            rows.append(line.value)
     return rows
 
 
@@ -111,18 +115,7 @@ def read_metrics(path: str | Path) -> list[dict]:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise InputError("no such metrics file", path=path)
-    records = []
-    for no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"not valid JSON: {e.msg}", path=path, record=f"line {no}") from None
-        if not isinstance(rec, dict):
-            raise InputError("expected a JSON object per line", path=path, record=f"line {no}")
-        if "step" in rec:
-            records.append(rec)
-    if not records:
+    rows = _steps(path)
+    if not rows:
         raise InputError("no logged steps (no line with a 'step')", path=path)
-    return records
+    return rows
