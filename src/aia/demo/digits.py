@@ -36,6 +36,7 @@ from aia.jsonl import write_jsonl
 
 __all__ = [
     "DIGIT_WORDS",
+    "FAMILY",
     "GEN_PROMPT",
     "UND_QUESTION",
     "VQ_FILE",
@@ -55,6 +56,8 @@ PATCH = 2  #: patch side in pixels: a 4x4 grid of codes
 GRID = SIZE // PATCH
 MAX_VALUE = 16.0  #: pixel values of the data set are 0..16
 VQ_FILE = "digits_vq.json"  #: the VQ codebook inside a saved model directory
+#: the demo's model family (:class:`aia.demo.vqlm.VQLMAdapter`), the marker its models carry
+FAMILY = "vqlm"
 
 DIGIT_WORDS = [str(d) for d in range(10)]
 GEN_PROMPT = "draw digit {digit}"
@@ -331,14 +334,13 @@ def build_digits_model(
     Intermediate size ``2 * hidden_size``, one key/value head per query head, no dropout,
     untied input/output embeddings; initialised under ``torch.manual_seed(seed)`` without
     touching the global generator. Its config carries the demo family's marker
-    (:data:`aia.adapters.FAMILY_MARKER`: ``"vqlm"``), which ``save_pretrained`` keeps in
+    (:data:`aia.adapters.FAMILY_MARKER`: :data:`FAMILY`), which ``save_pretrained`` keeps in
     ``config.json``: that, not the class, is how its adapter (:class:`aia.demo.vqlm.VQLMAdapter`)
     is found.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from aia.adapters import FAMILY_MARKER
-    from aia.demo.vqlm import VQLMAdapter
 
     tok = processor.tokenizer
     config = LlamaConfig(
@@ -353,7 +355,7 @@ def build_digits_model(
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        **{FAMILY_MARKER: VQLMAdapter.family},
+        **{FAMILY_MARKER: FAMILY},
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

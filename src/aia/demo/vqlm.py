@@ -62,6 +62,7 @@ from aia.adapters.imagegen import check_seeds, seeded_sampler
 from aia.adapters.prompts import PromptConfig
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import dialogue, generation_prompt, image_path, load_image
+from aia.demo.digits import FAMILY, DigitsProcessor
 
 __all__ = ["VQLMAdapter"]
 
@@ -71,7 +72,7 @@ _CONTRACT = "tokenizer, image_tokenizer, image_code_token_ids, image_start_token
 class VQLMAdapter(AdapterBase):
     """A decoder LM over text and VQ-code tokens; the VQ lives in the processor."""
 
-    family = "vqlm"
+    family = FAMILY  # "vqlm", written into the config of every model the demo builds
     #: the demo's own sampling (:func:`aia.demo.judge.sample_codes`): no guidance, the whole codebook
     image_defaults = ImageDefaults(guidance=1.0, top_k=None)
 
@@ -190,8 +191,6 @@ class VQLMAdapter(AdapterBase):
     @classmethod
     def load_processor(cls, model_dir: Path):
         """The digits processor (tokenizer + VQ codebook) saved in ``model_dir``."""
-        from aia.demo.digits import DigitsProcessor
-
         return DigitsProcessor.from_pretrained(model_dir)
 
     def image_block(self, input_ids: torch.Tensor) -> torch.Tensor:
