@@ -75,6 +75,7 @@ from PIL import Image
 
 from aia.adapters.imagegen import ImageOptions
 from aia.errors import DataError, InputError
+from aia.jsonl import read_jsonl
 
 __all__ = [
     "FORMATS",
@@ -93,13 +94,13 @@ IMAGES_PER_PROMPT = {"plain": 1, "geneval": 4, "dpg": 4, "wise": 1}
 
 # ----------------------------------------------------------------- models
 def _dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    name = names.get(str(dtype).lower(), str(dtype).lower())
-    if name not in ("bfloat16", "float16", "float32"):
-        raise InputError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32", field="dtype")
-    return getattr(torch, name)
+    """``dtype`` (a name, an alias such as ``bf16``, ``"auto"``, None or a ``torch.dtype``) as a torch dtype."""
+    from aia.options import torch_dtype
+
+    try:
+        return torch_dtype(dtype)
+    except ValueError as err:
+        raise InputError(str(err), field="dtype") from None
 
 
 def _architecture(model_dir: Path) -> str | None:
@@ -215,26 +216,20 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text (byte {e.start})", path=path) from None
     if suffix == ".jsonl":
-        prompts = _read_geneval(path, text)
+        prompts = _read_geneval(path)
     elif suffix == ".json":
         prompts = _read_wise(path, text)
     else:
         prompts = [Prompt(i, line.strip(), f"{i:05d}", json.dumps({"prompt": line.strip()}))
-                   for i, line in enumerate(ln for ln in text.splitlines() if ln.strip())]
+                   for i, line in enumerate(ln for ln in text.split("\n") if ln.strip())]
     if not prompts:
         raise DataError("no prompts", path=path)
     return prompts
 
 
-def _read_geneval(path: Path, text: str) -> list[Prompt]:
+def _read_geneval(path: Path) -> list[Prompt]:
     prompts = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            meta = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise _prompt_error(f"invalid JSON: {e.msg} (column {e.colno})", path, f"line {lineno}") from None
+    for lineno, meta, line in read_jsonl(path):
         if not isinstance(meta, dict):
             raise _prompt_error(f"a GenEval metadata line is a JSON object, got {type(meta).__name__}", path,
                                 f"line {lineno}")
@@ -242,7 +237,7 @@ def _read_geneval(path: Path, text: str) -> list[Prompt]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise _prompt_error("needs a non-empty 'prompt' string", path, f"line {lineno}", "prompt")
         index = len(prompts)
-        prompts.append(Prompt(index, prompt.strip(), f"{index:05d}", line.rstrip("\r\n")))
+        prompts.append(Prompt(index, prompt.strip(), f"{index:05d}", line))
     return prompts
 
 
@@ -289,21 +284,6 @@ def _read_dpg_folder(folder: Path) -> list[Prompt]:
 
 
 # ----------------------------------------------------------------- output layouts
-def _files(fmt: str, out_dir: Path, prompt: Prompt, n: int) -> list[Path]:
-    """The files a prompt's images end up in (the dpg layout: one grid for all)."""
-    if fmt == "geneval":
-        return [out_dir / f"{prompt.index:05d}" / "samples" / f"{k:05d}.png" for k in range(n)]
-    if fmt == "dpg":
-        return [out_dir / f"{prompt.name}.png"]
-    if fmt == "wise":
-        return [out_dir / f"{prompt.name}.png"]
-    return [out_dir / f"{prompt.index:05d}_{k}.png" for k in range(n)]
-
-
-def _metadata_path(out_dir: Path, prompt: Prompt) -> Path:
-    return out_dir / f"{prompt.index:05d}" / "metadata.jsonl"
-
-
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -330,6 +310,111 @@ def grid(images: list[Image.Image]) -> Image.Image:
     return out
 
 
+class _Writer:
+    """Where a layout puts each prompt's ``n`` images, and how it writes them (the plain layout's)."""
+
+    def __init__(self, out_dir: Path, n: int):
+        self.out_dir, self.n = out_dir, n
+
+    def files(self, prompt: Prompt) -> list[Path]:
+        """The files the prompt's images end up in."""
+        return [self.out_dir / f"{prompt.index:05d}_{k}.png" for k in range(self.n)]
+
+    def complete(self, prompt: Prompt) -> bool:
+        """Whether the prompt was written by an earlier run."""
+        return all(f.is_file() for f in self.files(prompt))
+
+    def todo(self, prompt: Prompt) -> list[int]:
+        """The images ``k`` of an incomplete prompt still to generate."""
+        return [k for k, f in enumerate(self.files(prompt)) if not f.is_file()]
+
+    def check_resume(self, prompts: list[Prompt]) -> None:
+        """Refuse a folder written from another prompt file (resuming would keep wrong images)."""
+
+    def begin(self, prompts: list[Prompt]) -> None:
+        """Before the first image (the folder exists)."""
+
+    def write(self, prompt: Prompt, k: int, image: Image.Image) -> None:
+        """Image ``k`` of ``prompt``, as soon as it is generated."""
+        _save_png(image, self.files(prompt)[k])
+
+
+class _PlainWriter(_Writer):
+    """``DIR/{index:05d}_{k}.png`` and ``DIR/index.jsonl``, one line per prompt."""
+
+    def _index(self, prompts: list[Prompt]) -> str:
+        return "".join(json.dumps({"index": p.index, "name": p.name, "prompt": p.text,
+                                   "files": [f.name for f in self.files(p)]}, ensure_ascii=False) + "\n"
+                       for p in prompts)
+
+    def check_resume(self, prompts: list[Prompt]) -> None:
+        index = self.out_dir / "index.jsonl"
+        if index.is_file() and index.read_text(encoding="utf-8") != self._index(prompts):
+            raise InputError("holds the images of other prompts (or another images_per_prompt); write to a new "
+                             "folder", path=index)
+
+    def begin(self, prompts: list[Prompt]) -> None:
+        _write_text(self.out_dir / "index.jsonl", self._index(prompts))
+
+
+class _GenEvalWriter(_Writer):
+    """``DIR/{index:05d}/metadata.jsonl`` and ``DIR/{index:05d}/samples/{k:05d}.png``."""
+
+    def files(self, prompt: Prompt) -> list[Path]:
+        return [self.out_dir / f"{prompt.index:05d}" / "samples" / f"{k:05d}.png" for k in range(self.n)]
+
+    def _metadata(self, prompt: Prompt) -> Path:
+        return self.out_dir / f"{prompt.index:05d}" / "metadata.jsonl"
+
+    def complete(self, prompt: Prompt) -> bool:
+        return super().complete(prompt) and self._metadata(prompt).is_file()
+
+    def check_resume(self, prompts: list[Prompt]) -> None:
+        for p in prompts:
+            meta = self._metadata(p)
+            if meta.is_file() and meta.read_text(encoding="utf-8").rstrip("\r\n") != p.line:
+                raise InputError(f"holds the images of another prompt than line {p.index + 1} of the prompt file; "
+                                 "write to a new folder", path=meta)
+
+    def write(self, prompt: Prompt, k: int, image: Image.Image) -> None:
+        if not self._metadata(prompt).is_file():
+            _write_text(self._metadata(prompt), prompt.line + "\n")
+        super().write(prompt, k, image)
+
+
+class _DpgWriter(_Writer):
+    """``DIR/{name}.png``: the prompt's images in one grid, written when the last one is in."""
+
+    def __init__(self, out_dir: Path, n: int):
+        super().__init__(out_dir, n)
+        self._parts: dict[int, dict[int, Image.Image]] = {}  # prompt index -> its images so far
+
+    def files(self, prompt: Prompt) -> list[Path]:
+        return [self.out_dir / f"{prompt.name}.png"]
+
+    def todo(self, prompt: Prompt) -> list[int]:
+        return list(range(self.n))
+
+    def write(self, prompt: Prompt, k: int, image: Image.Image) -> None:
+        parts = self._parts.setdefault(prompt.index, {})
+        parts[k] = image
+        if len(parts) == self.n:
+            del self._parts[prompt.index]
+            _save_png(grid([parts[i] for i in range(self.n)]), self.files(prompt)[0])
+
+
+class _WiseWriter(_Writer):
+    """``DIR/{prompt_id}.png``, one image per prompt."""
+
+    def files(self, prompt: Prompt) -> list[Path]:
+        return [self.out_dir / f"{prompt.name}.png"]
+
+
+#: the writer of each output layout (``fmt``)
+WRITERS: dict[str, type[_Writer]] = {"plain": _PlainWriter, "geneval": _GenEvalWriter, "dpg": _DpgWriter,
+                                     "wise": _WiseWriter}
+
+
 # ----------------------------------------------------------------- sampling
 def image_seed(seed: int, index: int, k: int) -> int:
     """The seed of image ``k`` of prompt ``index`` (independent of batching and resuming)."""
@@ -338,26 +423,6 @@ def image_seed(seed: int, index: int, k: int) -> int:
 
 
 # ----------------------------------------------------------------- the entry point
-def _plain_index(out_dir: Path, prompts: list[Prompt], n: int) -> str:
-    return "".join(json.dumps({"index": p.index, "name": p.name, "prompt": p.text,
-                               "files": [f.name for f in _files("plain", out_dir, p, n)]}, ensure_ascii=False) + "\n"
-                   for p in prompts)
-
-
-def _check_same_prompts(fmt: str, out_dir: Path, prompts: list[Prompt], n: int) -> None:
-    """Resuming into a folder written from another prompt file would keep wrong images: refuse."""
-    if fmt == "geneval":
-        for p in prompts:
-            meta = _metadata_path(out_dir, p)
-            if meta.is_file() and meta.read_text(encoding="utf-8").rstrip("\r\n") != p.line:
-                raise InputError(f"holds the images of another prompt than line {p.index + 1} of the prompt file; "
-                                 "write to a new folder", path=meta)
-    elif fmt == "plain" and (out_dir / "index.jsonl").is_file():
-        if (out_dir / "index.jsonl").read_text(encoding="utf-8") != _plain_index(out_dir, prompts, n):
-            raise InputError("holds the images of other prompts (or another images_per_prompt); write to a new "
-                             "folder", path=out_dir / "index.jsonl")
-
-
 def _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio, image_area) -> int:
     if fmt not in FORMATS:
         raise InputError(f"unknown output format {fmt!r}; known: {', '.join(FORMATS)}", field="fmt")
@@ -442,12 +507,27 @@ def generate_images(
         check_can_generate(model)  # before loading
     prompts = read_prompts(prompts_path)
     out_dir = Path(out_dir)
-    _check_same_prompts(fmt, out_dir, prompts, n)
+    writer = WRITERS[fmt](out_dir, n)
+    writer.check_resume(prompts)
     model, processor = resolve_model(model, processor, device=device, dtype=dtype)
     from aia.adapters import get_adapter, unwrap
 
     _check_generates(type(unwrap(model)).__name__)
     adapter = get_adapter(model, processor)
+    opts = _image_options(adapter, guidance, temperature, top_k, positive_prompt, negative_prompt, image_area, ratio)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer.begin(prompts)
+    jobs, done_before = _pending(writer, prompts)
+    _generate(model, adapter, opts, jobs, writer, seed=seed, batch_size=batch_size,
+              desc=f"generating ({fmt})", progress=progress)
+    return {"format": fmt, "out_dir": str(out_dir), "family": adapter.family, "prompts": len(prompts),
+            "prompts_done_before": done_before, "images_generated": len(jobs), "images_per_prompt": n,
+            "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k, "seed": seed}
+
+
+def _image_options(adapter, guidance, temperature, top_k, positive_prompt, negative_prompt, image_area,
+                   ratio) -> ImageOptions:
+    """The sampling options, the family's defaults where not given; an option of another family refused."""
     defaults = adapter.image_defaults
     given = {"positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area,
              "ratio": None if ratio == "1:1" else ratio}  # 1:1 is what the families without the option draw
@@ -455,7 +535,7 @@ def generate_images(
     if foreign:
         raise InputError(f"an option of the {' and '.join(_option_owners(foreign[0]))} family only, not of "
                          f"{adapter.family}", field=foreign[0])
-    opts = ImageOptions(
+    return ImageOptions(
         guidance=float(defaults.guidance if guidance is None else guidance),
         temperature=float(temperature),
         top_k=defaults.top_k if top_k is None else top_k,
@@ -465,28 +545,25 @@ def generate_images(
         ratio=ratio,
     )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if fmt == "plain":
-        _write_text(out_dir / "index.jsonl", _plain_index(out_dir, prompts, n))
 
+def _pending(writer: _Writer, prompts: list[Prompt]) -> tuple[list[tuple[Prompt, int]], int]:
+    """``(the images (prompt, k) still to generate, the number of prompts complete already)``."""
     jobs: list[tuple[Prompt, int]] = []
     done_before = 0
     for p in prompts:
-        files = _files(fmt, out_dir, p, n)
-        complete = all(f.is_file() for f in files)
-        if fmt == "geneval":
-            complete = complete and _metadata_path(out_dir, p).is_file()
-        if complete:
+        if writer.complete(p):
             done_before += 1
-        elif fmt == "dpg":
-            jobs += [(p, k) for k in range(n)]
         else:
-            jobs += [(p, k) for k, f in enumerate(files) if not f.is_file()]
+            jobs += [(p, k) for k in writer.todo(p)]
+    return jobs, done_before
 
+
+def _generate(model, adapter, opts: ImageOptions, jobs: list[tuple[Prompt, int]], writer: _Writer, *, seed: int,
+              batch_size: int, desc: str, progress: bool) -> None:
+    """Generate ``jobs`` in batches, each image seeded by :func:`image_seed`, handed to ``writer``."""
     from tqdm.auto import tqdm
 
-    pending: dict[int, dict[int, Image.Image]] = {}  # dpg: prompt index -> its images so far
-    bar = tqdm(total=len(jobs), unit="img", desc=f"generating ({fmt})", disable=not progress)
+    bar = tqdm(total=len(jobs), unit="img", desc=desc, disable=not progress)
     model.eval()
     try:
         with torch.inference_mode(), quiet_transformers():
@@ -495,18 +572,7 @@ def generate_images(
                 seeds = [image_seed(seed, p.index, k) for p, k in batch]
                 images = adapter.generate_images(model, [p.text for p, _ in batch], seeds, opts)
                 for (p, k), image in zip(batch, images, strict=True):
-                    if fmt == "dpg":
-                        pending.setdefault(p.index, {})[k] = image
-                        if len(pending[p.index]) == n:
-                            parts = pending.pop(p.index)
-                            _save_png(grid([parts[i] for i in range(n)]), _files(fmt, out_dir, p, n)[0])
-                    else:
-                        if fmt == "geneval" and not _metadata_path(out_dir, p).is_file():
-                            _write_text(_metadata_path(out_dir, p), p.line + "\n")
-                        _save_png(image, _files(fmt, out_dir, p, n)[k])
+                    writer.write(p, k, image)
                 bar.update(len(batch))
     finally:
         bar.close()
-    return {"format": fmt, "out_dir": str(out_dir), "family": adapter.family, "prompts": len(prompts),
-            "prompts_done_before": done_before, "images_generated": len(jobs), "images_per_prompt": n,
-            "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k, "seed": seed}
