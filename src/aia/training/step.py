@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -41,9 +40,6 @@ from aia.core.loss import aia_loss, total_loss
 from aia.targets.presets import TargetProfile
 from aia.training.config import RunConfig
 from aia.training.streams import step_schedule
-
-if TYPE_CHECKING:
-    from aia.training.setup import Run
 
 __all__ = ["StepNorm", "StepSums", "UnifiedStep", "batch_tensors", "optimizer_step"]
 
@@ -260,9 +256,11 @@ class StepSums:
         return row
 
 
-def optimizer_step(run: Run, step: int) -> StepSums:
-    """Run optimizer step ``step`` (0-based): forward and backward every micro-batch of its
-    schedule, clip and step the optimizer at the last one (accelerate's ``accumulate``).
+def optimizer_step(run, step: int) -> StepSums:
+    """Run optimizer step ``step`` (0-based) of ``run`` (an :class:`aia.training.setup.Run`, which
+    holds this module's :class:`UnifiedStep`, so it is not imported here): forward and backward
+    every micro-batch of its schedule, clip and step the optimizer at the last one (accelerate's
+    ``accumulate``).
 
     The step's micro-batches are built first, so that their global token and sample counts
     (:class:`StepNorm`) weight each one's loss. With ``train.skip_nonfinite`` a non-finite
