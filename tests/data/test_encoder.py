@@ -96,3 +96,14 @@ def test_prompt_part_ends_where_generation_starts(tiny_data, janus):
     assert torch.equal(asked.input_ids, question.input_ids[: len(asked)])
     with pytest.raises(DataError, match="nothing to generate"):
         prompt_part(prompt)
+
+
+def test_janus_generation_prompt_is_the_trained_prompt(janus):
+    """aia generate's Janus prompt (the text-only chat prompt, then <begin_of_image>) is the prompt
+    part of the generation record the run trained on."""
+    record = {"image": "-", "conversations": [{"from": "human", "value": "a red square"},
+                                              {"from": "gpt", "value": "<image>"}]}
+    trained = prompt_part(RecordEncoder(janus, "gen", None)(record, image=Image.new("RGB", (32, 32))))
+    text, _ = janus.text_prompt("a red square")
+    ids = janus.tokenizer(text, add_special_tokens=False)["input_ids"] + [janus.boi_id]
+    assert trained.input_ids.tolist() == ids
