@@ -8,8 +8,9 @@
   (``smart_resize`` in Emu3's ``emu3/train/prepare_data.py``, ``--image-area 518400`` =
   720 x 720 in ``scripts/t2i_sft.sh``): scale both sides by ``sqrt(area / (w * h))`` and round.
 
-The training streams apply them where a record is encoded (``data.image_area`` first, then
-``data.gen_image_transform`` for generation samples; :class:`aia.training.streams.TaskStream`).
+The record encoder applies them where a record is encoded, for training and profiling alike
+(``data.image_area`` first, then ``data.gen_image_transform`` for generation samples;
+:func:`aia.data.encoder.image_transform`).
 """
 
 from __future__ import annotations
