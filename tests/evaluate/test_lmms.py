@@ -340,3 +340,24 @@ def test_simple_evaluate_local_task(aia_class, model_dirs, tmp_path, monkeypatch
            max_new_tokens=4, progress=False)
     expected = [json.loads(line)["prediction"] for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert [text.strip() for text in got] == expected and any(expected)
+
+
+def test_every_family_that_answers_is_served_without_lmms_eval(tmp_path):
+    """The plugin asks the adapter whether the family answers: the understanding-only family and the
+    demo's VQ-LM (registered outside :mod:`aia.adapters`) are served as the unified ones are."""
+    import aia.demo  # noqa: F401  (registers the demo's family)
+    from aia.demo.digits import DigitsProcessor, DigitsVQ, build_digits_model
+    from aia.evaluate import lmms as plugin
+    from aia.testing.tiny_understanding import save_understanding_model, tiny_qwen2_vl
+    from tests.demo.helpers import CODEBOOK
+
+    stub = type("AIAStub", (plugin._AIAModel, _StubLmms), {})
+    digits = DigitsProcessor.build(DigitsVQ(CODEBOOK))
+    dirs = {"understanding": save_understanding_model(*tiny_qwen2_vl(seed=0, num_layers=1), tmp_path / "qwen"),
+            "vqlm": save_model(build_digits_model(digits, num_layers=1, hidden_size=32, num_heads=2), digits,
+                               tmp_path / "digits")}
+    for family, directory in dirs.items():
+        lm = load(stub, directory, docs(), batch_size=2)
+        assert lm.family == family
+        got = lm.generate_until(requests())
+        assert len(got) == len(DOCS) and all(isinstance(text, str) for text in got), family
