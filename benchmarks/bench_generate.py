@@ -45,6 +45,7 @@ import torch
 from PIL import Image
 
 from aia.evaluate import answer, generate_images
+from aia.jsonl import write_jsonl
 
 #: Janus-Pro-1B's language model (deepseek-ai/Janus-Pro-1B config.json, language_config)
 JANUS_PRO_1B_LM = dict(
@@ -155,7 +156,7 @@ def write_inputs(root: Path, prompts: int, image_size: int) -> tuple[Path, Path]
         rows.append({"id": str(i), "image": f"{i}.png", "question": "What color is the image? Answer the question "
                      "using a single word or phrase.", "answer": COLORS[i % len(COLORS)]})
     questions = root / "questions.jsonl"
-    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(questions, rows)
     return prompt_file, questions
 
 
