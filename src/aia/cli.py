@@ -306,6 +306,7 @@ def _cmd_answer(opts) -> int:
         device=opts.runtime.device,
         dtype=dtype,
         progress=not opts.runtime.quiet,
+        overwrite=opts.overwrite,
     )
     print(f"wrote {opts.out}")
     return 0

@@ -185,13 +185,15 @@ class AnswerOptions:
     image_dir: str | None = None
     """Images kept apart from the questions (POPE: COCO val2014; default: beside the questions)."""
     out: str
-    """Predictions JSONL (resumable: answered ids are skipped)."""
+    """Predictions JSONL (resumable with the same model, questions and settings: answered ids are skipped)."""
     max_new_tokens: int = 128
     """The most tokens per answer (greedy decoding stops at end-of-sequence)."""
     limit: int | None = None
     """Answer only the first N questions (default: all)."""
     batch_size: int = 1
     """Questions per generate call (left padding)."""
+    overwrite: bool = False
+    """Start this benchmark's rows of --out over (needed when the model, the questions or a setting changed)."""
     runtime: Runtime = field(default_factory=Runtime)
     """Device, dtype, progress bar."""
 

@@ -228,7 +228,7 @@ def test_resume_skips_answered_ids_and_mends_a_cut_line(model_dirs, bench_files,
     again = answer(model_dirs["janus"], "pope", data, out, image_dir=images, max_new_tokens=2, progress=False)
     assert (again["answered"], again["skipped"]) == (1, 5)
     assert read_predictions(out) == [json.loads(line) for line in lines]
-    done = answer(model_dirs["janus"], "pope", data, out, image_dir=images, progress=False)
+    done = answer(model_dirs["janus"], "pope", data, out, image_dir=images, max_new_tokens=2, progress=False)
     assert done["answered"] == 0
 
 

@@ -4,7 +4,10 @@
 one with greedy decoding (``model.generate(do_sample=False, max_new_tokens=...)``, batched
 with left padding) and appends one JSON line per question to a predictions file in the
 format :func:`aia.evaluate.score` reads (:mod:`aia.evaluate.scoring`). A question whose id
-is already in the file is skipped, so an interrupted run resumes.
+is already in the file is skipped, so an interrupted run resumes; it resumes only with the
+same model, questions and settings, recorded in ``<out>.manifest.json``
+(:mod:`aia.evaluate.manifest`), and ``overwrite`` starts the benchmark's rows over. One run at
+a time writes into a file (a lock beside it).
 
 The files read (``data_path``; ``image_dir`` where images live elsewhere):
 
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -60,6 +64,7 @@ from aia.data.encoder import RecordEncoder, prompt_part, question_record
 from aia.data.records import load_image
 from aia.errors import DataError, ImageError, InputError
 from aia.evaluate.generate import quiet_transformers, resolve_model
+from aia.evaluate.manifest import check_manifest, digest, model_fingerprint, output_lock
 from aia.jsonl import json_line, mend_torn_end, read_json_rows, read_jsonl
 
 __all__ = ["BENCHES", "OPTION_PROMPT", "SHORT_ANSWER_PROMPT", "Question", "answer", "read_questions"]
@@ -437,6 +442,30 @@ def _done_ids(out_path: Path, bench: str) -> set[str]:
     return {str(r["id"]) for r in mine}
 
 
+def _drop_rows(out_path: Path, bench: str) -> None:
+    """Remove ``bench``'s rows from the predictions file (starting them over), keeping the others."""
+    if not out_path.is_file():
+        return
+    mend_torn_end(out_path)
+    kept = [line.value for line in read_jsonl(out_path)
+            if not (isinstance(line.value, dict) and str(line.value.get("bench", "")).lower() == bench)]
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text("".join(json_line(row) for row in kept), encoding="utf-8")
+    os.replace(tmp, out_path)
+
+
+def _manifest(model, questions: list[Question], max_new_tokens: int, batch_size: int, device, dtype) -> dict:
+    """What the answers depend on (:mod:`aia.evaluate.manifest`): the model, the questions as read
+    (rows, prompts, and each image's name and size, or its bytes' digest), and the settings."""
+    images = [[q.image.name, q.image.stat().st_size] if isinstance(q.image, Path) else hashlib.sha256(q.image).hexdigest()
+              for q in questions]
+    if not isinstance(model, str | os.PathLike):
+        dtype = model.dtype
+    return {"model": model_fingerprint(model), "questions": digest([[q.row, q.prompt] for q in questions] + images),
+            "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+            "dtype": None if dtype is None else str(dtype).removeprefix("torch."), "device": torch.device(device).type}
+
+
 def answer(
     model,
     bench: str,
@@ -451,6 +480,7 @@ def answer(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Answer a benchmark's questions and append the predictions to ``out_path`` (JSON Lines).
 
@@ -461,7 +491,10 @@ def answer(
         bench: ``"pope"``, ``"mme"``, ``"mmmu"``, ``"mmvp"`` or ``"custom"``.
         data_path: the benchmark's files (module doc).
         out_path: the predictions file; questions whose id (with this ``bench``) it already
-            holds are skipped, new rows are appended and flushed one by one.
+            holds are skipped, new rows are appended and flushed one by one. Its rows of
+            ``bench`` are continued only when the model, the questions and the settings that
+            change an answer (``max_new_tokens``, ``batch_size``, ``dtype``, the device's type)
+            are those recorded in ``<out_path>.manifest.json``; ``limit`` may change.
         image_dir: where the images are when not where the questions are (POPE: COCO
             ``val2014``; MME ``Your_Results``: the release folder; MMVP: ``MMVP Images``).
         batch_size: questions per ``generate`` call (left padding).
@@ -470,13 +503,16 @@ def answer(
             whole images and pairs, so keep it even).
         device, dtype: where and in which dtype to load a model directory.
         progress: show a progress bar.
+        overwrite: start ``bench``'s rows of ``out_path`` over (other benchmarks' rows stay).
 
     Returns:
         ``{"bench", "out_path", "questions", "skipped" (already answered), "answered"}``.
 
     Raises:
-        InputError: an unknown benchmark or bad option; :class:`~aia.errors.DataError` for
-            malformed benchmark files (naming file, line and field).
+        InputError: an unknown benchmark or bad option; the file's rows were made with
+            another model, questions or setting (naming the first that differs); another run
+            is writing the file; :class:`~aia.errors.DataError` for malformed benchmark files
+            (naming file, line and field).
     """
     bench = _check_bench(bench)
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
@@ -485,9 +521,19 @@ def answer(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"must be a positive integer or None, got {limit!r}", field="limit")
     questions = read_questions(bench, data_path, image_dir=image_dir)
-    if limit is not None:
-        questions = questions[:limit]
     out_path = Path(out_path)
+    with output_lock(out_path, "aia answer"):
+        fields = _manifest(model, questions, max_new_tokens, batch_size, device, dtype)
+        if not check_manifest(out_path, bench, fields, overwrite=overwrite, has_output=bool(_done_ids(out_path, bench))):
+            _drop_rows(out_path, bench)
+        questions = questions[:limit] if limit is not None else questions
+        return _answer(model, processor, bench, questions, out_path, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens, device=device, dtype=dtype, progress=progress)
+
+
+def _answer(model, processor, bench: str, questions: list[Question], out_path: Path, *, batch_size: int,
+            max_new_tokens: int, device, dtype, progress: bool) -> dict:
+    """Answer the ``questions`` not yet in ``out_path`` (which the caller holds locked)."""
     done = _done_ids(out_path, bench)
     todo = [q for q in questions if q.id not in done]
     summary = {"bench": bench, "out_path": str(out_path), "questions": len(questions),

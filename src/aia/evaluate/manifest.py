@@ -1,0 +1,172 @@
+"""What a resumable output was made with, so that a rerun continues it only with the same inputs.
+
+A resumable output (``aia answer``'s predictions file; later ``aia generate``'s and ``aia eval``'s
+folders) keeps a manifest beside it, ``<out>.manifest.json``: one section per part of the
+output (a benchmark), each holding the model's fingerprint (:func:`model_fingerprint`), every
+setting that changes the output, and the digest of the questions or prompts. A rerun
+continues the output only when its section is equal; otherwise it stops with one line naming
+the first field that differs (:func:`check_manifest`), and ``overwrite`` starts that part
+over. :func:`output_lock` keeps a second run from writing into the same output at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from aia.errors import InputError
+
+__all__ = ["check_manifest", "digest", "manifest_path", "model_fingerprint", "output_lock"]
+
+#: the files of a model directory whose bytes make its fingerprint (weights, adapters, their indexes)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+_CHUNK = 1 << 24
+
+
+def digest(value) -> str:
+    """sha256 of a JSON-serialisable value (keys sorted), e.g. the questions' rows."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=True, default=str).encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def model_fingerprint(model) -> dict[str, str]:
+    """``{"config", "weights"}``: sha256 of a model's config and of its weights.
+
+    ``model`` is a model directory (its ``config.json`` and the bytes of every weights file,
+    read once: about as long as loading them) or a loaded model (its config and every tensor
+    of its ``state_dict``). Two checkpoints of one architecture share their safetensors headers
+    and config, so the weights themselves are hashed: a fine-tuned model is another model.
+    """
+    if isinstance(model, str | os.PathLike):
+        folder = Path(model)
+        config = folder / "config.json"
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+        weights = hashlib.sha256()
+        for path in files:
+            weights.update(f"{path.name}\0{_file_sha256(path)}\0".encode())
+        return {"config": _file_sha256(config) if config.is_file() else "none", "weights": weights.hexdigest()}
+    import torch
+
+    weights = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        weights.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
+        weights.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return {"config": digest(model.config.to_dict()) if hasattr(model, "config") else "none",
+            "weights": weights.hexdigest()}
+
+
+def manifest_path(out: Path) -> Path:
+    """Where the manifest of output ``out`` (a file or folder) lives: ``<out>.manifest.json`` beside it."""
+    return out.with_name(out.name + ".manifest.json")
+
+
+def _read(path: Path) -> dict:
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read it ({' '.join(str(err).split())[:200]}); remove it and give --overwrite to "
+                         "start the output over", path=path) from None
+    if not isinstance(recorded, dict):
+        raise InputError("not a manifest (a JSON object); remove it and give --overwrite", path=path)
+    return recorded
+
+
+def _write(path: Path, recorded: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> str | None:
+    for key in [*new, *(k for k in old if k not in new)]:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _first_difference(a, b, f"{prefix}{key}.")
+            if inner:
+                return inner
+        elif a != b:
+            return f"{prefix}{key} ({_shown(a)}, now {_shown(b)})"
+    return None
+
+
+def check_manifest(out: Path, section: str, fields: dict, *, overwrite: bool = False, has_output: bool = False) -> bool:
+    """Record ``fields`` as what ``section`` of output ``out`` is made with, or check them against
+    the record of an earlier run.
+
+    Args:
+        out: the output (file or folder); the manifest is :func:`manifest_path` of it.
+        section: the part of the output (e.g. the benchmark).
+        fields: JSON values, in the order they are compared (the model first).
+        overwrite: the caller starts ``section`` over: the record is replaced whatever it was.
+        has_output: ``out`` already holds rows or files of ``section``.
+
+    Returns:
+        ``True`` when the existing output of ``section`` may be continued, ``False`` when the
+        caller must start it over (``overwrite``).
+
+    Raises:
+        InputError: the recorded fields differ (naming the first that does, and both values),
+            or ``out`` holds output of ``section`` but no record of what made it.
+    """
+    path = manifest_path(out)
+    recorded = _read(path) if path.is_file() else {}
+    fields = json.loads(json.dumps(fields, default=str))  # as it will read back
+    old = recorded.get(section)
+    if not overwrite and old is None and has_output:
+        raise InputError(f"holds {section} output but no record of what made it (an older aia, or written by hand): "
+                         "give --overwrite to start it over, or another --out", path=out)
+    if not overwrite and old is not None and old != fields:
+        raise InputError(f"{section} was made with another {_first_difference(old, fields)}: continuing would mix "
+                         "the two; give --overwrite to start it over, or another --out", path=out)
+    if old != fields:
+        _write(path, {**recorded, section: fields})
+    return not overwrite
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, command: str) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside output ``out`` while writing it, so that a second run into the
+    same output refuses to start instead of writing every row twice. The lock goes with the
+    process, even on kill -9.
+
+    Raises:
+        InputError: another process holds it.
+    """
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_name(f".{out.name}.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise InputError(f"another {command} ({holder}) is writing it; wait for it or give another --out",
+                             path=out) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
