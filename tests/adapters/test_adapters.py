@@ -145,11 +145,16 @@ def test_exact_sequence_roles_and_labels(tiny_model, family, task):
     assert ex.pixel_values.shape == (3, 32, 32)
 
 
+#: every image position in Q (generation) / K (understanding), the answers alone in Q (the released
+#: sets, the defaults, differ at the edges: tests/core/test_spans.py)
+WHOLE_SPANS = SpanConfig(gen_queries="image", und_queries="answer", und_keys="image")
+
+
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("task", ["und", "gen"])
 def test_span_positions_in_padded_batch(tiny_model, family, task, padding_side):
     model, processor = tiny_model
-    adapter = get_adapter(model, processor, padding_side=padding_side)
+    adapter = get_adapter(model, processor, padding_side=padding_side, span_config=WHOLE_SPANS)
     records = (SHORT_UND, UND, LONG_UND) if task == "und" else (SHORT_GEN, GEN, LONG_GEN)
     examples = [adapter.encode(record, task, None, image=IMAGE) for record in records]
     batch = adapter.collate(examples)
@@ -186,7 +191,7 @@ def test_span_positions_in_padded_batch(tiny_model, family, task, padding_side):
 
 def test_span_config_reaches_masks(tiny_model, family):
     model, processor = tiny_model
-    cfg = SpanConfig(image_markers_are_image=True, question_in_query=True)
+    cfg = SpanConfig(image_markers_are_image=True, question_in_query=True, und_queries="answer", und_keys="image")
     adapter = get_adapter(model, processor, span_config=cfg)
     batch = adapter.collate([adapter.encode(UND, "und", None, image=IMAGE)])
     roles = batch.roles[0]
@@ -202,7 +207,7 @@ def test_cfg_blank_has_no_prompt_key_and_no_query(tiny_model, family):
     assert blank.input_ids.tolist() == ids.tolist()
     assert blank.roles.tolist() == roles.tolist()
     assert ((blank.labels != IGNORE_INDEX) == supervised).all()
-    prompt_keys = get_adapter(model, processor, span_config=SpanConfig(gen_keys="prompt"))
+    prompt_keys = get_adapter(model, processor, span_config=SpanConfig(gen_keys="prompt", gen_queries="image"))
     batch = prompt_keys.collate([blank, adapter.encode(GEN, "gen", None, image=IMAGE)])
     assert not batch.key_mask[0].any() and batch.key_mask[1].any()  # prompt-only keys: none left when blanked
     # the cfg_blank flag empties the query set too: the blanked sample carries no AIA term

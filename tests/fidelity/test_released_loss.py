@@ -33,6 +33,7 @@ from tests.fidelity import released
 from tests.helpers import gen_record, und_record
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "janus-pro-7b.yaml"
+CONFIG_1B = CONFIG.with_name("janus-pro-1b.yaml")
 LAYERS = 30  # Janus-Pro-7B's depth: the released bands apply as written
 RTOL = 1e-6
 
@@ -132,6 +133,17 @@ def test_config_selects_the_released_options():
     assert not (cfg.spans.predictive or cfg.spans.question_in_query or cfg.spans.image_markers_are_image)
     assert (cfg.aia.targets, cfg.aia.denominator, cfg.aia.mode) == ("janus-pro-released", "all", "huber")
     assert (cfg.aia.weight_gen, cfg.aia.weight_und) == (5.0, 10.0)
+
+
+def test_1b_config_differs_from_7b_only_in_the_documented_24_layer_choice():
+    seven, one = (load_config(path, check_paths=False).to_dict() for path in (CONFIG, CONFIG_1B))
+    for cfg in (seven, one):
+        cfg["model"].pop("path"), cfg["train"].pop("output_dir")
+    assert one["aia"].pop("layer_map") == "relative" and seven["aia"].pop("layer_map") == "relative"
+    assert one == seven
+    # both mappings are one setting away; they differ in 13 (task, layer) entries at 24 layers
+    rel, ab = (TargetProfile.load("janus-pro-released", 24, layer_map=m) for m in ("relative", "absolute"))
+    assert rel != ab
 
 
 def test_generation_loss_equals_the_released_loss(setup):
