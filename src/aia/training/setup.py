@@ -17,7 +17,8 @@ from torch import nn
 
 from aia.adapters import adapter_class_of, get_adapter
 from aia.adapters.base import AdapterBase, unwrap
-from aia.data.images import center_crop, resize_to_area
+from aia.data import encoder
+from aia.data.encoder import Preprocessing
 from aia.errors import ConfigError
 from aia.targets.presets import TargetProfile
 from aia.training.config import RunConfig
@@ -295,58 +296,30 @@ def _load(cfg: RunConfig, accelerator):
         ds.set_deepspeed_weakref()
 
 
-def _square_size(image_processor) -> int | None:
-    """The fixed square output size of an image processor (``crop_size``, else ``size`` as
-    height = width or ``shortest_edge``), or None if it has none (e.g. Emu3's dynamic size)."""
-
-    def get(size, key):
-        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-    for attr in ("crop_size", "size"):
-        size = getattr(image_processor, attr, None)
-        if size is None:
-            continue
-        height, width = get(size, "height"), get(size, "width")
-        if height is not None and height == width:
-            return int(height)
-        if attr == "size" and height is None and get(size, "shortest_edge") is not None:
-            return int(get(size, "shortest_edge"))
-    return None
-
-
 def image_transform(cfg: RunConfig, task: str, processor) -> Callable | None:
     """The PIL transform ``task``'s images get before the processor (``data.image_area``, then
-    for generation ``data.gen_image_transform``), or None when there is none."""
-    steps: list[Callable] = []
-    if cfg.data.image_area is not None:
-        steps.append(functools.partial(resize_to_area, area=cfg.data.image_area))
-    if task == "gen" and cfg.data.gen_image_transform == "center_crop":
-        size = _square_size(getattr(processor, "image_processor", processor))
-        if size is None:
-            raise ConfigError(
-                "data.gen_image_transform: center_crop needs an image processor with a fixed square size; "
-                f"{type(processor).__name__} has none (use processor)"
-            )
-        steps.append(functools.partial(center_crop, size=size))
-    if not steps:
-        return None
-    return functools.reduce(lambda f, g: lambda image: g(f(image)), steps)
+    for generation ``data.gen_image_transform``), or None when there is none: the record
+    encoder's (:func:`aia.data.encoder.image_transform`), which ``aia profile --config`` uses too."""
+    return encoder.image_transform(Preprocessing.from_data_config(cfg.data), task, processor)
 
 
 def _stream(cfg: RunConfig, task: str, adapter, progress: bool) -> TaskStream:
-    """The validated sample stream of ``task``'s data file."""
+    """The validated sample stream of ``task``'s data file, preprocessed by the run's policy
+    (:meth:`aia.data.encoder.Preprocessing.from_data_config`, which ``aia profile --config`` uses too)."""
+    policy = Preprocessing.from_data_config(cfg.data)
     return TaskStream(
         getattr(cfg.data, task),
         task,
         adapter,
-        cfg.data.max_length,
+        policy.length.max_length,
         cfg.data.max_bad_fraction,
         cfg.train.seed,
         cfg_drop(cfg, adapter),
         progress=progress,
         cache=cfg.data.cache_examples,
-        image_transform=image_transform(cfg, task, adapter.processor),
-        image_root=cfg.data.image_root,
+        image_transform=encoder.image_transform(policy, task, adapter.processor),
+        image_root=policy.image_root,
+        over_long=policy.length.over_long,
     )
 
 
