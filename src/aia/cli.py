@@ -103,10 +103,10 @@ _DECODE_OPTIONS = {"max_new_tokens": "max_new_tokens", "guidance": "cfg_weight",
 
 
 def _cmd_profile(opts) -> int:
-    from aia.data import task_records
-
-    if not Path(opts.data).is_file():
-        raise FileNotFoundError(f"--data: no such file: {opts.data}")
+    if opts.config is None:
+        for name, flag in (("model_dir", "MODEL_DIR"), ("data", "--data"), ("task", "--task")):
+            if getattr(opts, name) is None:
+                raise ValueError(f"give {flag} (or --config RUN.yaml, a run config that names it)")
     if opts.mode == "teacher":
         for name in _DECODE_OPTIONS:
             if getattr(opts, name) is not None:
@@ -119,36 +119,68 @@ def _cmd_profile(opts) -> int:
         _positive(opts.max_length, "--max-length")
     _device(opts.runtime.device)
     dtype = _dtype_name(opts.runtime.dtype)
-    _writable_file(opts.out)
-    task_records(opts.data, opts.task)  # a bad data file fails here, before the model loads
-    from aia.adapters import load_model
-    from aia.measure.profile import save_profile, summary_text
-    from aia.measure.teacher import profile_model
-    from aia.options import torch_dtype
-
-    model, processor = load_model(opts.model_dir, dtype=torch_dtype(dtype), device=opts.runtime.device)
-    common = dict(
-        span_config=opts.spans,
-        prompt_config=opts.prompts,
-        method=opts.method,
-        model_name=str(opts.model_dir),
-        progress=not opts.runtime.quiet,
-        max_length=opts.max_length,
-    )
-    if opts.mode == "decode":
-        from aia.measure.decode import DecodeSettings, decode_profile
-
-        given = {setting: getattr(opts, name) for name, setting in _DECODE_OPTIONS.items()}
-        settings = DecodeSettings(**{k: v for k, v in given.items() if v is not None})
-        profile = decode_profile(model, processor, opts.data, opts.task, opts.samples, settings, **common)
+    run = None
+    if opts.config is not None:
+        run, task, data = _run_config_inputs(opts, dtype)
     else:
-        profile = profile_model(
-            model, processor, opts.data, opts.task, samples=opts.samples, batch_size=opts.batch_size, **common
-        )
+        data, task = opts.data, opts.task
+    if not Path(data).is_file():
+        raise FileNotFoundError(f"--data: no such file: {data}")
+    _writable_file(opts.out)
+    from aia.data import task_records
+
+    task_records(data, task)  # a bad data file fails here, before the model loads
+    from aia.measure.decode import DecodeSettings
+    from aia.measure.profile import save_profile, summary_text
+
+    given = {setting: getattr(opts, name) for name, setting in _DECODE_OPTIONS.items()}
+    settings = DecodeSettings(**{k: v for k, v in given.items() if v is not None})
+    common = dict(method=opts.method, progress=not opts.runtime.quiet, max_length=opts.max_length)
+    if opts.mode == "teacher":
+        common["batch_size"] = opts.batch_size
+    if opts.config is not None:
+        from aia.measure.run import profile_run
+
+        profile = profile_run(run, task, model=opts.model_dir, mode=opts.mode, samples=opts.samples,
+                              settings=settings, data=data, device=opts.runtime.device,
+                              model_name=str(opts.model_dir or run.model.path), **common)
+    else:
+        profile = _profile_flags(opts, data, task, dtype, settings, common)
     save_profile(profile, opts.out)
     print(summary_text(profile))
     print(f"wrote {opts.out}")
     return 0
+
+
+def _run_config_inputs(opts, dtype: str | None) -> tuple:
+    """``aia profile --config``: ``(run config, task, data file)`` (the run's model, prompts, spans, image
+    preprocessing and length policy are profiled, so flags that would say otherwise are refused)."""
+    from aia.adapters.prompts import PromptConfig
+    from aia.core.spans import SpanConfig
+    from aia.measure.run import run_inputs
+    from aia.training.config import load_config
+
+    if opts.spans != SpanConfig() or opts.prompts != PromptConfig():
+        raise ValueError("--config: the run config's spans and prompts are profiled; set them in the run config")
+    if dtype is not None:
+        raise ValueError("--dtype: with --config the model loads in the run's model.dtype")
+    config = load_config(opts.config, check_paths=False)
+    inputs = run_inputs(config, opts.task)
+    return config, inputs.task, opts.data or str(inputs.data)
+
+
+def _profile_flags(opts, data: str, task: str, dtype: str | None, settings, common: dict):
+    """``aia profile MODEL_DIR --data FILE --task T``: the model, spans and prompts the flags say."""
+    from aia.adapters import load_model
+    from aia.measure.decode import decode_profile
+    from aia.measure.teacher import profile_model
+    from aia.options import torch_dtype
+
+    model, processor = load_model(opts.model_dir, dtype=torch_dtype(dtype), device=opts.runtime.device)
+    common = dict(common, span_config=opts.spans, prompt_config=opts.prompts, model_name=str(opts.model_dir))
+    if opts.mode == "decode":
+        return decode_profile(model, processor, data, task, opts.samples, settings, **common)
+    return profile_model(model, processor, data, task, samples=opts.samples, **common)
 
 
 # ----------------------------------------------------------------- targets

@@ -88,12 +88,18 @@ _MODEL_DIR_DOC = "directory of a saved model (e.g. aia train's final/)"
 class ProfileOptions:
     """``aia profile``: measure per-layer interaction intensity (teacher forcing or decoding)."""
 
-    model_dir: str = field(metadata=_POSITIONAL)
-    """Directory of a model saved with save_pretrained, with its processor."""
-    data: str
-    """JSON, JSONL or parquet data file (image paths relative to it)."""
-    task: str = field(metadata={"choices": TASKS})
-    """und: image -> text records; gen: text -> image records."""
+    model_dir: str | None = field(default=None, metadata=_POSITIONAL)
+    """Directory of a model saved with save_pretrained, with its processor. Required without --config; with it,
+    default: the run's model.path (give the run's final/ to profile the trained model)."""
+    config: str | None = None
+    """An aia train run config (YAML): profile what the run trains on, its model, data, prompts, spans, image
+    preprocessing and length policy (aia.measure.run). Default: none, the flags say it."""
+    data: str | None = None
+    """JSON, JSONL or parquet data file (image paths relative to it). Required without --config; with it,
+    default: the run's file of the task (another file is preprocessed as the run does)."""
+    task: str | None = field(default=None, metadata={"choices": TASKS})
+    """und: image -> text records; gen: text -> image records. Required without --config; with it, default:
+    the run's only task with data."""
     samples: int = 100
     """Usable samples to measure (default 100, as the paper)."""
     out: str
@@ -120,7 +126,8 @@ class ProfileOptions:
         default_factory=SpanConfig,
         metadata={"choices": SPAN_CHOICES, "aliases": {"image_markers_are_image": ["--image-markers"]}},
     )
-    """The span choices of the statistic (:class:`aia.core.spans.SpanConfig`), one flag per field."""
+    """The span choices of the statistic (:class:`aia.core.spans.SpanConfig`), one flag per field (with --config:
+    the run's ``spans``)."""
     prompts: PromptConfig = field(
         default_factory=PromptConfig,
         metadata={
@@ -131,7 +138,7 @@ class ProfileOptions:
         },
     )
     """The prompt choices (:class:`aia.adapters.prompts.PromptConfig`) that shape a sequence; unset ones: the
-    family's."""
+    family's (with --config: the run's ``prompts``)."""
     runtime: Runtime = field(default_factory=Runtime)
     """Device, dtype, progress bar."""
 

@@ -86,3 +86,33 @@ def test_profile_prompt_flags_reach_the_adapter(saved_model, tiny_data, tmp_path
     np.testing.assert_allclose(released.per_sample, want.per_sample, atol=1e-6)
     assert released.settings["prompts"] == want.settings["prompts"] != default.settings["prompts"]
     assert released.settings["prompts"]["answer_space"] is False
+
+
+def test_profile_with_a_run_config_profiles_the_run(saved_model, tiny_data, tmp_path, capsys):
+    """``--config RUN.yaml``: the run's model, data, spans, prompts and preprocessing, as
+    :func:`aia.measure.run.profile_run` measures them; flags that would contradict the run are refused."""
+    import yaml
+
+    from aia.measure.run import profile_run
+
+    model_dir, _, _ = saved_model
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"model": {"path": str(model_dir)}, "data": {"und": str(tiny_data[0]),
+                                   "image_area": 400}, "spans": {"question_in_query": True},
+                                   "prompts": {"turn_separator": "bos"}}))
+    out = tmp_path / "run.json"
+    assert main(["profile", "--config", str(run), "--samples", "2", "--quiet", "--out", str(out)]) == 0
+    got = load_profile(out)
+    want = profile_run(run, "und", samples=2, progress=False)
+    np.testing.assert_allclose(got.per_sample, want.per_sample, atol=1e-6)
+    assert got.task == "und" and got.settings["spans"]["question_in_query"] is True
+    assert got.settings["prompts"]["turn_separator"] == "bos"
+
+    base = ["profile", "--config", str(run), "--out", str(tmp_path / "x.json")]
+    for extra, message in ((["--predictive"], "the run config's spans and prompts are profiled"),
+                           (["--dtype", "bf16"], "--dtype: with --config"),
+                           (["--task", "gen"], "data.gen: the run config has no 'gen' data")):
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["profile", "--data", str(tiny_data[0]), "--task", "und", "--out", str(tmp_path / "y.json")]) == 2
+    assert "give MODEL_DIR (or --config RUN.yaml" in capsys.readouterr().err
