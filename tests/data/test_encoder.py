@@ -53,13 +53,19 @@ def test_policy_values_are_checked_and_read_from_a_run_config():
         Preprocessing(gen_image_transform="crop")
     with pytest.raises(ValueError, match="image_area must be >= 1"):
         Preprocessing(image_area=0)
-    cfg = load_config(None, ["data.gen=g.jsonl", "data.image_area=400", "data.gen_image_transform=center_crop",
-                             "data.max_length=77"],
-                      check_paths=False)
+    cfg = load_config(
+        None,
+        ["data.gen=g.jsonl", "data.image_area=400", "data.gen_image_transform=center_crop", "data.max_length=77"],
+        check_paths=False,
+    )
     policy = Preprocessing.from_data_config(cfg.data)
     assert policy == Preprocessing(400, "center_crop", None, LengthPolicy(77, "truncate"))
-    assert policy.to_dict() == {"image_area": 400, "gen_image_transform": "center_crop", "image_root": None,
-                                "length": {"max_length": 77, "over_long": "truncate"}}
+    assert policy.to_dict() == {
+        "image_area": 400,
+        "gen_image_transform": "center_crop",
+        "image_root": None,
+        "length": {"max_length": 77, "over_long": "truncate"},
+    }
 
 
 def test_encoder_transforms_images_and_keeps_them_inside_the_root(tiny_data, janus, tmp_path):
@@ -67,13 +73,15 @@ def test_encoder_transforms_images_and_keeps_them_inside_the_root(tiny_data, jan
     base = tiny_data[1].parent
     crop = RecordEncoder(janus, "gen", base, Preprocessing(gen_image_transform="center_crop"))
     image = center_crop(load_image(image_path(record, base)), 32)
-    torch.testing.assert_close(crop(record).pixel_values, janus.encode(record, "gen", base, image=image).pixel_values,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        crop(record).pixel_values, janus.encode(record, "gen", base, image=image).pixel_values, rtol=0, atol=0
+    )
     # a given image stands for the record's file and is transformed like it
     wide = Image.new("RGB", (64, 32), (200, 10, 10))
     given = crop(record, image=wide).pixel_values
-    torch.testing.assert_close(given, janus.encode(record, "gen", base, image=center_crop(wide, 32)).pixel_values,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        given, janus.encode(record, "gen", base, image=center_crop(wide, 32)).pixel_values, rtol=0, atol=0
+    )
     # understanding images are not cropped
     assert RecordEncoder(janus, "und", base, Preprocessing(gen_image_transform="center_crop")).transform is None
     rooted = RecordEncoder(janus, "gen", base, Preprocessing(image_root=str(tmp_path)))
@@ -82,7 +90,9 @@ def test_encoder_transforms_images_and_keeps_them_inside_the_root(tiny_data, jan
     assert RecordEncoder(janus, "gen", base, Preprocessing(image_root=str(base)))(record) is not None
     emu3_model, emu3_processor = TINY_MODELS["emu3"](seed=0)
     with pytest.raises(ConfigError, match="center_crop needs an image processor with a fixed square size"):
-        RecordEncoder(get_adapter(emu3_model, emu3_processor), "gen", base, Preprocessing(gen_image_transform="center_crop"))
+        RecordEncoder(
+            get_adapter(emu3_model, emu3_processor), "gen", base, Preprocessing(gen_image_transform="center_crop")
+        )
 
 
 def test_prompt_part_ends_where_generation_starts(tiny_data, janus):
@@ -101,8 +111,10 @@ def test_prompt_part_ends_where_generation_starts(tiny_data, janus):
 def test_janus_generation_prompt_is_the_trained_prompt(janus):
     """aia generate's Janus prompt (the text-only chat prompt, then <begin_of_image>) is the prompt
     part of the generation record the run trained on."""
-    record = {"image": "-", "conversations": [{"from": "human", "value": "a red square"},
-                                              {"from": "gpt", "value": "<image>"}]}
+    record = {
+        "image": "-",
+        "conversations": [{"from": "human", "value": "a red square"}, {"from": "gpt", "value": "<image>"}],
+    }
     trained = prompt_part(RecordEncoder(janus, "gen", None)(record, image=Image.new("RGB", (32, 32))))
     text, _ = janus.text_prompt("a red square")
     ids = janus.tokenizer(text, add_special_tokens=False)["input_ids"] + [janus.boi_id]

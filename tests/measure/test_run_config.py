@@ -44,9 +44,13 @@ def wide_data(tmp_path_factory):
     for record in read_records(gen):
         path = gen.parent / record["image"]
         Image.open(path).convert("RGB").resize((80, 48)).save(path)
-    late = {"image": read_records(und)[0]["image"],
-            "conversations": [{"from": "human", "value": "look " * 40 + "<image> what is it?"},
-                              {"from": "gpt", "value": "a shape"}]}
+    late = {
+        "image": read_records(und)[0]["image"],
+        "conversations": [
+            {"from": "human", "value": "look " * 40 + "<image> what is it?"},
+            {"from": "gpt", "value": "a shape"},
+        ],
+    }
     with open(und, "a") as f:
         f.write(json.dumps(late) + "\n")
     return und, gen
@@ -59,14 +63,18 @@ def _run_config(family, task, overrides, und, gen, model, processor):
         examples = [adapter.encode(r, task, und.parent) for r in read_records(und)[:-1]]
         limit = max(int((e.roles == Role.ANSWER).nonzero().min()) for e in examples) + 1
         overrides[overrides.index("truncate")] = f"data.max_length={limit}"
-    return load_config(None, [f"data.und={und}", f"data.gen={gen}", "data.cache_examples=true",
-                              "data.max_bad_fraction=1.0", *overrides], check_paths=False)
+    return load_config(
+        None,
+        [f"data.und={und}", f"data.gen={gen}", "data.cache_examples=true", "data.max_bad_fraction=1.0", *overrides],
+        check_paths=False,
+    )
 
 
 def _training_stream(cfg, task, model, processor):
     """The stream ``aia train`` builds for ``task`` (``setup`` calls ``_stream`` so)."""
-    adapter = get_adapter(model, processor, span_config=cfg.spans, padding_side=cfg.data.padding_side,
-                          prompt_config=cfg.prompts)
+    adapter = get_adapter(
+        model, processor, span_config=cfg.spans, padding_side=cfg.data.padding_side, prompt_config=cfg.prompts
+    )
     return _stream(cfg, task, adapter, progress=False)
 
 
@@ -74,8 +82,9 @@ def _same(a, b) -> bool:
     same = all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("input_ids", "roles", "labels"))
     for key in ("pixel_values", "image_sizes"):
         x, y = getattr(a, key), getattr(b, key)
-        same = same and ((x is None and y is None) or (x is not None and y is not None and x.shape == y.shape
-                                                        and torch.equal(x, y)))
+        same = same and (
+            (x is None and y is None) or (x is not None and y is not None and x.shape == y.shape and torch.equal(x, y))
+        )
     return same and a.cfg_blank == b.cfg_blank
 
 
@@ -104,16 +113,19 @@ def test_profiled_sequence_is_the_training_streams(case, wide_data, monkeypatch)
         assert stream.truncated > 0 and stream.rejected  # both sides of the length policy are exercised
     trained = stream.examples  # the validation pass's samples, in file order: what the run draws
 
-    profiled = _teacher_examples(monkeypatch, lambda: profile_run(cfg, task, model=model, processor=processor,
-                                                                  samples=len(stream), progress=False))
+    profiled = _teacher_examples(
+        monkeypatch,
+        lambda: profile_run(cfg, task, model=model, processor=processor, samples=len(stream), progress=False),
+    )
     assert len(profiled) == len(trained)
     for i, (a, b) in enumerate(zip(profiled, trained, strict=True)):
         assert _same(a, b), f"record {i} of {case}"
 
     # the same records profiled without the run's settings are not what it trained on
     data = und if task == "und" else gen
-    default = _teacher_examples(monkeypatch, lambda: profile_model(model, processor, data, task, samples=len(stream),
-                                                                   progress=False))
+    default = _teacher_examples(
+        monkeypatch, lambda: profile_model(model, processor, data, task, samples=len(stream), progress=False)
+    )
     assert len(default) != len(trained) or not all(_same(a, b) for a, b in zip(default, trained, strict=True))
 
 
@@ -131,8 +143,16 @@ def test_decode_mode_decodes_the_training_streams_sequence(case, wide_data, monk
         return real(model, adapter, example, settings, method, uncond=uncond, sample_index=sample_index)
 
     monkeypatch.setattr(decode_mod, "decode_example", spy)
-    profile = profile_run(cfg, task, model=model, processor=processor, mode="decode", samples=3,
-                          settings=DecodeSettings(max_new_tokens=2), progress=False)
+    profile = profile_run(
+        cfg,
+        task,
+        model=model,
+        processor=processor,
+        mode="decode",
+        samples=3,
+        settings=DecodeSettings(max_new_tokens=2),
+        progress=False,
+    )
     assert profile.mode == "decode" and len(seen) >= 3
     for i, (example, uncond) in enumerate(seen):
         assert _same(example, stream.examples[i]), f"record {i}"
@@ -143,13 +163,22 @@ def test_decode_mode_decodes_the_training_streams_sequence(case, wide_data, monk
 def test_run_inputs_take_the_run_config(wide_data, tmp_path):
     und, gen = wide_data
     run = tmp_path / "run.yaml"
-    run.write_text(json.dumps({
-        "model": {"path": "base", "dtype": "bfloat16"},
-        "data": {"gen": str(gen), "image_area": 400, "gen_image_transform": "center_crop", "max_length": 300,
-                 "image_root": str(gen.parent)},
-        "spans": {"gen_keys": "text+boi"},
-        "prompts": {"system_prompt": "none"},
-    }))
+    run.write_text(
+        json.dumps(
+            {
+                "model": {"path": "base", "dtype": "bfloat16"},
+                "data": {
+                    "gen": str(gen),
+                    "image_area": 400,
+                    "gen_image_transform": "center_crop",
+                    "max_length": 300,
+                    "image_root": str(gen.parent),
+                },
+                "spans": {"gen_keys": "text+boi"},
+                "prompts": {"system_prompt": "none"},
+            }
+        )
+    )
     inputs = run_inputs(run)
     assert (inputs.task, inputs.data, inputs.dtype) == ("gen", gen, "bfloat16")
     assert inputs.model == str(tmp_path / "base")  # relative to the config file, as aia train reads it

@@ -127,12 +127,14 @@ class Preprocessing:
 
     image_area: int | None = None
     gen_image_transform: str = "processor"
-    image_root: str | None = None
+    image_root: str | Path | None = None
     length: LengthPolicy = field(default_factory=LengthPolicy)
 
     def __post_init__(self):
         if self.gen_image_transform not in GEN_IMAGE_TRANSFORMS:
-            raise ValueError(f"gen_image_transform must be one of {GEN_IMAGE_TRANSFORMS}, got {self.gen_image_transform!r}")
+            raise ValueError(
+                f"gen_image_transform must be one of {GEN_IMAGE_TRANSFORMS}, got {self.gen_image_transform!r}"
+            )
         if self.image_area is not None and self.image_area < 1:
             raise ValueError(f"image_area must be >= 1, got {self.image_area}")
 
@@ -209,6 +211,7 @@ def image_transform(policy: Preprocessing, task: str, processor) -> Callable | N
     return functools.reduce(lambda f, g: lambda image: g(f(image)), steps)
 
 
+#: ``RecordEncoder(transform=...)`` not given: the transform is the policy's (None means no transform)
 _FROM_POLICY = object()
 
 
@@ -225,8 +228,15 @@ class RecordEncoder:
             (None: no transform).
     """
 
-    def __init__(self, adapter, task: str, base_dir: str | Path | None, policy: Preprocessing = Preprocessing(),
-                 *, transform: Callable | None | object = _FROM_POLICY):
+    def __init__(
+        self,
+        adapter,
+        task: str,
+        base_dir: str | Path | None,
+        policy: Preprocessing = Preprocessing(),
+        *,
+        transform: Callable | None | object = _FROM_POLICY,
+    ):
         self.adapter, self.task, self.policy = adapter, task, policy
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.transform = image_transform(policy, task, adapter.processor) if transform is _FROM_POLICY else transform

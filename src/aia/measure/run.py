@@ -54,8 +54,11 @@ class RunInputs:
     def encoding(self) -> dict:
         """The keyword arguments of :func:`~aia.measure.teacher.profile_model` and
         :func:`~aia.measure.decode.decode_profile` that shape a record's sequence."""
-        return {"span_config": self.span_config, "prompt_config": self.prompt_config,
-                "preprocessing": self.preprocessing}
+        return {
+            "span_config": self.span_config,
+            "prompt_config": self.prompt_config,
+            "preprocessing": self.preprocessing,
+        }
 
 
 def run_inputs(cfg: RunConfig | str | Path, task: str | None = None) -> RunInputs:
