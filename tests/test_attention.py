@@ -211,6 +211,7 @@ LAZY = textwrap.dedent(
     import sys
     import aia
     from aia import ConfigError, DataError, InputError  # the errors are plain names
+    import aia.core.spans, aia.data.records, aia.jsonl  # what the CLI's flags and readers need
     heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
     assert not heavy, f"import aia imported {heavy}"
     from aia.attention import ATTN_SDPA
@@ -240,10 +241,15 @@ def test_import_aia_is_lazy_and_capture_registers_on_first_use():
 
 
 def test_lazy_names_are_the_modules_own():
+    import aia.core
+    import aia.data
     from aia.core import loss, spans
 
     assert aia.capture is aia.attention.capture and aia.Capture is aia.attention.Capture
     assert (aia.total_loss, aia.TASKS) == (loss.total_loss, spans.TASKS)
-    assert set(aia.__all__) <= set(dir(aia))
+    for package in (aia, aia.core, aia.data):
+        assert set(package.__all__) <= set(dir(package))
+        assert all(getattr(package, name) is not None for name in package.__all__)
+    assert aia.core.span_mass is aia.core.intensity.span_mass and aia.data.read_records is aia.data.records.read_records
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         aia.nope  # noqa: B018
