@@ -81,9 +81,9 @@ def _positive(value: int, flag: str) -> None:
 
 def _options_parser(sub, name: str, options: type, func, help: str) -> argparse.ArgumentParser:
     """The sub-parser of a command whose options are the dataclass ``options``."""
-    from aia.fields import add_flags
+    from aia.fields import add_flags, plain
 
-    parser = sub.add_parser(name, help=help, description=options.__doc__.strip())
+    parser = sub.add_parser(name, help=help, description=plain(options.__doc__.strip()))
     add_flags(parser, options)
     parser.set_defaults(func=func, options=options)
     return parser

@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import re
 import textwrap
 import types
 import typing
@@ -205,8 +206,14 @@ def boolean(text: str) -> bool:
     return text.lower() == "true"
 
 
+def plain(text: str) -> str:
+    """``text`` without reStructuredText markup (``:class:`x``` -> ``x``, double backquotes dropped)."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
 def _help(doc: str, default: Any) -> str:
     """The field's doc with its default, as argparse takes it (``%`` escaped)."""
+    doc = plain(doc)
     if default is not dataclasses.MISSING and "default" not in doc.lower():
         shown = "none" if default is None else ("off" if default is False else default)
         doc = f"{doc} (default: {shown})"
