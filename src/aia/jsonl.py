@@ -1,6 +1,6 @@
 """JSON Lines, read and written one way for the whole package.
 
-A line ends at ``"\\n"`` (a ``"\\r"`` before it is JSON whitespace) and nowhere else.
+A line ends at ``"\\n"`` (``"\\r\\n"`` too) and nowhere else.
 ``str.splitlines()`` also breaks at U+2028, U+2029, U+0085 and a few control
 characters, which a JSON string may hold raw: one model answer holding U+2028 would cut
 its row in two. The writer escapes those three anyway (``\\u2028``, ...), so that other
