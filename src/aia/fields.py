@@ -253,7 +253,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         meta = f.metadata
         target = parser
         if "group" in meta:
-            target = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(meta["group"])
+            target = groups[meta["group"]]
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):  # its fields, flattened
             inner_docs, inner_hints = field_docs(tp), type_hints(tp)
