@@ -6,7 +6,7 @@ installed), 2 processes x batch 2 against 1 process x batch 4, and
 gradient accumulation 2 x batch 2 against 1 x batch 4. The loss is normalised over the global
 batch (:mod:`aia.training.step`), so the runs differ only by the order of floating-point
 reductions: step losses agree to 1e-5 relative and the weights after 4 AdamW steps (lr 1e-3) to
-1e-5 absolute (measured: 1.2e-7). The FSDP2 kill + resume run is compared exactly.
+1e-5 absolute (measured: 1.2e-7). The FSDP2 and ZeRO-3 kill + resume runs are compared exactly.
 """
 
 import importlib.util
@@ -200,6 +200,25 @@ def test_deepspeed_zero3_equals_one_process(runs_of, family, tiny_data):
     assert got.keys() == want.keys()
     for key in want:  # measured: 1.8e-5 (Janus), 5.9e-7 (Emu3) after 4 AdamW steps
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=5e-5, msg=key)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed")
+@pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed builds its CPU communication op with a C++ compiler")
+def test_deepspeed_zero3_kill_and_resume_equals_the_uninterrupted_run(tiny_data, tmp_path):
+    """DeepSpeed's own checkpoint files, read weights-only (aia.training.state), resume exactly."""
+    model = save_model(*tiny_janus(seed=0), tmp_path / "model")
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    _ok(_train(model, tiny_data, whole, batch_size=2, launch="cpu_2proc_zero3.yaml", overrides=SHARED_ONLY))
+    killed = _train(model, tiny_data, out, batch_size=2, launch="cpu_2proc_zero3.yaml", overrides=SHARED_ONLY, die_at=2)
+    assert killed.returncode != 0 and (out / "checkpoint-2" / "deepspeed").is_dir()
+    assert not list((out / "checkpoint-2").glob("*.py"))  # DeepSpeed's recovery scripts are not kept
+    resumed = _train(model, tiny_data, out, batch_size=2, launch="cpu_2proc_zero3.yaml", overrides=SHARED_ONLY)
+    _ok(resumed)
+    assert "resumed from checkpoint-2" in resumed.stderr
+    assert [{**r, "time/step_s": 0} for r in _rows(out)] == [{**r, "time/step_s": 0} for r in _rows(whole)]
+    a, b = load_file(out / "final" / "model.safetensors"), load_file(whole / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/accelerate").glob("*.yaml")), ids=lambda p: p.name)

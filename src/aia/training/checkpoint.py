@@ -205,7 +205,10 @@ def start_or_resume(run: Run, out: Path, resume: bool) -> tuple[int, Path | None
     if stale and accelerator.is_main_process:  # starting over: an old checkpoint must not outlive the new ones
         print(f"aia train: starting over in {out}: removing {len(stale)} earlier checkpoint(s)", file=sys.stderr)
         for old in stale:
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:  # a link is removed, never what it points at
+                old.unlink()
         (out / "latest").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     if resume_from is None:
