@@ -111,6 +111,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, key)
     if origin is dict:
+        if value is None:  # a YAML key with nothing under it
+            return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         _, item = typing.get_args(tp)

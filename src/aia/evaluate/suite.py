@@ -109,8 +109,8 @@ class EvalConfig:
     OUT/report.json."""
     device: str = "cpu"
     """Where the models run: cpu, cuda, cuda:1, ..."""
-    dtype: str = "auto"
-    """Weights dtype: float32, bfloat16 or float16; auto: as saved."""
+    dtype: str | None = "auto"
+    """Weights dtype: float32, bfloat16 or float16; auto (or null): as saved."""
     compare: list[str] | None = None
     """Two model names [baseline, aia]: the report gives aia minus baseline with paired standard errors
     (null: the first two models, in file order)."""
