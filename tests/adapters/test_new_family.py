@@ -3,9 +3,9 @@
 It defines a family the package has never heard of ("gray": a plain ``Qwen2ForCausalLM`` that
 reads and writes images as four gray-level code tokens, its processor a tokenizer), registers
 it with :func:`aia.adapters.register_adapter`, and runs the package's own entry points through
-it from a saved model directory: ``aia profile`` (teacher forcing), two ``aia train`` steps,
-answering questions (``aia eval``'s :func:`aia.evaluate.answer`) and text-to-image
-(:func:`aia.evaluate.generate_images`). Nothing outside this file knows the family.
+it from a saved model directory: profiling (teacher forcing; ``aia profile --mode decode`` on
+the trained model), two ``aia train`` steps, answering questions (``aia eval``'s
+:func:`aia.evaluate.answer`) and text-to-image (:func:`aia.evaluate.generate_images`). Nothing outside this file knows the family.
 """
 
 from __future__ import annotations
@@ -184,6 +184,16 @@ def test_a_new_family_from_one_file(gray_family, tiny_data, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss/aia/gen"]) for r in rows)
     trained = Path(result.final_dir)
+
+    # aia profile --mode decode on the trained model (the family's decode runner and image block)
+    from aia.cli import main
+    from aia.measure.profile import load_profile
+
+    for task, data in (("und", und), ("gen", gen)):
+        out = tmp_path / f"decode_{task}.json"
+        assert main(["profile", str(trained), "--data", str(data), "--task", task, "--samples", "1", "--mode",
+                     "decode", "--max-new-tokens", "3", "--out", str(out), "--quiet"]) == 0
+        assert np.isfinite(load_profile(out).per_sample).all(), task
 
     # answer: the trained model reloaded from its folder
     questions = tmp_path / "questions.jsonl"
