@@ -24,8 +24,11 @@ def test_check_manifest_records_then_names_the_first_difference(tmp_path):
     assert check_manifest(out, "pope", fields, has_output=True) is True  # equal: continue
     assert check_manifest(out, "mme", {**fields, "max_new_tokens": 3}) is True  # another section, its own record
     changed = {**fields, "model": {"config": "a", "weights": "c"}, "max_new_tokens": 9}
-    with pytest.raises(InputError, match=r'preds.jsonl: pope was made with another model.weights \("b", now "c"\): '
-                                         "continuing would mix the two; give --overwrite to start it over"):
+    with pytest.raises(
+        InputError,
+        match=r'preds.jsonl: pope was made with another model.weights \("b", now "c"\): '
+        "continuing would mix the two; give --overwrite to start it over",
+    ):
         check_manifest(out, "pope", changed, has_output=True)
     assert check_manifest(out, "pope", changed, overwrite=True) is False  # start over: recorded anew
     assert json.loads(manifest_path(out).read_text())["pope"] == changed
@@ -100,12 +103,29 @@ def test_answer_resumes_only_with_the_same_model_questions_and_settings(model_di
 def test_cli_answer_names_the_change_and_overwrite_starts_over(model_dirs, bench_files, tmp_path, capsys):  # noqa: F811
     data, images = bench_files["pope"]
     out = tmp_path / "preds.jsonl"
-    argv = ["answer", model_dirs["janus"], "--bench", "pope", "--data", data, "--image-dir", images, "--out", out,
-            "--max-new-tokens", "2", "--limit", "1", "--quiet"]
+    argv = [
+        "answer",
+        model_dirs["janus"],
+        "--bench",
+        "pope",
+        "--data",
+        data,
+        "--image-dir",
+        images,
+        "--out",
+        out,
+        "--max-new-tokens",
+        "2",
+        "--limit",
+        "1",
+        "--quiet",
+    ]
     assert run_cli(capsys, *argv)[0] == 0
     code, err = run_cli(capsys, *[model_dirs["emu3"] if a == model_dirs["janus"] else a for a in argv])
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"aia answer: error: {out}: pope was made with another model.config")
-    assert run_cli(capsys, *[model_dirs["emu3"] if a == model_dirs["janus"] else a for a in argv], "--overwrite")[0] == 0
+    assert (
+        run_cli(capsys, *[model_dirs["emu3"] if a == model_dirs["janus"] else a for a in argv], "--overwrite")[0] == 0
+    )
     assert len(read_predictions(out)) == 1

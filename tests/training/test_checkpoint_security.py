@@ -71,8 +71,14 @@ def _refused(tiny_data, out: Path, match: str) -> str:
 
 def test_the_checkpoint_holds_only_safetensors_json_and_weights_only_files(run):
     names = sorted(p.name for p in (run / "checkpoint-2").iterdir())
-    assert names == ["model", "model.safetensors", "optimizer.pt", "rng-rank0.json", "scheduler.json",
-                     "trainer_state.json"]
+    assert names == [
+        "model",
+        "model.safetensors",
+        "optimizer.pt",
+        "rng-rank0.json",
+        "scheduler.json",
+        "trainer_state.json",
+    ]
     torch.load(run / "checkpoint-2" / "optimizer.pt", weights_only=True)  # nothing but tensors and numbers
     state = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())
     assert (state["layout"], state["processes"]) == ("full", 1)
@@ -90,9 +96,16 @@ def test_a_pickle_payload_with_its_digest_updated_never_runs(tiny_data, run, tmp
         path.write_bytes(pickle.dumps(Payload(marker)))
     _redigest(run / "checkpoint-2")
     known = name == "optimizer.pt"
-    _refused(tiny_data, run, f"checkpoint-2/{name}: " + (
-        "cannot load this saved state .it holds other objects than tensors and numbers" if known else
-        "not a file aia writes in a checkpoint"))
+    _refused(
+        tiny_data,
+        run,
+        f"checkpoint-2/{name}: "
+        + (
+            "cannot load this saved state .it holds other objects than tensors and numbers"
+            if known
+            else "not a file aia writes in a checkpoint"
+        ),
+    )
     assert not marker.exists()
     assert [r["step"] for r in rows(run)] == [1, 2]  # nothing ran, nothing logged
 
@@ -126,8 +139,12 @@ def test_a_link_in_a_checkpoint_is_refused(tiny_data, run, tmp_path):
 @pytest.mark.parametrize("where", ["absolute", "outside", "dotdot", "link"])
 def test_latest_is_followed_only_to_a_checkpoint_of_the_run_folder(tiny_data, run, tmp_path, where):
     other = Path(shutil.copytree(run, tmp_path / "other"))
-    name = {"absolute": str(other / "checkpoint-2"), "outside": "../other/checkpoint-2",
-            "dotdot": "checkpoint-2/../../other/checkpoint-2", "link": "checkpoint-3"}[where]
+    name = {
+        "absolute": str(other / "checkpoint-2"),
+        "outside": "../other/checkpoint-2",
+        "dotdot": "checkpoint-2/../../other/checkpoint-2",
+        "link": "checkpoint-3",
+    }[where]
     if where == "link":
         (run / "checkpoint-3").symlink_to(other / "checkpoint-2")
     (run / "latest").write_text(name)
@@ -165,16 +182,19 @@ def test_a_full_disk_inside_a_checkpoint_write_is_one_line_and_loses_nothing(tin
         error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         monkeypatch.setattr(safetensors.torch, "save_file", _failing([], 2, error))
     else:  # transformers' save_pretrained of checkpoint-2/model: safetensors' own error
-        error = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space'
-                                ' left on device" })')
+        error = SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
         monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", _failing([], 2, error))
     with pytest.raises(InputError) as caught:
         train(make_cfg(tiny_data, out, "train.max_steps=3", "train.save_every=1"), *tiny_janus(seed=0))
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"{out}: cannot write checkpoint-2 (")
-    assert message.endswith("); the run stopped after step 2, its last complete checkpoint is checkpoint-1: make room "
-                            "(or fix the folder) and rerun the same command to resume")
+    assert message.endswith(
+        "); the run stopped after step 2, its last complete checkpoint is checkpoint-1: make room "
+        "(or fix the folder) and rerun the same command to resume"
+    )
     assert sorted(p.name for p in out.iterdir() if p.name.startswith((".check", "check"))) == ["checkpoint-1"]
     monkeypatch.undo()
     train(make_cfg(tiny_data, out, "train.max_steps=3", "train.save_every=1"), *tiny_janus(seed=0))
@@ -206,12 +226,14 @@ def cli_run(tiny_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     model = save_model(*tiny_janus(seed=0), tmp / "model")
     config = tmp / "run.yaml"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         model: {{path: {model}}}
         data: {{und: {tiny_data[0]}, gen: {tiny_data[1]}, batch_size: 2}}
         optim: {{lr: 1.0e-3, scheduler: constant}}
         train: {{max_steps: 3, save_every: 1, progress: false}}
-        """))
+        """)
+    )
     return config, model
 
 
@@ -222,7 +244,8 @@ def test_the_cli_says_one_line_for_an_unwritable_output_folder(cli_run, tmp_path
     assert code == 2
     assert err.strip().splitlines() == [
         f"aia train: error: {blocker}/run: cannot write the run here (Not a directory); give a writable "
-        "train.output_dir"]
+        "train.output_dir"
+    ]
 
 
 CTRL_C = textwrap.dedent(
@@ -250,7 +273,8 @@ def test_ctrl_c_in_train_is_one_line_and_exit_130_then_the_same_command_resumes(
     assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr
     assert stopped.stderr.strip().splitlines()[-1] == (
-        "aia train: interrupted at step 3; rerun the same command to resume")
+        "aia train: interrupted at step 3; rerun the same command to resume"
+    )
     assert [r["step"] for r in rows(out)] == [1, 2]
     env.pop("CTRL_C")
     resumed = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)

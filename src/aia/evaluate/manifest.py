@@ -63,8 +63,10 @@ def model_fingerprint(model) -> dict[str, str]:
         data = tensor.detach().cpu().contiguous()
         weights.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
         weights.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return {"config": digest(model.config.to_dict()) if hasattr(model, "config") else "none",
-            "weights": weights.hexdigest()}
+    return {
+        "config": digest(model.config.to_dict()) if hasattr(model, "config") else "none",
+        "weights": weights.hexdigest(),
+    }
 
 
 def manifest_path(out: Path) -> Path:
@@ -76,8 +78,11 @@ def _read(path: Path) -> dict:
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise InputError(f"cannot read it ({' '.join(str(err).split())[:200]}); remove it and give --overwrite to "
-                         "start the output over", path=path) from None
+        raise InputError(
+            f"cannot read it ({' '.join(str(err).split())[:200]}); remove it and give --overwrite to "
+            "start the output over",
+            path=path,
+        ) from None
     if not isinstance(recorded, dict):
         raise InputError("not a manifest (a JSON object); remove it and give --overwrite", path=path)
     return recorded
@@ -130,11 +135,17 @@ def check_manifest(out: Path, section: str, fields: dict, *, overwrite: bool = F
     fields = json.loads(json.dumps(fields, default=str))  # as it will read back
     old = recorded.get(section)
     if not overwrite and old is None and has_output:
-        raise InputError(f"holds {section} output but no record of what made it (an older aia, or written by hand): "
-                         "give --overwrite to start it over, or another --out", path=out)
+        raise InputError(
+            f"holds {section} output but no record of what made it (an older aia, or written by hand): "
+            "give --overwrite to start it over, or another --out",
+            path=out,
+        )
     if not overwrite and old is not None and old != fields:
-        raise InputError(f"{section} was made with another {_first_difference(old, fields)}: continuing would mix "
-                         "the two; give --overwrite to start it over, or another --out", path=out)
+        raise InputError(
+            f"{section} was made with another {_first_difference(old, fields)}: continuing would mix "
+            "the two; give --overwrite to start it over, or another --out",
+            path=out,
+        )
     if old != fields:
         _write(path, {**recorded, section: fields})
     return not overwrite
@@ -159,8 +170,9 @@ def output_lock(out: Path, command: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise InputError(f"another {command} ({holder}) is writing it; wait for it or give another --out",
-                             path=out) from None
+            raise InputError(
+                f"another {command} ({holder}) is writing it; wait for it or give another --out", path=out
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
@@ -169,4 +181,3 @@ def output_lock(out: Path, command: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-

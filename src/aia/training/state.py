@@ -156,9 +156,11 @@ def _loading(path: Path) -> Iterator[None]:
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         if isinstance(err, pickle.UnpicklingError):  # torch's weights-only refusal: its text spans a page
             reason = "it holds other objects than tensors and numbers, which aia never writes; not loaded"
-        raise InputError(f"cannot load this saved state ({reason}); nothing was resumed: restore the file, "
-                         "resume from an earlier checkpoint (remove this one) or start over with train.resume=false",
-                         path=path) from None
+        raise InputError(
+            f"cannot load this saved state ({reason}); nothing was resumed: restore the file, "
+            "resume from an earlier checkpoint (remove this one) or start over with train.resume=false",
+            path=path,
+        ) from None
 
 
 @contextlib.contextmanager
@@ -245,7 +247,8 @@ def load_state(accelerator, module, optimizer, scheduler, folder: Path, saved: d
         raise InputError(
             f"written by {saved.get('processes')} process(es) with {saved.get('layout')} state, this run has "
             f"{processes} with {kind} state; resume it as it was launched (same accelerate config), or start over "
-            "with train.resume=false", path=folder / "trainer_state.json",
+            "with train.resume=false",
+            path=folder / "trainer_state.json",
         )
     rank = accelerator.process_index
     if kind == "deepspeed":
