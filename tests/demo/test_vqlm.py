@@ -68,10 +68,14 @@ def test_vqlm_exact_sequences_roles_and_labels(hand_made):
     assert int((two.roles == Role.ANSWER).sum()) == 3 and int((two.labels != IGNORE_INDEX).sum()) == 5
 
 
+#: the whole-image span sets (answers, image tokens, every code), whose masks the test writes by role
+WHOLE = SpanConfig(gen_queries="image", und_queries="answer", und_keys="image")
+
+
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_vqlm_spans_loss_and_intensity_match_an_eager_reference(hand_made, padding_side):
     processor, model, _, image = hand_made
-    adapter = get_adapter(model, processor, padding_side=padding_side)
+    adapter = get_adapter(model, processor, padding_side=padding_side, span_config=WHOLE)
     for task, records in (("und", [UND, UND_TWO_TURNS]), ("gen", [GEN, {**GEN, "conversations": UND["conversations"][:1] * 0 + GEN["conversations"]}])):
         examples = [adapter.encode(r, task, None, image=image) for r in records]
         if task == "gen":
@@ -130,7 +134,8 @@ def test_vqlm_decode_equals_teacher_forcing_on_its_own_output(hand_made, task, p
         ids = torch.cat([decoded.prompt.input_ids, tokens])
         roles = torch.cat([decoded.prompt.roles, decoded.roles])
     else:
-        assert decoded.steps == len(tokens) == 16 and set(tokens.tolist()) <= set(adapter.code_ids)
+        assert len(tokens) == 16 and set(tokens.tolist()) <= set(adapter.code_ids)
+        assert decoded.steps == 15  # gen_queries="image-but-last": codes 0..N-2 are the queries
         image_at = example.roles == Role.IMAGE
         ids = example.input_ids.clone()
         ids[image_at] = tokens  # the record with the model's own image in place of the data's
