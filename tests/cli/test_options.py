@@ -89,7 +89,8 @@ def test_eval_help_config_lists_the_fields(capsys):
     out = capsys.readouterr().out
     for key in ("models (required):", "out ('eval_out'):", "understanding.<name>.data (required):",
                 "understanding.<name>.image_dir (None):", "generation.<name>.prompts (required):",
-                "options.max_new_tokens (128):", "options.guidance (None):", "compare (None):"):
+                "options.max_new_tokens (128):", "options.guidance (None):", "options.mmmu_parser ('mmmu'):",
+                "compare (None):"):
         assert key in out, key
 
 
@@ -105,6 +106,8 @@ def test_eval_help_config_lists_the_fields(capsys):
         ({"models": {"a": "x"}, "understanding": {"popee": {"data": "d"}}}, "'understanding.popee': unknown benchmark"),
         ({"models": {"a": "x"}, "understanding": {"pope": {"data": "d"}}, "dtype": "int8"}, "'dtype': unknown dtype"),
         ({"understanding": {"pope": {"data": "d"}}}, "models: required"),
+        ({"models": {"a": "x"}, "understanding": {"mmmu": {"data": "d"}}, "options": {"mmmu_parser": "gpt"}},
+         "'options.mmmu_parser': must be one of mmmu, aia"),
         ({"models": {"a": "x", "b": "y"}, "understanding": {"pope": {"data": "d"}}, "compare": ["a", "c"]},
          "'compare': two model names"),
     ],

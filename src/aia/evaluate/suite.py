@@ -47,6 +47,7 @@ import yaml
 from aia.errors import ConfigError, InputError
 from aia.evaluate.answer import BENCHES, answer
 from aia.evaluate.generate import FORMATS, check_can_generate, generate_images, read_prompts
+from aia.evaluate.mmmu import PARSERS
 from aia.evaluate.scoring import BENCHMARKS, compare_files, format_table, score_file
 from aia.fields import describe, from_mapping
 from aia.options import dtype_name
@@ -95,6 +96,13 @@ class EvalOptions:
     """Generation: classifier-free guidance weight (null: the family's)."""
     seed: int = 0
     """Generation: images are seeded from (seed, prompt index, image index)."""
+    mmmu_parser: str = "mmmu"
+    """MMMU multiple-choice reading: mmmu = the benchmark's parse_multi_choice_response; aia = the released AIA
+    pipeline's post_process (evaluation/vlm/eval/mmmu/evaluate_mmmu.py), which reproduces the paper's numbers."""
+
+    def __post_init__(self):
+        if self.mmmu_parser not in PARSERS:
+            raise ConfigError(f"must be one of {', '.join(PARSERS)}, got {self.mmmu_parser!r}", field="mmmu_parser")
 
 
 @dataclass
@@ -210,7 +218,7 @@ def run_eval(config: EvalConfig | str | Path, progress: bool = True) -> dict:
             answer(directory, bench, spec.data, preds, image_dir=spec.image_dir, max_new_tokens=opts.max_new_tokens,
                    limit=opts.limit, **common)
             if bench in BENCHMARKS:
-                scores.setdefault(bench, {})[name] = score_file(preds, bench)
+                scores.setdefault(bench, {})[name] = score_file(preds, bench, mmmu_parser=opts.mmmu_parser)
         for bench, spec in cfg.generation.items():
             folder = out / name / bench
             _say(f"{name}: {bench} images -> {folder}")
@@ -222,7 +230,8 @@ def run_eval(config: EvalConfig | str | Path, progress: bool = True) -> dict:
     if cfg.compare:
         base, new = cfg.compare
         for bench in scores:
-            comparisons[bench] = compare_files(out / base / f"{bench}.jsonl", out / new / f"{bench}.jsonl", bench)
+            comparisons[bench] = compare_files(out / base / f"{bench}.jsonl", out / new / f"{bench}.jsonl", bench,
+                                               mmmu_parser=opts.mmmu_parser)
     report = {"models": {n: str(d) for n, d in models.items()}, "compare": cfg.compare, "scores": scores,
               "comparisons": comparisons,
               "exported": exported}
