@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 import yaml
@@ -132,3 +133,13 @@ def test_eval_file_paths_resolve_against_its_folder(tmp_path):
     assert cfg.understanding["pope"].data == str(path.parent / "d") and cfg.understanding["pope"].image_dir is None
     assert cfg.generation["wise"].prompts == str(path.parent / "w.json")
     assert cfg.out == str(path.parent / "eval_out") and cfg.options.seed == 3 and cfg.options.batch_size == 1
+
+
+EVAL_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "eval").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EVAL_CONFIGS, ids=lambda p: p.name)
+def test_shipped_eval_files_load(path):
+    from aia.evaluate.suite import EvalConfig, load_eval_config
+
+    assert isinstance(load_eval_config(path), EvalConfig)
