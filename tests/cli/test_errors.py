@@ -40,6 +40,7 @@ def inputs(tmp_path_factory, tiny_data):
     (tmp / "empty.json").write_text("[]")
     (tmp / "bad.yaml").write_text("model:\n  path: [unclosed\n")
     (tmp / "good.yaml").write_text("model:\n  path: model\n")
+    (tmp / "eval_typo.yaml").write_text("models: {a: m}\nunderstanding:\n  pope: {data: d}\noptions: {batchsize: 8}\n")
     profile = IntensityProfile.from_per_sample("m", "und", [[0.2, 0.3]]).to_dict()
     profile["per_sample"] = [[0.2, 1.5]]
     profile["mean"], profile["std"] = [0.2, 1.5], [0.0, 0.0]
