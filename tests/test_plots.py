@@ -142,3 +142,50 @@ def test_profile_titles_say_how_it_was_measured():
     assert protocol_text(IntensityProfile.from_per_sample("m", "und", [[0.1]])) == "teacher"  # an older file
     titles = [ax.get_title() for ax in build_profiles_figure([gen, und]).axes]
     assert protocol_text(gen) in titles[0] and protocol_text(und) in titles[1]
+
+
+def segments(line):
+    """The (step, value) runs of a line, split at its NaN gaps."""
+    out, cur = [], []
+    for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
+        if np.isnan(x):
+            out.append(cur)
+            cur = []
+        else:
+            cur.append((x, y))
+    return [*out, cur]
+
+
+def test_plot_losses_one_task_per_step_draws_each_task_at_its_own_steps(tmp_path):
+    # data.mixing=random: each step trains one task; the task's keys are logged only at its steps.
+    order = ["gen", "gen", "und", "gen", "und", "und", "gen"]
+    rows = []
+    for step, task in enumerate(order, start=1):
+        value = (1.0 if task == "gen" else 5.0) + 0.01 * step
+        rows.append({"step": step, "loss/ntp": value, f"loss/ntp/{task}": value})
+    # mixing=both: every step trains both tasks; the total is drawn at every step.
+    both = [{"step": s, "loss/ntp": 2.0, "loss/ntp/gen": 1.0, "loss/ntp/und": 3.0} for s in range(1, 8)]
+    only_und = [{"step": s, "loss/ntp": 3.0, "loss/ntp/und": 3.0} for s in range(1, 8)]
+    runs = {
+        "random": write_jsonl(tmp_path / "r.jsonl", rows),
+        "both": write_jsonl(tmp_path / "b.jsonl", both),
+        "und": write_jsonl(tmp_path / "u.jsonl", only_und),
+    }
+    fig = build_losses_figure(runs, key="ntp")
+    total, gen, und = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["loss/ntp", "loss/ntp/gen", "loss/ntp/und"]
+    # No line joins step 2 to step 4 over the und step 3; step 7 stands alone with a marker.
+    assert segments(lines_by_label(gen)["random"]) == [[(1, 1.01), (2, 1.02)], [(4, 1.04)], [(7, 1.07)]]
+    assert segments(lines_by_label(und)["random"]) == [[(3, 5.03)], [(5, 5.05), (6, 5.06)]]
+    assert lines_by_label(gen)["random"].get_marker() not in (None, "None", "", " ")
+    # The total zig-zags between the two tasks under one task per step: not drawn for that run.
+    assert set(lines_by_label(total)) == {"both", "und"}
+    assert segments(lines_by_label(total)["both"]) == [[(s, 2.0) for s in range(1, 8)]]
+    # One colour per run in every panel, whichever runs a panel holds.
+    for ax in fig.axes:
+        for name, line in lines_by_label(ax).items():
+            assert line.get_color() == {"random": "C0", "both": "C1", "und": "C2"}[name], (ax.get_title(), name)
+
+    # Only one-task-per-step runs: no total panel at all.
+    fig = build_losses_figure({"random": runs["random"]}, key="ntp")
+    assert [ax.get_title() for ax in fig.axes] == ["loss/ntp/gen", "loss/ntp/und"]

@@ -8,7 +8,8 @@ no display needed.
 
 Line labels are stable so that the data can be found again:
 ``"<label>"`` for a profile's mean curve, ``"target <task>"`` for a target step line;
-in loss figures one line per run labelled with the run's name.
+in loss figures one line per run labelled with the run's name (one colour per run in every
+panel; NaN gaps where the run did not train the panel's task).
 """
 
 from __future__ import annotations
@@ -163,14 +164,50 @@ def _matches(name: str, key: str | None) -> bool:
     return key is None or name == f"loss/{key}" or name.startswith(f"loss/{key}/")
 
 
+def _task_keys(row: Mapping, group: str) -> set[str]:
+    return {k for k in row if k.startswith(f"loss/{group}/") and row[k] is not None}
+
+
+def _curve(recs: list[dict], k: str) -> tuple[list[float], list[float]]:
+    """The (steps, values) of key ``k`` in one run's rows, a NaN gap wherever the run logged
+    rows without it (steps where that task was not trained), so no line crosses them.
+
+    A group total (``loss/ntp``) is drawn only at the rows that trained every task the run
+    trains: under one task per step (``data.mixing=random`` or ``alternate``) it would be each
+    step's task in turn, a zig-zag between two curves that their own panels already show.
+    """
+    group = k.split("/")[1]
+    tasks = set().union(*(_task_keys(r, group) for r in recs))
+    steps: list[float] = []
+    values: list[float] = []
+    gap = False
+    for r in recs:
+        mine = _task_keys(r, group)
+        if r.get(k) is None or (k == f"loss/{group}" and mine and mine != tasks):
+            gap = bool(steps)
+            continue
+        if gap:
+            steps.append(np.nan)
+            values.append(np.nan)
+            gap = False
+        steps.append(r["step"])
+        values.append(r[k])
+    return steps, values
+
+
 def build_losses_figure(runs: Mapping[str, str | Path], key: str | None = "ntp") -> Figure:
     """One subplot per loss key, one line per run (x: step, y: the logged value).
+
+    Each run keeps one colour in every panel. A task's curve is drawn only at the steps that
+    trained it: the line breaks (a NaN in its data) where the run logged steps without the
+    key, and a marker shows a step that stands alone. A group total (``loss/ntp``) is drawn
+    at the steps that trained all of the run's tasks (none under one task per step; the
+    panel is left out when no run has such a step).
 
     Args:
         runs: ``{run name: metrics.jsonl path or run directory}``.
         key: which loss keys: ``"ntp"`` takes ``loss/ntp`` and ``loss/ntp/*``, ``"aia"``
             takes ``loss/aia`` and ``loss/aia/*``; None takes every ``loss/*`` key.
-            Each run contributes the steps where it logged the key.
 
     Raises:
         ValueError: no runs, an unreadable/empty log, or no run logged a matching key.
@@ -178,17 +215,18 @@ def build_losses_figure(runs: Mapping[str, str | Path], key: str | None = "ntp")
     if not runs:
         raise ValueError("a losses figure needs at least one run")
     logs = {name: read_metrics(path) for name, path in runs.items()}
+    colours = {name: f"C{i % 10}" for i, name in enumerate(logs)}
     keys = sorted({k for recs in logs.values() for r in recs for k in r if _matches(k, key)})
     if not keys:
         seen = sorted({k for recs in logs.values() for r in recs for k in r if k.startswith("loss/")})
         raise ValueError(f"no run logged a loss key matching {key!r}; loss keys present: {seen}")
-    fig, axes = _new_figure(len(keys), width=5.0)
-    for ax, k in zip(axes, keys, strict=True):
-        for name, recs in logs.items():
-            pts = [(r["step"], r[k]) for r in recs if r.get(k) is not None]
-            if pts:
-                steps, values = zip(*pts, strict=True)
-                ax.plot(steps, values, label=name)
+    curves = {k: {name: _curve(recs, k) for name, recs in logs.items()} for k in keys}
+    curves = {k: {name: c for name, c in by_run.items() if c[0]} for k, by_run in curves.items()}
+    curves = {k: by_run for k, by_run in curves.items() if by_run}
+    fig, axes = _new_figure(len(curves), width=5.0)
+    for ax, (k, by_run) in zip(axes, curves.items(), strict=True):
+        for name, (steps, values) in by_run.items():
+            ax.plot(steps, values, label=name, color=colours[name], marker=".", markersize=3)
         ax.set_title(k)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
