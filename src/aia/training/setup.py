@@ -250,7 +250,7 @@ def setup(cfg: RunConfig, model: nn.Module | None = None, processor=None, accele
     targets = None
     if cfg.aia.enabled:
         depth = unwrap(model).config.get_text_config().num_hidden_layers
-        targets = TargetProfile.load(cfg.aia.targets, num_layers=depth)
+        targets = TargetProfile.load(cfg.aia.targets, num_layers=depth, layer_map=cfg.aia.layer_map)
     run_plan = plan(cfg, {t: len(s) for t, s in streams.items()}, ratio, accelerator.num_processes)
     step_module = UnifiedStep(model, adapter, targets, cfg)
     optimizer, scheduler = make_optimizer(step_module, cfg, run_plan)
