@@ -3,7 +3,9 @@
 Every number in the report is read from the results dict that ``results.json`` holds;
 the verdict sentences are built from those numbers with the rule documented in
 :mod:`aia.demo.pipeline` (a mean difference across seeds counts when it exceeds two
-standard errors).
+standard errors). An accuracy within two binomial standard errors of chance is flagged
+(:func:`aia.demo.runs.chance_bound`), and what such a run cannot show is said; only the runs that ran
+are described.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from aia.demo.runs import ABLATIONS, METRICS, RUNS
+from aia.demo.runs import ABLATIONS, ACCURACIES, METRICS, RUNS, at_chance, chance_bound, uninformative
 from aia.plots import TASK_TITLES, plot_losses
 
 __all__ = ["write_figures", "write_report"]
@@ -103,9 +105,25 @@ def _samples_figure(samples: dict[str, np.ndarray], out: Path) -> None:
 
 # -- report.md -----------------------------------------------------------------------------------
 
+AT_CHANCE = "(≈ chance)"
+REPRODUCIBILITY = (
+    "Two runs with the same seeds on one machine give the same numbers bit for bit (the timings aside). On another "
+    "CPU (another instruction set, e.g. AVX-512 vs AVX2, or another torch build) the float sums run in another order: "
+    "the losses, accuracies and distances then differ in their 3rd-4th decimal, and a verdict that sits near two "
+    "standard errors can change."
+)
+"""What reproduces: said in the report and in the README's demo section."""
 
-def _cell(row: dict, key: str, digits: int = 3) -> str:
-    return f"{row[key]:.{digits}f}" if key in row else "—"
+
+def _post_rows(results: dict) -> list[dict]:
+    return [entry["runs"][n] for entry in results["per_seed"] for n in ("baseline", "aia")]
+
+
+def _cell(row: dict, key: str, digits: int = 3, results: dict | None = None) -> str:
+    if key not in row:
+        return "—"
+    flag = f" {AT_CHANCE}" if results is not None and at_chance(results, row, key) else ""
+    return f"{row[key]:.{digits}f}{flag}"
 
 
 def _pair(row: dict, a: str, b: str) -> str:
@@ -122,9 +140,10 @@ def _diff(c: dict) -> str:
     return f"{c['diff']:+.4f} ± {se} ({c['verdict']})"
 
 
-def _row(label: str, row: dict) -> str:
+def _row(label: str, row: dict, results: dict) -> str:
+    und, gen = _cell(row, "und_acc", results=results), _cell(row, "gen_acc", results=results)
     return (
-        f"| {label} | {_cell(row, 'und_acc')} | {_cell(row, 'gen_acc')} | {_pair(row, 'ntp_und', 'ntp_gen')} | "
+        f"| {label} | {und} | {gen} | {_pair(row, 'ntp_und', 'ntp_gen')} | "
         f"{_pair(row, 'heldout_ntp_und', 'heldout_ntp_gen')} | {_cell(row, 'gap_und')} | {_cell(row, 'gap_gen')} |"
     )
 
@@ -137,15 +156,17 @@ _HEADER = (
 
 def _tables(results: dict) -> tuple[str, str, str]:
     """The shared models' table, the per-seed table and the across-seed differences table."""
-    shared = [_HEADER] + [_row(RUNS[name][0], row) for name, row in results["runs"].items()]
+    shared = [_HEADER] + [_row(RUNS[name][0], row, results) for name, row in results["runs"].items()]
     per_seed = [_HEADER.replace("| run |", "| seed | run |").replace("| --- |", "| ---: | --- |", 1)]
     for entry in results["per_seed"]:
         for name, row in entry["runs"].items():
-            per_seed.append(f"| {entry['seed']} " + _row(RUNS[name][0], row))
+            per_seed.append(f"| {entry['seed']} " + _row(RUNS[name][0], row, results))
     comparisons = {"aia": results["aia_vs_baseline"], **results["ablations_vs_baseline"]}
     head = "| metric | " + " | ".join(f"{RUNS[n][0].replace('post-trained ', '')} − baseline" for n in comparisons)
     diffs = [head + " |", "| --- |" + " ---: |" * len(comparisons)]
+    blind = uninformative(results)
     for key, (label, _) in METRICS.items():
+        label = f"{label} {AT_CHANCE}" if key in blind else label
         diffs.append(f"| {label} | " + " | ".join(_diff(c[key]) for c in comparisons.values()) + " |")
     return "\n".join(shared), "\n".join(per_seed), "\n".join(diffs)
 
@@ -157,11 +178,13 @@ def _every_seed_closer(cmp: dict, key: str) -> bool:
 def _verdict_text(results: dict) -> str:
     cmp = results["aia_vs_baseline"]
     n = len(results["seeds"])
+    blind = uninformative(results)
     lines = []
-    for key, what in (("und_acc", "understanding accuracy"), ("gen_acc", "generation accuracy")):
+    for key, what in ACCURACIES.items():
         c = cmp[key]
         per = ", ".join(f"{x:+.3f}" for x in c["per_seed"])
-        lines.append(f"- {what}: AIA − baseline {_diff(c)}; per seed {per}.")
+        note = f" Every baseline and AIA run is at chance here: this says nothing about {what}." if key in blind else ""
+        lines.append(f"- {what}: AIA − baseline {_diff(c)}; per seed {per}.{note}")
     for key, what in (("heldout_ntp_und", "held-out NTP und"), ("heldout_ntp_gen", "held-out NTP gen")):
         lines.append(f"- {what} (lower is better): AIA − baseline {_diff(cmp[key])}.")
     for task, what in (("und", "understanding"), ("gen", "generation")):
@@ -175,14 +198,20 @@ def _verdict_text(results: dict) -> str:
     for name, cmps in results["ablations_vs_baseline"].items():
         parts = [f"{METRICS[k][0]} {_diff(cmps[k])}" for k in ("und_acc", "gen_acc")]
         lines.append(f"- {RUNS[name][0]} − baseline: " + ", ".join(parts) + ".")
-    verdicts = (cmp["und_acc"]["verdict"], cmp["gen_acc"]["verdict"])
-    if n < 2:
+    verdicts = tuple(cmp[k]["verdict"] for k in ACCURACIES if k not in blind)
+    if not verdicts:
+        head = "**Not assessed**: both accuracies are at chance in every baseline and AIA run."
+    elif n < 2:
         head = "**Not assessed**: one post-training seed gives no error estimate; run with `--seeds 2` or more."
     elif cmp["helped"]:
         head = (f"**Yes, at this scale**: over {n} seeds AIA improved at least one task's accuracy beyond two "
                 "standard errors and made neither worse.")  # fmt: skip
     elif "worse" in verdicts:
         head = f"**No**: over {n} seeds AIA made at least one task's accuracy worse beyond two standard errors."
+    elif blind:
+        head = (f"**No measurable effect on {ACCURACIES[next(k for k in ACCURACIES if k not in blind)]}**: over {n} "
+                "seeds it did not change beyond two standard errors of the mean difference; "
+                f"{' and '.join(ACCURACIES[k] for k in blind)} is at chance, not assessed.")  # fmt: skip
     else:
         head = (f"**No measurable effect on accuracy**: over {n} seeds neither task's accuracy changed beyond two "
                 "standard errors of the mean difference.")  # fmt: skip
@@ -217,19 +246,20 @@ def _scope_text(results: dict) -> str:
             + " and ".join(pulled)
             + " (the loss does what it is meant to do)."
         )
-    measured = [
-        f"{METRICS[k][0]} {_diff(cmp[k])}" for k in ("und_acc", "gen_acc") if cmp[k]["verdict"] in ("better", "worse")
-    ]
+    blind = uninformative(results)
+    informative = [k for k in ACCURACIES if k not in blind]
+    measured = [f"{METRICS[k][0]} {_diff(cmp[k])}" for k in informative if cmp[k]["verdict"] in ("better", "worse")]
     if measured:
         supports.append(
             "At this scale, with these settings, AIA changed accuracy beyond two standard errors across seeds: "
             + ", ".join(measured)
             + "."
         )
-    else:
+    elif informative:
         supports.append(
-            "At this scale, with these settings, the data do not show an accuracy difference between AIA and the "
-            "NTP baseline beyond two standard errors across seeds (absence of evidence, not evidence of no effect)."
+            f"At this scale, with these settings, the data do not show a difference in "
+            f"{' or '.join(ACCURACIES[k] for k in informative)} between AIA and the NTP baseline beyond two standard "
+            "errors across seeds (absence of evidence, not evidence of no effect)."
         )
     mse = results["ablations_vs_baseline"].get("aia_mse")
     ablation_note = ""
@@ -249,15 +279,28 @@ def _scope_text(results: dict) -> str:
                 " from its target.) Here w/o Huber is not below the baseline beyond two standard errors on either accuracy; the "
                 "paper's Table 3 has w/o Huber at or above the NTP baseline on 7 of its 8 metrics."
             )
+    cannot = []
+    for key in blind:
+        values = [row[key] for row in _post_rows(results)]
+        hint = " (`--quick` trains too few steps for it; run without `--quick`)" if results["quick"] else ""
+        cannot.append(
+            f"Anything about {ACCURACIES[key]}: every baseline and AIA run scores {min(values):.3f}-{max(values):.3f}, "
+            f"within two binomial standard errors of chance ({results['chance']}, up to "
+            f"{chance_bound(results, key):.3f}){hint}; its difference above is noise."
+        )
+    ablations = [
+        "Ranking the ablations as the paper does: the ablation rows compare each variant with this demo's "
+        "baseline only." + ablation_note
+    ] if results["ablations_vs_baseline"] else []  # fmt: skip
     does_not = [
+        *cannot,
         "Anything about the paper's models or benchmarks: a 4-layer, hidden-size-"
         f"{s['hidden_size']} model on 8x8 digits (16 image tokens) judged by an SVM is not Janus-Pro or Emu3 "
         "on GenEval, DPG, POPE or MMMU.",
         "The paper's numbers or the size of its gains: the effect of AIA here depends on lambda "
         f"({s['weight_und']}/{s['weight_gen']}), the post-training length ({s['post_steps']} steps, lr "
         f"{s['post_lr']}) and the targets, which come from this demo's own references.",
-        "Ranking the ablations as the paper does: the ablation rows compare each variant with this demo's "
-        "baseline only." + ablation_note,
+        *ablations,
         f"Variation from the pretraining, the references or the split: the {n} seed(s) vary the post-training "
         "data order, prompt blanking and sampling only; the checkpoint, the references and the targets come from seed "
         f"{results['seed']}. " + _few_seeds(n),
@@ -314,6 +357,8 @@ and gen {_fmt(results["targets"]["gen"])} (per layer; Huber delta und {_fmt(resu
 {per_seed}
 
 - und acc: greedy answer among the ten digit tokens, {d["test"]} held-out images (chance {results["chance"]}).
+  {AT_CHANCE} marks an accuracy within two binomial standard errors of chance (up to \
+{chance_bound(results, "und_acc"):.3f} for und acc, {chance_bound(results, "gen_acc"):.3f} for gen acc): it tells nothing.
 - gen acc: {s["gen_samples_per_digit"]} images sampled per digit (temperature 1) from "draw digit d",
   named by an SVM judge trained on the real training pixels. The judge scores
   {results["judge"]["acc_real_test"]:.3f} on the real held-out images and {results["judge"]["acc_vq_test"]:.3f}
@@ -350,6 +395,10 @@ better), "closer" / "farther" for the distance to the targets.
 ![NTP losses of the references and the pretraining](losses_pretraining.png)
 
 ![generated digits](samples.png)
+
+## Reproducibility
+
+{REPRODUCIBILITY}
 
 ## Files
 
