@@ -111,6 +111,8 @@ def _cmd_profile(opts) -> int:
         for name in _DECODE_OPTIONS:
             if getattr(opts, name) is not None:
                 raise ValueError(f"--{name.replace('_', '-')} applies to --mode decode only")
+    if opts.guidance is not None and not 0 <= opts.guidance < float("inf"):
+        raise ValueError(f"--guidance must be a finite number >= 0, got {opts.guidance}")
     if opts.mode == "decode" and opts.batch_size != 1:
         raise ValueError("--batch-size: --mode decode runs one sample at a time")
     _positive(opts.samples, "--samples")
@@ -307,6 +309,7 @@ def _cmd_generate(opts) -> int:
         device=opts.runtime.device,
         dtype=_dtype_name(opts.runtime.dtype),
         progress=not opts.runtime.quiet,
+        overwrite=opts.overwrite,
     )
     done = summary["prompts_done_before"]
     print(f"wrote {opts.out} ({summary['images_generated']} new images, {done} prompts already there)")
@@ -374,6 +377,8 @@ def _eval_parser(sub) -> None:
     ev.add_argument("config", nargs="?", default=None, help="eval YAML (aia eval --help-config lists its fields)")
     ev.add_argument("--help-config", action="store_true", help="list every field of the eval file with its documentation")
     ev.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="start over the outputs made with another model, data or setting (default: off)")
     ev.set_defaults(func=_cmd_eval)
 
 
@@ -389,7 +394,7 @@ def _cmd_eval(args) -> int:
     _device(cfg.device)
     from aia.evaluate.suite import run_eval
 
-    run_eval(cfg, progress=not args.quiet)
+    run_eval(cfg, progress=not args.quiet, overwrite=args.overwrite)
     out = Path(cfg.out)
     print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
     return 0

@@ -152,7 +152,7 @@ class GenerateOptions:
     prompts: str
     """GenEval metadata .jsonl, WISE .json, a .txt (one prompt per line), or DPG-Bench's folder."""
     out: str
-    """Output folder (resumable: prompts already written are skipped)."""
+    """Output folder (resumable with the same model, prompts and settings: prompts already written are skipped)."""
     format: str = field(default="plain", metadata={"choices": FORMATS})
     """Output layout: plain, geneval, dpg or wise, as each benchmark's scorer reads it."""
     images_per_prompt: int | None = None
@@ -175,6 +175,8 @@ class GenerateOptions:
     """Aspect ratio width:height."""
     batch_size: int = 1
     """Images generated together (any prompts); does not change the images."""
+    overwrite: bool = False
+    """Start --out over (needed when the model, the prompts or a setting changed)."""
     runtime: Runtime = field(default_factory=Runtime)
     """Device, dtype, progress bar."""
 

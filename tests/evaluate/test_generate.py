@@ -60,7 +60,7 @@ def test_geneval_layout(model_dirs, geneval_file, tmp_path):
         assert png(out / f"{i:05d}" / "samples" / "00000.png") == ((32, 32), "RGB")
     other = tmp_path / "other.jsonl"
     other.write_text(GENEVAL_LINES[1] + "\n" + GENEVAL_LINES[0] + "\n")
-    with pytest.raises(InputError, match=r"00000/metadata\.jsonl: holds the images of another prompt"):
+    with pytest.raises(InputError, match=r"geneval: images were made with another prompt_file \("):
         generate_images(model_dirs["janus"], other, out, fmt="geneval", images_per_prompt=2, progress=False)
 
 
@@ -134,7 +134,7 @@ def test_loaded_model_and_greedy(geneval_file, tmp_path):
     assert (out / "00000_0.png").read_bytes() == (out / "00000_1.png").read_bytes()
     with pytest.raises(InputError, match="processor"):
         generate_images(model, geneval_file, tmp_path / "new", progress=False)
-    with pytest.raises(InputError, match="index.jsonl: holds the images of other prompts"):
+    with pytest.raises(InputError, match=r"out: images were made with another images_per_prompt \(2, now 3\)"):
         generate_images(model, geneval_file, out, processor=processor, images_per_prompt=3, progress=False)
 
 
@@ -163,9 +163,9 @@ def test_options_are_checked(model_dirs, geneval_file, tmp_path):
     with pytest.raises(InputError, match="'ratio'"):
         generate_images(model_dirs["emu3"], geneval_file, tmp_path, ratio="16/9", progress=False)
     with pytest.raises(InputError, match="'negative_prompt': an option of the emu3 family only, not of janus"):
-        generate_images(model_dirs["janus"], geneval_file, tmp_path, negative_prompt="ugly", progress=False)
+        generate_images(model_dirs["janus"], geneval_file, tmp_path / "o", negative_prompt="ugly", progress=False)
     with pytest.raises(InputError, match="'ratio': an option of the emu3 family only, not of janus"):
-        generate_images(model_dirs["janus"], geneval_file, tmp_path, ratio="16:9", progress=False)
+        generate_images(model_dirs["janus"], geneval_file, tmp_path / "o", ratio="16:9", progress=False)
     for area in (0, -5, True, 2.5):
         with pytest.raises(InputError, match="'image_area': must be a positive number of pixels"):
             generate_images(model_dirs["emu3"], geneval_file, tmp_path, image_area=area, progress=False)

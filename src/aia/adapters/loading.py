@@ -14,6 +14,7 @@ the same file); the processor is read by the family's adapter
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -166,6 +167,9 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None, device: 
         model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # truncated or corrupt weight files
         raise InputError(f"cannot load the weights: {_first_line(err)}", path=model_dir) from None
+    except pickle.UnpicklingError:  # torch's weights-only loader met other objects than tensors: not run
+        raise InputError("cannot load the weights: a .bin weights file holds other objects than tensors and "
+                         "numbers (refused, not run); save the model as safetensors", path=model_dir) from None
     return model.to(device).eval(), processor
 
 

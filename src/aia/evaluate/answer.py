@@ -64,7 +64,7 @@ from aia.data.encoder import RecordEncoder, prompt_part, question_record
 from aia.data.records import load_image
 from aia.errors import DataError, ImageError, InputError
 from aia.evaluate.generate import quiet_transformers, resolve_model
-from aia.evaluate.manifest import check_manifest, digest, model_fingerprint, output_lock
+from aia.evaluate.manifest import Interrupted, check_manifest, digest, model_fingerprint, output_lock
 from aia.jsonl import json_line, mend_torn_end, read_json_rows, read_jsonl
 
 __all__ = ["BENCHES", "OPTION_PROMPT", "SHORT_ANSWER_PROMPT", "Question", "answer", "read_questions"]
@@ -557,6 +557,9 @@ def _answer(model, processor, bench: str, questions: list[Question], out_path: P
                     summary["answered"] += 1
                 os.fsync(out.fileno())
                 bar.update(len(batch))
+    except KeyboardInterrupt:  # the rows written are kept: the same call resumes
+        raise Interrupted(f"interrupted at question {summary['answered'] + 1} of the {len(todo)} to answer; rerun "
+                          "the same command to resume") from None
     finally:
         bar.close()
     return summary

@@ -55,7 +55,11 @@ plain      ``DIR/{index:05d}_{k}.png`` and ``DIR/index.jsonl`` (one line per pro
 =========  ============================================================================
 
 A prompt whose files all exist is skipped; files are written through a temporary name, so
-an interrupted run leaves no half-written PNG.
+an interrupted run leaves no half-written PNG. A rerun continues a folder only when it is made
+with what made it: the model (its fingerprint), the prompts and every setting that changes an
+image are recorded in ``<DIR>.manifest.json`` beside it (:mod:`aia.evaluate.manifest`); another
+seed, prompt file, guidance, ... is refused naming the first that differs, and ``overwrite``
+starts the folder over (the layout's files are removed). One run writes a folder at a time.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +80,7 @@ from PIL import Image
 
 from aia.adapters.imagegen import ImageOptions
 from aia.errors import DataError, InputError
+from aia.evaluate.manifest import Interrupted, check_manifest, digest, model_fingerprint, output_lock, writable_output
 from aia.jsonl import read_jsonl
 
 __all__ = [
@@ -90,6 +96,8 @@ __all__ = [
 FORMATS = ("plain", "geneval", "dpg", "wise")
 #: images per prompt when not given: GenEval's and DPG-Bench's 4, WISE's 1
 IMAGES_PER_PROMPT = {"plain": 1, "geneval": 4, "dpg": 4, "wise": 1}
+#: the longest file name most file systems take, in bytes (a WISE prompt_id names a file)
+NAME_MAX = 255
 
 
 # ----------------------------------------------------------------- models
@@ -256,8 +264,11 @@ def _read_wise(path: Path, text: str) -> list[Prompt]:
         if isinstance(pid, bool) or not isinstance(pid, int | str) or str(pid).strip() in ("", ".", ".."):
             raise _prompt_error("needs a 'prompt_id' (number or name)", path, i, "prompt_id")
         name = str(pid).strip()
-        if "/" in name or "\\" in name:
+        if "/" in name or "\\" in name or "\0" in name:
             raise _prompt_error(f"'prompt_id' {name!r} cannot name a file", path, i, "prompt_id")
+        if len(f"{name}.png".encode()) > NAME_MAX:
+            raise _prompt_error(f"'prompt_id' {name[:20]!r}... is too long for a file name ({len(name.encode())} bytes; "
+                                f"at most {NAME_MAX - 4})", path, i, "prompt_id")
         if name in seen:
             raise _prompt_error(f"duplicate prompt_id {name!r} (first at record {seen[name]})", path, i, "prompt_id")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -328,8 +339,19 @@ class _Writer:
         """The images ``k`` of an incomplete prompt still to generate."""
         return [k for k, f in enumerate(self.files(prompt)) if not f.is_file()]
 
-    def check_resume(self, prompts: list[Prompt]) -> None:
-        """Refuse a folder written from another prompt file (resuming would keep wrong images)."""
+    #: the names the layout writes at the top of its folder
+    names = r"\d{5}_\d+\.png|index\.jsonl"
+
+    def clear(self) -> None:
+        """Remove what the layout wrote in the folder (and temporary files): a start over."""
+        if not self.out_dir.is_dir():
+            return
+        for entry in self.out_dir.iterdir():
+            if re.fullmatch(self.names, entry.name) or re.fullmatch(r"\..+\.tmp", entry.name):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
 
     def begin(self, prompts: list[Prompt]) -> None:
         """Before the first image (the folder exists)."""
@@ -347,18 +369,14 @@ class _PlainWriter(_Writer):
                                    "files": [f.name for f in self.files(p)]}, ensure_ascii=False) + "\n"
                        for p in prompts)
 
-    def check_resume(self, prompts: list[Prompt]) -> None:
-        index = self.out_dir / "index.jsonl"
-        if index.is_file() and index.read_text(encoding="utf-8") != self._index(prompts):
-            raise InputError("holds the images of other prompts (or another images_per_prompt); write to a new "
-                             "folder", path=index)
-
     def begin(self, prompts: list[Prompt]) -> None:
         _write_text(self.out_dir / "index.jsonl", self._index(prompts))
 
 
 class _GenEvalWriter(_Writer):
     """``DIR/{index:05d}/metadata.jsonl`` and ``DIR/{index:05d}/samples/{k:05d}.png``."""
+
+    names = r"\d{5}"
 
     def files(self, prompt: Prompt) -> list[Path]:
         return [self.out_dir / f"{prompt.index:05d}" / "samples" / f"{k:05d}.png" for k in range(self.n)]
@@ -369,13 +387,6 @@ class _GenEvalWriter(_Writer):
     def complete(self, prompt: Prompt) -> bool:
         return super().complete(prompt) and self._metadata(prompt).is_file()
 
-    def check_resume(self, prompts: list[Prompt]) -> None:
-        for p in prompts:
-            meta = self._metadata(p)
-            if meta.is_file() and meta.read_text(encoding="utf-8").rstrip("\r\n") != p.line:
-                raise InputError(f"holds the images of another prompt than line {p.index + 1} of the prompt file; "
-                                 "write to a new folder", path=meta)
-
     def write(self, prompt: Prompt, k: int, image: Image.Image) -> None:
         if not self._metadata(prompt).is_file():
             _write_text(self._metadata(prompt), prompt.line + "\n")
@@ -384,6 +395,8 @@ class _GenEvalWriter(_Writer):
 
 class _DpgWriter(_Writer):
     """``DIR/{name}.png``: the prompt's images in one grid, written when the last one is in."""
+
+    names = r"[^.].*\.png"
 
     def __init__(self, out_dir: Path, n: int):
         super().__init__(out_dir, n)
@@ -405,6 +418,8 @@ class _DpgWriter(_Writer):
 
 class _WiseWriter(_Writer):
     """``DIR/{prompt_id}.png``, one image per prompt."""
+
+    names = r"[^.].*\.png"
 
     def files(self, prompt: Prompt) -> list[Path]:
         return [self.out_dir / f"{prompt.name}.png"]
@@ -433,12 +448,13 @@ def _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guida
         raise InputError("the WISE layout holds one image per prompt ({prompt_id}.png)", field="images_per_prompt")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"must be a positive integer, got {batch_size!r}", field="batch_size")
-    if not isinstance(temperature, int | float) or temperature < 0:
-        raise InputError(f"must be >= 0 (0: greedy), got {temperature!r}", field="temperature")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature < math.inf:
+        raise InputError(f"must be a finite number >= 0 (0: greedy), got {temperature!r}", field="temperature")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise InputError(f"must be a positive integer or None, got {top_k!r}", field="top_k")
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float) or guidance < 1):
-        raise InputError(f"must be >= 1 (1: no guidance), got {guidance!r}", field="guidance")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float)
+                                 or not 1 <= guidance < math.inf):
+        raise InputError(f"must be a finite number >= 1 (1: no guidance), got {guidance!r}", field="guidance")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"must be a non-negative integer, got {seed!r}", field="seed")
     if image_area is not None and (isinstance(image_area, bool) or not isinstance(image_area, int) or image_area < 1):
@@ -468,6 +484,7 @@ def generate_images(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Generate the images of a prompt file in a benchmark's layout (see the module doc).
 
@@ -476,7 +493,9 @@ def generate_images(
             or a loaded model of a family that generates (Janus, Emu3, the demo's VQ-LM; then give
             ``processor``; used as it is).
         prompts_path: GenEval ``.jsonl``, WISE ``.json``, ``.txt`` or a DPG-Bench folder.
-        out_dir: where the images go (created).
+        out_dir: where the images go (created). Its images are continued only when the model,
+            the prompts and every setting that changes an image (all but ``batch_size`` and
+            ``progress``) are those recorded in ``<out_dir>.manifest.json``.
         fmt: ``"plain"``, ``"geneval"``, ``"dpg"`` or ``"wise"``.
         images_per_prompt: default 4 for geneval and dpg, 1 for plain and wise (wise: only 1).
         guidance: classifier-free guidance scale (1: none); None: the family's (Janus 5, Emu3 3, VQ-LM 1).
@@ -492,6 +511,7 @@ def generate_images(
         batch_size: images generated together (any prompts); does not change the images.
         device, dtype: where and in which dtype to load a model directory.
         progress: show a progress bar (images/s).
+        overwrite: start the folder over (the layout's files are removed) whatever made it.
 
     Returns:
         ``{"format", "out_dir", "family", "prompts", "prompts_done_before", "images_generated",
@@ -499,30 +519,55 @@ def generate_images(
 
     Raises:
         InputError: a Chameleon model (no image decoder in transformers) or another model that
-            generates no images, a bad option (the message names it), or a bad prompt file
-            (:class:`~aia.errors.DataError` naming the file and line).
+            generates no images, a bad option (the message names it), a bad prompt file
+            (:class:`~aia.errors.DataError` naming the file and line), an output that cannot be
+            written there, or one made with another model, prompts or setting (naming the first
+            that differs) or being written by another run.
+        Interrupted: Ctrl-C (the images written so far are kept; the same call resumes).
     """
+    from aia.adapters import get_adapter, unwrap
+
     n = _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio, image_area)
     if isinstance(model, str | os.PathLike):
         check_can_generate(model)  # before loading
+    else:
+        _check_generates(type(unwrap(model)).__name__)
+    out_dir = writable_output(Path(out_dir), folder=True)
     prompts = read_prompts(prompts_path)
-    out_dir = Path(out_dir)
     writer = WRITERS[fmt](out_dir, n)
-    writer.check_resume(prompts)
-    model, processor = resolve_model(model, processor, device=device, dtype=dtype)
-    from aia.adapters import get_adapter, unwrap
-
-    _check_generates(type(unwrap(model)).__name__)
-    adapter = get_adapter(model, processor)
-    opts = _image_options(adapter, guidance, temperature, top_k, positive_prompt, negative_prompt, image_area, ratio)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writer.begin(prompts)
-    jobs, done_before = _pending(writer, prompts)
-    _generate(model, adapter, opts, jobs, writer, seed=seed, batch_size=batch_size,
-              desc=f"generating ({fmt})", progress=progress)
+    settings = {"seed": seed, "guidance": guidance, "temperature": temperature, "top_k": top_k,
+                "positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area,
+                "ratio": ratio}
+    with output_lock(out_dir, "aia generate"):
+        fields = _manifest(model, prompts, fmt, n, settings, device, dtype)
+        has_output = out_dir.is_dir() and any(not p.name.startswith(".") for p in out_dir.iterdir())
+        if not check_manifest(out_dir, "images", fields, overwrite=overwrite, has_output=has_output):
+            writer.clear()
+        model, processor = resolve_model(model, processor, device=device, dtype=dtype)
+        _check_generates(type(unwrap(model)).__name__)
+        adapter = get_adapter(model, processor)
+        opts = _image_options(adapter, guidance, temperature, top_k, positive_prompt, negative_prompt, image_area,
+                              ratio)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        writer.begin(prompts)
+        jobs, done_before = _pending(writer, prompts)
+        _generate(model, adapter, opts, jobs, writer, seed=seed, batch_size=batch_size,
+                  desc=f"generating ({fmt})", progress=progress)
     return {"format": fmt, "out_dir": str(out_dir), "family": adapter.family, "prompts": len(prompts),
             "prompts_done_before": done_before, "images_generated": len(jobs), "images_per_prompt": n,
             "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k, "seed": seed}
+
+
+def _manifest(model, prompts: list[Prompt], fmt: str, n: int, settings: dict, device, dtype) -> dict:
+    """What the images depend on (:mod:`aia.evaluate.manifest`): the model, the prompts as read, the
+    layout and the settings as given (None: the family's default), the dtype and the device's type."""
+    if isinstance(model, str | os.PathLike):
+        dtype, device = _dtype(dtype), torch.device(device)
+    else:  # used as it is
+        dtype, device = model.dtype, next(model.parameters()).device
+    return {"model": model_fingerprint(model), "prompt_file": digest([[p.index, p.name, p.text, p.line] for p in prompts]),
+            "format": fmt, "images_per_prompt": n, **settings,
+            "dtype": None if dtype is None else str(dtype).removeprefix("torch."), "device": device.type}
 
 
 def _image_options(adapter, guidance, temperature, top_k, positive_prompt, negative_prompt, image_area,
@@ -560,11 +605,16 @@ def _pending(writer: _Writer, prompts: list[Prompt]) -> tuple[list[tuple[Prompt,
 
 def _generate(model, adapter, opts: ImageOptions, jobs: list[tuple[Prompt, int]], writer: _Writer, *, seed: int,
               batch_size: int, desc: str, progress: bool) -> None:
-    """Generate ``jobs`` in batches, each image seeded by :func:`image_seed`, handed to ``writer``."""
+    """Generate ``jobs`` in batches, each image seeded by :func:`image_seed`, handed to ``writer``.
+
+    Raises:
+        Interrupted: Ctrl-C, naming the image it stopped at (those written are kept).
+    """
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), unit="img", desc=desc, disable=not progress)
     model.eval()
+    done = 0
     try:
         with torch.inference_mode(), quiet_transformers():
             for start in range(0, len(jobs), batch_size):
@@ -573,6 +623,10 @@ def _generate(model, adapter, opts: ImageOptions, jobs: list[tuple[Prompt, int]]
                 images = adapter.generate_images(model, [p.text for p, _ in batch], seeds, opts)
                 for (p, k), image in zip(batch, images, strict=True):
                     writer.write(p, k, image)
+                    done += 1
                 bar.update(len(batch))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted at image {done + 1} of the {len(jobs)} to generate; rerun the same "
+                          "command to resume") from None
     finally:
         bar.close()

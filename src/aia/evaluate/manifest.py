@@ -6,7 +6,9 @@ output (a benchmark), each holding the model's fingerprint (:func:`model_fingerp
 setting that changes the output, and the digest of the questions or prompts. A rerun
 continues the output only when its section is equal; otherwise it stops with one line naming
 the first field that differs (:func:`check_manifest`), and ``overwrite`` starts that part
-over. :func:`output_lock` keeps a second run from writing into the same output at once.
+over. :func:`output_lock` keeps a second run from writing into the same output at once,
+:func:`writable_output` checks before any work that the output can be written where it is, and
+:class:`Interrupted` is how a command stopped by Ctrl-C says where it stopped.
 """
 
 from __future__ import annotations
@@ -15,12 +17,21 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from aia.errors import InputError
 
-__all__ = ["check_manifest", "digest", "manifest_path", "model_fingerprint", "output_lock"]
+__all__ = [
+    "Interrupted",
+    "check_manifest",
+    "digest",
+    "manifest_path",
+    "model_fingerprint",
+    "output_lock",
+    "writable_output",
+]
 
 #: the files of a model directory whose bytes make its fingerprint (weights, adapters, their indexes)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
@@ -120,7 +131,8 @@ def check_manifest(out: Path, section: str, fields: dict, *, overwrite: bool = F
         section: the part of the output (e.g. the benchmark).
         fields: JSON values, in the order they are compared (the model first).
         overwrite: the caller starts ``section`` over: the record is replaced whatever it was.
-        has_output: ``out`` already holds rows or files of ``section``.
+        has_output: ``out`` already holds rows or files of ``section`` (without any, a record
+            of other fields, left by a run that stopped before its first row, is replaced).
 
     Returns:
         ``True`` when the existing output of ``section`` may be continued, ``False`` when the
@@ -140,9 +152,10 @@ def check_manifest(out: Path, section: str, fields: dict, *, overwrite: bool = F
             "give --overwrite to start it over, or another --out",
             path=out,
         )
-    if not overwrite and old is not None and old != fields:
+    if not overwrite and old is not None and old != fields and has_output:
         raise InputError(
-            f"{section} was made with another {_first_difference(old, fields)}: continuing would mix "
+            f"{section} {'were' if section.endswith('s') else 'was'} made with another "
+            f"{_first_difference(old, fields)}: continuing would mix "
             "the two; give --overwrite to start it over, or another --out",
             path=out,
         )
@@ -162,9 +175,13 @@ def output_lock(out: Path, command: str) -> Iterator[None]:
     """
     import fcntl
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_name(f".{out.name}.lock")
-    with open(path, "a+") as handle:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115  (held while writing)
+    except OSError as err:
+        raise InputError(f"cannot write here ({err.strerror or err}); give a writable place", path=out) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -181,3 +198,34 @@ def output_lock(out: Path, command: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def writable_output(out: Path, *, folder: bool) -> Path:
+    """Check, before any work, that output ``out`` can be written: a folder (``folder``) or a file
+    where it is asked for, its parent (where its lock and manifest go) creatable and writable,
+    and ``out`` itself writable when it exists. Writes are tried (and undone), so a read-only
+    mount is seen as well as permissions.
+
+    Raises:
+        InputError: naming ``out`` and why (a file where a folder is asked for, or the other way
+            round; a file in the way of its parent; no permission; a read-only file system).
+    """
+    out = Path(out)
+    if folder and out.exists() and not out.is_dir():
+        raise InputError("is a file; give a folder (or a new name)", path=out)
+    if not folder and out.is_dir():
+        raise InputError("is a folder; give a file name", path=out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for place in (out.parent, out) if out.is_dir() else (out.parent,):
+            with tempfile.TemporaryFile(dir=place):
+                pass
+    except OSError as err:
+        raise InputError(f"cannot write here ({err.strerror or err}); give a writable place", path=out) from None
+    return out
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a resumable output was written: the message says where it stopped
+    (``interrupted at image K of N; rerun the same command to resume``); the CLI prints it as
+    one line and exits with status 130."""

@@ -31,14 +31,27 @@ into ``OUT/<model>/<bench>/`` (GenEval's detector, DPG-Bench's mPLUG judge and W
 judge are external: the images are exported for them, and the report says so). Then
 ``OUT/report.md`` and ``OUT/report.json``: every score per model, and for the first two
 models the difference per metric with its paired standard error and verdict. Relative
-paths in the config are resolved against the config file's folder. Everything is
-resumable: answers and images already written are kept.
+paths in the config are resolved against the config file's folder; the paths in the
+reports are relative to ``OUT`` (so two equal runs give equal reports, wherever they ran).
+
+Everything is resumable: answers and images already written are kept, but only when they
+were made with the same model, data and settings (each output's manifest, see
+:mod:`aia.evaluate.manifest`); otherwise the run stops naming the output and the first
+setting that differs, and ``aia eval --overwrite`` starts such outputs over. Model names are
+folder names under ``OUT``: a name with a path separator, ``.``, ``..``, or two names that one
+file system could take for the same folder are refused when the file is read. One run
+writes an ``OUT`` at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import sys
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +59,8 @@ import yaml
 
 from aia.errors import ConfigError, InputError
 from aia.evaluate.answer import BENCHES, answer
-from aia.evaluate.generate import FORMATS, check_can_generate, generate_images, read_prompts
+from aia.evaluate.generate import FORMATS, NAME_MAX, check_can_generate, generate_images, read_prompts
+from aia.evaluate.manifest import Interrupted, output_lock, writable_output
 from aia.evaluate.mmmu import PARSERS
 from aia.evaluate.scoring import BENCHMARKS, compare_files, format_table, score_file
 from aia.fields import describe, from_mapping
@@ -103,6 +117,9 @@ class EvalOptions:
     def __post_init__(self):
         if self.mmmu_parser not in PARSERS:
             raise ConfigError(f"must be one of {', '.join(PARSERS)}, got {self.mmmu_parser!r}", field="mmmu_parser")
+        if self.guidance is not None and not 1 <= self.guidance < math.inf:
+            raise ConfigError(f"must be a finite number >= 1 (1: no guidance), got {self.guidance!r}",
+                              field="guidance")
 
 
 @dataclass
@@ -132,6 +149,7 @@ class EvalConfig:
     def __post_init__(self):
         if not self.models:
             raise ConfigError("list the models to evaluate, name: directory", field="models")
+        _check_model_names(list(self.models))
         for section, known in (("understanding", BENCHES), ("generation", tuple(f for f in FORMATS if f != "plain"))):
             for bench in getattr(self, section):
                 if bench not in known:
@@ -146,6 +164,29 @@ class EvalConfig:
             dtype_name(self.dtype)
         except ValueError as err:
             raise ConfigError(str(err), field="dtype") from None
+
+
+#: the files of OUT that a model's folder must not take
+_REPORTS = ("report.json", "report.md")
+
+
+def _check_model_names(names: list[str]) -> None:
+    """Each model name is a plain folder name of OUT, and no two are the same folder on any file
+    system (equal after Unicode normalisation and case folding: macOS, Windows)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = f"models.{name}"
+        if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute():
+            raise ConfigError("a model name is a plain folder name under out (no path separator, not . or ..), "
+                              f"got {name!r}", field=key)
+        if len(name.encode()) > NAME_MAX or name in _REPORTS:
+            raise ConfigError(f"cannot name a folder under out ({'too long' if name not in _REPORTS else 'a report'})",
+                              field=key)
+        same = unicodedata.normalize("NFC", name).casefold()
+        if same in seen:
+            raise ConfigError(f"the same folder under out as model {seen[same]!r} on some file systems; rename one",
+                              field=key)
+        seen[same] = name
 
 
 def load_eval_config(path: str | Path) -> EvalConfig:
@@ -187,9 +228,19 @@ def eval_config_help() -> str:
     return "\n".join(describe(EvalConfig))
 
 
-def run_eval(config: EvalConfig | str | Path, progress: bool = True) -> dict:
-    """Answer, generate and score for every model of ``config``; write and return the report."""
+def run_eval(config: EvalConfig | str | Path, progress: bool = True, overwrite: bool = False) -> dict:
+    """Answer, generate and score for every model of ``config``; write and return the report.
+
+    ``overwrite`` starts over the outputs made with another model, data or setting (without it,
+    such an output stops the run naming it and the first difference).
+
+    Raises:
+        InputError: what can be checked before any model runs (a model, prompt file, ``out``),
+            then an output made otherwise or being written by another run.
+        Interrupted: Ctrl-C, naming the model, the benchmark and where it stopped.
+    """
     cfg = config if isinstance(config, EvalConfig) else load_eval_config(config)
+    _check_model_names(list(cfg.models))
     # what can be checked before any model runs: the saved models, that they generate, the prompt files
     models = {name: Path(directory) for name, directory in cfg.models.items()}
     out = Path(cfg.out)
@@ -206,38 +257,66 @@ def run_eval(config: EvalConfig | str | Path, progress: bool = True) -> dict:
             read_prompts(spec.prompts)
         except InputError as err:
             raise ConfigError(str(err), field=f"generation.{bench}.prompts") from None
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        writable_output(out, folder=True)
+    except InputError as err:
+        raise ConfigError(err.reason, path=out, field="out") from None
+    with output_lock(out, "aia eval"):
+        out.mkdir(parents=True, exist_ok=True)
+        report = _run(cfg, models, out, progress=progress, overwrite=overwrite)
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+        (out / "report.md").write_text(_markdown(report, list(cfg.models), cfg.compare))
+    return report
+
+
+def _run(cfg: EvalConfig, models: dict[str, Path], out: Path, *, progress: bool, overwrite: bool) -> dict:
+    """Every answer, image and score of the run (``out`` held locked); the report, its paths relative to ``out``."""
     opts = cfg.options
-    common = dict(device=cfg.device, dtype=dtype_name(cfg.dtype), batch_size=opts.batch_size, progress=progress)
+    common = dict(device=cfg.device, dtype=dtype_name(cfg.dtype), batch_size=opts.batch_size, progress=progress,
+                  overwrite=overwrite)
     scores: dict[str, dict[str, dict]] = {}
     exported: dict[str, dict[str, str]] = {}
     for name, directory in models.items():
         for bench, spec in cfg.understanding.items():
             preds = out / name / f"{bench}.jsonl"
             _say(f"{name}: {bench} answers -> {preds}")
-            answer(directory, bench, spec.data, preds, image_dir=spec.image_dir, max_new_tokens=opts.max_new_tokens,
-                   limit=opts.limit, **common)
+            with _where(name, bench):
+                answer(directory, bench, spec.data, preds, image_dir=spec.image_dir,
+                       max_new_tokens=opts.max_new_tokens, limit=opts.limit, **common)
             if bench in BENCHMARKS:
-                scores.setdefault(bench, {})[name] = score_file(preds, bench, mmmu_parser=opts.mmmu_parser)
+                score = score_file(preds, bench, mmmu_parser=opts.mmmu_parser)
+                scores.setdefault(bench, {})[name] = {**score, "path": _relative(preds, out)}
         for bench, spec in cfg.generation.items():
             folder = out / name / bench
             _say(f"{name}: {bench} images -> {folder}")
-            generate_images(directory, spec.prompts, folder, fmt=bench, images_per_prompt=opts.images_per_prompt,
-                            guidance=opts.guidance, seed=opts.seed, **common)
-            exported.setdefault(bench, {})[name] = str(folder)
-    names = list(cfg.models)
+            with _where(name, bench):
+                generate_images(directory, spec.prompts, folder, fmt=bench, images_per_prompt=opts.images_per_prompt,
+                                guidance=opts.guidance, seed=opts.seed, **common)
+            exported.setdefault(bench, {})[name] = _relative(folder, out)
     comparisons = {}
     if cfg.compare:
         base, new = cfg.compare
         for bench in scores:
-            comparisons[bench] = compare_files(out / base / f"{bench}.jsonl", out / new / f"{bench}.jsonl", bench,
-                                               mmmu_parser=opts.mmmu_parser)
-    report = {"models": {n: str(d) for n, d in models.items()}, "compare": cfg.compare, "scores": scores,
-              "comparisons": comparisons,
-              "exported": exported}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(_markdown(report, names, cfg.compare))
-    return report
+            pair = out / base / f"{bench}.jsonl", out / new / f"{bench}.jsonl"
+            comparison = compare_files(*pair, bench, mmmu_parser=opts.mmmu_parser)
+            comparisons[bench] = {**comparison, "paths": {"base": _relative(pair[0], out), "aia": _relative(pair[1], out)}}
+    return {"models": {n: _relative(d, out) for n, d in models.items()}, "compare": cfg.compare, "scores": scores,
+            "comparisons": comparisons, "exported": exported}
+
+
+def _relative(path: Path, out: Path) -> str:
+    """``path`` relative to the report's folder ``out`` (``/``-separated, as the report is read anywhere)."""
+    return Path(os.path.relpath(Path(path).absolute(), out.absolute())).as_posix()
+
+
+@contextlib.contextmanager
+def _where(name: str, bench: str) -> Iterator[None]:
+    """Ctrl-C inside: the interruption names the model and the benchmark too."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        said = str(err) if isinstance(err, Interrupted) else "interrupted; rerun the same command to resume"
+        raise Interrupted(f"{name}, {bench}: {said}") from None
 
 
 def _say(text: str) -> None:
