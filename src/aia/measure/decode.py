@@ -51,6 +51,7 @@ from aia.adapters.base import AdapterBase, DecodeRunner, Example, unwrap
 from aia.adapters.imagegen import sample_tokens
 from aia.adapters.prompts import PromptConfig
 from aia.attention import capture
+from aia.core.intensity import kernel_routes
 from aia.core.spans import Role, SpanConfig, task_spans
 from aia.data.encoder import Preprocessing, RecordEncoder, prompt_part
 from aia.data.records import task_records
@@ -423,7 +424,7 @@ def decode_profile(
     policy = measure_policy(model, max_length, preprocessing)
     limit = policy.length.max_length
     encode = RecordEncoder(adapter, task, data.parent, policy)
-    tally = SampleTally(task, samples, "decode", progress, " (e.g. an immediate end of turn)")
+    tally = SampleTally(task, samples, "decode", progress, " (e.g. an immediate end of turn)", records=len(records))
     for index, record in enumerate(records):
         if tally.full:
             break
@@ -443,5 +444,6 @@ def decode_profile(
         **settings.to_dict(task),
         "max_length": limit,
         "preprocessing": policy.to_dict(),
+        "attention": kernel_routes(),  # the intensity routes that ran and their self-checks
     }
     return tally.profile(model, model_name, data, len(records), protocol)

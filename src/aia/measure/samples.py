@@ -100,15 +100,32 @@ class SampleTally:
         mode: ``"teacher"`` or ``"decode"`` (the progress bar's label and the profile's mode).
         progress: show a progress bar on stderr.
         excluded_note: appended to the stderr line that counts the excluded samples.
+        records: how many records of the task the data holds (None: unknown). The bar then counts
+            the samples that will be measured, ``min(samples, records)``, and shrinks as records
+            are skipped or excluded, so that it ends full and its ETA holds.
     """
 
-    def __init__(self, task: str, samples: int, mode: str, progress: bool, excluded_note: str = ""):
+    def __init__(
+        self, task: str, samples: int, mode: str, progress: bool, excluded_note: str = "", records: int | None = None
+    ):
         check_samples(samples)
         self.task, self.samples, self.mode, self.excluded_note = task, samples, mode, excluded_note
         self.rows: list[torch.Tensor] = []
         self.bad = self.excluded = 0
+        self.left = records  # records not yet used or passed over
         label = "profile" if mode == "teacher" else mode
-        self.bar = tqdm(total=samples, desc=f"{label} {task}", unit="sample", disable=not progress, file=sys.stderr)
+        total = samples if records is None else min(samples, records)
+        self.bar = tqdm(total=total, desc=f"{label} {task}", unit="sample", disable=not progress, file=sys.stderr)
+
+    def _taken(self) -> None:
+        """One record used or passed over: the bar's total becomes what can still be measured."""
+        if self.left is None:
+            return
+        self.left = max(self.left - 1, 0)
+        total = len(self.rows) + max(min(self.missing, self.left), 0)
+        if total != self.bar.total:
+            self.bar.total = total
+            self.bar.refresh()
 
     @property
     def missing(self) -> int:
@@ -122,6 +139,7 @@ class SampleTally:
     def skip(self, err: Exception) -> None:
         """A record that could not be used (missing/unreadable image, bad record): one stderr line."""
         self.bad += 1
+        self._taken()
         print(f"aia profile: skipped: {err}", file=sys.stderr)
 
     def add(self, curve: torch.Tensor | None) -> None:
@@ -132,6 +150,7 @@ class SampleTally:
         elif not self.full:
             self.rows.append(curve)
             self.bar.update(1)
+        self._taken()
 
     def profile(
         self, model: nn.Module, model_name: str | None, data: Path, n_records: int, settings: dict | None = None

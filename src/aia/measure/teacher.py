@@ -83,7 +83,7 @@ def profile_model(
     adapter = get_adapter(model, processor, span_config=span_config, prompt_config=prompt_config)
     policy = measure_policy(model, max_length, preprocessing)
     encode = RecordEncoder(adapter, task, data.parent, policy)
-    tally = SampleTally(task, samples, "teacher", progress)
+    tally = SampleTally(task, samples, "teacher", progress, records=len(records))
     examples: list[Example] = []
     for record in records:
         if tally.full:
