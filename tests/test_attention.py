@@ -52,7 +52,9 @@ def eager_intensity(model, ids, attn, qmask, kmask):
     t, device, dtype = ids.shape[1], ids.device, model.dtype
     causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
     allowed = causal[None] & attn.bool()[:, None, :] | torch.eye(t, dtype=torch.bool, device=device)
-    mask4d = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    mask4d = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[
+        :, None
+    ]
     maps = eager_attentions(model, "eager_full_precision", input_ids=ids, attention_mask=mask4d)
     return span_intensity(maps, qmask, kmask)
 
@@ -187,6 +189,26 @@ def test_capture_on_gpu_matches_eager(method, dtype):
     keep = attn.bool()
     torch.testing.assert_close(out.logits[keep].float(), ref[keep].float(), rtol=0, atol=tol * 10)
     assert model.model.layers[0].self_attn.q_proj.weight.grad.isfinite().all()
+
+
+def test_flex_capture_whose_self_check_fails_runs_sdpa(monkeypatch):
+    """A GPU where the compiled flex kernels disagree with the math: one warning, the SDPA route."""
+    import aia.attention as attention
+    import aia.core.intensity as intensity
+
+    monkeypatch.setattr(intensity, "_VERDICTS", {})
+    monkeypatch.setattr(attention, "flex_available", lambda device: True)
+    wrong = torch.ones(1), torch.zeros(1, dtype=torch.float64)
+    monkeypatch.setattr(intensity, "_check_flex", lambda *a: intensity._agree("mass", *wrong, torch.float32))
+    model = tiny_llama(torch.float32)
+    ids, attn, q, k = batch("left", t=40)
+    want = eager_intensity(model, ids, attn, q, k)
+    with pytest.warns(RuntimeWarning, match=r"cpu/float32/flex/d=8,dv=8 .*AssertionError: mass differs"):
+        cap = aia.capture(model, method="flex")
+    assert cap.method == "sdpa"
+    with torch.no_grad(), cap:
+        model(input_ids=ids, attention_mask=attn, aia_query_mask=q, aia_key_mask=k)
+    torch.testing.assert_close(cap.intensity, want.float(), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("pad_side", ["left", "right"])

@@ -38,6 +38,7 @@ from aia.core.intensity import (
     attention_with_mass,
     flex_attention_with_mass,
     flex_available,
+    flex_verified,
     reduce_flex_mass,
     reduce_mass,
     span_valid,
@@ -199,8 +200,14 @@ class Capture:
                 stacklevel=2,
             )
         self.model = model
-        self.method = "sdpa" if method == "auto" else method
         self.lm_config = language_model_config(model)
+        if method == "flex" and flex_available(device):
+            head_dim = getattr(self.lm_config, "head_dim", None) or (
+                self.lm_config.hidden_size // self.lm_config.num_attention_heads
+            )
+            if not flex_verified(device, next(model.parameters()).dtype, int(head_dim)):
+                method = "sdpa"  # the self-check warned, naming the case
+        self.method = "sdpa" if method == "auto" else method
         self.num_layers = int(self.lm_config.num_hidden_layers)
         self._layers: dict[int, torch.Tensor] = {}
         self._valid: torch.Tensor | None = None

@@ -163,7 +163,11 @@ def test_low_precision_against_fp64_reference(dtype):
 
 
 def saved_bytes(fn):
-    """Bytes of the distinct storages autograd saves while ``fn`` runs (hooks see save_for_backward)."""
+    """Bytes of the distinct storages autograd saves while ``fn`` runs (hooks see save_for_backward).
+
+    ``fn`` runs once before: a case's first call runs the fused route's self-check, whose own
+    small problem autograd saves too."""
+    fn()
     seen = {}
 
     def pack(t):
@@ -258,3 +262,117 @@ def test_cuda_function_against_reference(dtype, mask):
     for g, w in zip(got[2:], want[2:], strict=True):
         assert torch.isfinite(g).all()
         torch.testing.assert_close(g.double(), w, rtol=0, atol=tol * 10)
+
+
+# -- the fused route checks itself (what a first GPU run relies on) -------------------------------
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch):
+    """Self-check verdicts and routes as in a new process."""
+    monkeypatch.setattr(intensity, "_VERDICTS", {})
+    monkeypatch.setattr(intensity, "_ROUTES", {})
+
+
+def _faulty_forward(real):
+    def forward(backend, q, k, v, attn_mask, scale, is_causal):
+        out, lse, aux = real(backend, q, k, v, attn_mask, scale, is_causal)
+        return out * 1.5, lse, aux  # a kernel with a wrong layout or scale: wrong values, no error
+
+    return forward
+
+
+def _raising_forward(*args):
+    raise RuntimeError("aten::_scaled_dot_product_flash_attention_for_cpu: no such op\nsecond line")
+
+
+@pytest.mark.parametrize("fault", [_faulty_forward(intensity._fused_forward), _raising_forward])
+def test_a_failing_fused_route_falls_back_with_one_warning(fault, fresh_checks, monkeypatch):
+    q, k, v, kmask, attn, keep = make(hkv=2, mask="bool", dtype=torch.float64)
+    monkeypatch.setattr(intensity, "_fused_forward", fault)
+    with pytest.warns(RuntimeWarning, match=r"cpu/float64/flash/d=8,dv=6 .*portable SDPA route"):
+        assert route(q.requires_grad_(), k, v, kmask, attn) is None
+    got = grads(lambda q, k, v: attention_with_mass(q, k, v, kmask, attn), q, k, v, keep)  # no second warning
+    want = grads(lambda q, k, v: reference(q, k, v, kmask, attn), q, k, v, keep)
+    rows = keep[:, None, :]
+    torch.testing.assert_close(got[1] * rows, want[1] * rows, rtol=0, atol=1e-12)
+    for g, w in zip(got[2:], want[2:], strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-11)
+    routes = intensity.kernel_routes()
+    assert routes["routes"] == {"cpu/float64/d=8,dv=6": "sdpa (fused flash failed its self-check)"}
+    assert routes["self_checks"]["cpu/float64/flash/d=8,dv=6"].startswith("failed: ")
+    assert "\n" not in routes["self_checks"]["cpu/float64/flash/d=8,dv=6"]
+
+
+def test_a_passing_self_check_runs_once_per_case_and_is_recorded(fresh_checks, monkeypatch):
+    calls = []
+    real = intensity._check_fused
+    monkeypatch.setattr(intensity, "_check_fused", lambda *a: calls.append(a) or real(*a))
+    for dtype in (torch.float64, torch.float64, torch.float32):
+        q, k, v, kmask, attn, _ = make(hkv=2, mask="bool", dtype=dtype)
+        attention_with_mass(q, k, v, kmask, attn)
+    assert [(a[1], a[2], a[3], a[4]) for a in calls] == [(torch.float64, "flash", 8, 6), (torch.float32, "flash", 8, 6)]
+    routes = intensity.kernel_routes()
+    assert routes["self_checks"] == {"cpu/float32/flash/d=8,dv=6": "passed", "cpu/float64/flash/d=8,dv=6": "passed"}
+    assert routes["routes"]["cpu/float32/d=8,dv=6"] == "fused flash"
+
+
+def test_self_check_leaves_the_global_rng_alone(fresh_checks):
+    q, k, v, kmask, attn, _ = make(hkv=2, mask="bool", dtype=torch.float32)
+    state = torch.get_rng_state()
+    attention_with_mass(q, k, v, kmask, attn)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dv", [6, 0])
+def test_self_check_passes_on_the_real_cpu_op(dtype, dv):
+    intensity._check_fused(torch.device("cpu"), dtype, "flash", 8, dv)
+
+
+def test_self_check_catches_a_small_error():
+    with pytest.raises(AssertionError, match="differs from the reference math"):
+        intensity._agree(
+            "mass", torch.full((3,), 0.5 + 1e-2), torch.full((3,), 0.5, dtype=torch.float64), torch.float32
+        )
+    with pytest.raises(AssertionError, match="differs"):
+        intensity._agree("mass", torch.full((3,), float("nan")), torch.zeros(3, dtype=torch.float64), torch.float32)
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        None,  # the private API removed
+        lambda q, k, v: 1,  # a changed signature: TypeError
+        lambda *a, **kw: object(),  # a changed return type
+    ],
+)
+def test_missing_or_changed_private_kernel_choice_falls_back(choice, fresh_checks, monkeypatch):
+    q, k, v, kmask, attn, keep = make(hkv=2, mask="bool", dtype=torch.float64)
+    if choice is None:
+        monkeypatch.delattr(torch, "_fused_sdp_choice")
+    else:
+        monkeypatch.setattr(torch, "_fused_sdp_choice", choice, raising=False)
+    assert route(q, k, v, kmask, attn) is None
+    got = grads(lambda q, k, v: attention_with_mass(q, k, v, kmask, attn), q, k, v, keep)
+    want = grads(lambda q, k, v: reference(q, k, v, kmask, attn), q, k, v, keep)
+    rows = keep[:, None, :]
+    torch.testing.assert_close(got[1] * rows, want[1] * rows, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[2], want[2], rtol=0, atol=1e-11)
+    assert intensity.kernel_routes()["routes"] == {"cpu/float64/d=8,dv=6": "sdpa"}
+
+
+def test_span_mass_flex_falls_back_to_sdpa_when_its_self_check_fails(fresh_checks, monkeypatch):
+    q, k, v, kmask, attn, keep = make(hkv=2, mask="bool", dtype=torch.float64)
+    qmask = keep & (torch.arange(q.shape[2]) > 5)
+    monkeypatch.setattr(intensity, "flex_available", lambda device: True)
+
+    def broken(*args):
+        raise RuntimeError("triton: no kernel for this GPU")
+
+    monkeypatch.setattr(intensity, "_check_flex", broken)
+    with pytest.warns(RuntimeWarning, match=r"cpu/float64/flex/d=8,dv=8 .*RuntimeError: triton"):
+        got = intensity.span_mass(q, k, qmask, kmask, attn, method="flex")
+    want = intensity.span_mass(q, k, qmask, kmask, attn, method="reference")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert intensity.kernel_routes()["self_checks"]["cpu/float64/flex/d=8,dv=8"].startswith("failed: RuntimeError")

@@ -60,6 +60,8 @@ def test_train_end_to_end(family, tiny_data, tmp_path):
             assert torch.isfinite(torch.tensor(r[key])), key
         assert len(r["intensity/und"]) == layers and len(r["intensity/gen"]) == layers
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    routes = json.loads((tmp_path / "run" / "attention_routes.json").read_text())
+    assert routes["routes"] and set(routes["routes"].values()) <= {"fused flash", "sdpa"}  # what the step ran
 
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     frozen = {n for n in before if "vqmodel" in n or "vision_model" in n}

@@ -37,6 +37,8 @@ __all__ = [
     "attention_with_mass",
     "flex_attention_with_mass",
     "flex_available",
+    "flex_verified",
+    "kernel_routes",
     "mass_reference",
     "reduce_flex_mass",
     "reduce_mass",
@@ -230,16 +232,190 @@ def _mass_route(query, key, value, key_mask, attention_mask, is_causal, width):
 
     ``padded`` is a list ``[q, k, v]`` of the padded tensors, built once here (without autograd)
     for torch's kernel choice and handed to the Function, which empties the list so that they
-    are freed as soon as the fused op has run.
+    are freed as soon as the fused op has run. A fused op is taken only once it has passed its
+    self-check for this case (:func:`_verified`).
     """
     device = query.device.type
+    dv = 0 if value is None else value.shape[-1]
+    case = _case(query.device, query.dtype, None, query.shape[-1], dv)
     if not _USE_MASS_FUNCTION or device not in ("cpu", "cuda") or torch.is_autocast_enabled(device):
+        _ran(case, "sdpa")
         return None, None
     with torch.no_grad():
         padded = list(_padded_inputs(query, key, value, key_mask, width))
     grad = query.requires_grad or key.requires_grad or (value is not None and value.requires_grad)
     backend = _fused_backend(*padded, attention_mask, is_causal, grad)
-    return (backend, padded) if backend is not None else (None, None)
+    if backend is None:
+        _ran(case, "sdpa")
+        return None, None
+    kernel, d = _KERNELS[backend], query.shape[-1]
+    check = functools.partial(_check_fused, query.device, query.dtype, kernel, d, dv)
+    if not _verified(_case(query.device, query.dtype, kernel, d, dv), check):
+        _ran(case, f"sdpa (fused {kernel} failed its self-check)")
+        return None, None
+    _ran(case, f"fused {kernel}")
+    return backend, padded
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-check of the fused routes
+#
+# The fused ops are torch's private entry points (their signatures and return values are not a
+# public contract), and the GPU kernels only run on hardware the test suite may never see. So
+# the first time a fused route is about to run for a (device type, dtype, kernel, head dims), it
+# runs once on a small problem against the explicit softmax math in fp64 (values and gradients).
+# A disagreement or an exception makes that case take the portable route (public
+# ``F.scaled_dot_product_attention`` and its autograd; ``span_mass``'s flex route: the SDPA
+# route) with one warning naming the case. What ran is kept per case for the profile's
+# settings and the training run's ``attention_routes.json`` (:func:`kernel_routes`).
+
+_KERNELS = {_FLASH: "flash", _EFFICIENT: "efficient"}
+# max |fused - fp64 math| allowed, relative to the largest reference value (+ the same absolute)
+_TOLERANCE = {torch.float64: 1e-6, torch.float32: 2e-3, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+_VERDICTS: dict[str, str | None] = {}  # case -> None (agrees) or why it fell back
+_ROUTES: dict[str, str] = {}  # case (device/dtype/head dims) -> the route that ran last
+
+
+def _case(device: torch.device, dtype: torch.dtype, kernel: str | None, d: int, dv: int) -> str:
+    """``"cuda/bfloat16/efficient/d=64,dv=64"`` (no kernel part when ``kernel`` is None)."""
+    parts = [device.type, str(dtype).removeprefix("torch."), kernel, f"d={d},dv={dv}"]
+    return "/".join(p for p in parts if p)
+
+
+def _ran(case: str, route: str) -> None:
+    _ROUTES[case] = route
+
+
+def kernel_routes() -> dict[str, dict]:
+    """What the intensity routes ran so far in this process, for a profile's or a run's metadata.
+
+    Returns:
+        ``{"routes": {case: route}, "self_checks": {case: "passed" | "failed: <why>"}}``, cases
+        named ``device/dtype[/kernel]/d=..,dv=..`` (``dv=0``: the mass alone). A route is
+        ``"fused flash"``, ``"fused efficient"``, ``"flex"``, ``"sdpa"`` (the portable route,
+        where torch chose no fused op) or ``"sdpa (fused ... failed its self-check)"``.
+    """
+    checks = {case: "passed" if why is None else f"failed: {why}" for case, why in sorted(_VERDICTS.items())}
+    return {"routes": dict(sorted(_ROUTES.items())), "self_checks": checks}
+
+
+def _verified(case: str, check: Callable[[], None]) -> bool:
+    """Whether the fused route of ``case`` agrees with the math: ``check()`` (which raises on a
+    disagreement) runs at the case's first use; a failure warns once and is remembered."""
+    if case not in _VERDICTS:
+        try:
+            check()
+            _VERDICTS[case] = None
+        except Exception as err:  # noqa: BLE001 - any failure of a private op means: do not use it
+            text = str(err).strip()
+            why = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+            _VERDICTS[case] = why
+            warnings.warn(
+                f"aia: the fused attention route {case} disagrees with the reference math or fails ({why}); "
+                "using the portable SDPA route for it",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    return _VERDICTS[case] is None
+
+
+def _check_problem(device, dtype, d, dv, value=True):
+    """A small GQA problem (B 2, H 4, Hkv 2, T 21: rows not 16-aligned), fp64 leaves on ``device``
+    from a private generator (the global RNG is left alone), and random output gradients."""
+    g = torch.Generator().manual_seed(0)
+    b, h, hkv, t = 2, 4, 2, 21
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
+
+    q, k = rand(b, h, t, d), rand(b, hkv, t, d)
+    v = rand(b, hkv, t, dv) if value else None
+    kmask = (torch.rand(b, t, generator=g) < 0.5).to(device)
+    keep = torch.rand(b, 1, t, t, generator=g) < 0.8  # [B, 1, T, T]: broadcast over heads, as sdpa_mask
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    mask = ((keep & causal) | torch.eye(t, dtype=torch.bool)).to(device)  # no fully masked row
+    grads = rand(b, h, t, max(dv, 1)), rand(b, h, t)  # d out, d mass
+    return q, k, v, kmask, mask, grads
+
+
+def _math(q, k, v, kmask, mask, scale):
+    """fp64 ``(out [B, H, T, dv] or None, mass [B, H, T])`` from explicit softmax maps."""
+    h = q.shape[1]
+    scores = q @ _expand_kv(k, h).transpose(-1, -2) * scale
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    out = None if v is None else probs @ _expand_kv(v, h)
+    return out, (probs * kmask[:, None, None, :].to(probs.dtype)).sum(-1)
+
+
+def _check_fused(device: torch.device, dtype: torch.dtype, kernel: str, d: int, dv: int) -> None:
+    """Raise unless :class:`_MassAttention` on ``kernel`` matches :func:`_math` (values and gradients)
+    with a bool mask and plain causal (CUDA flash: plain causal only, torch never picks it with a mask)."""
+    backend = {v: k for k, v in _KERNELS.items()}[kernel]
+    q64, k64, v64, kmask, mask, (gout, gmass) = _check_problem(device, dtype, d, dv, value=dv > 0)
+    scale = d**-0.5
+    t = q64.shape[2]
+    causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()[None, None]
+    masks = [None] if device.type == "cuda" and backend == _FLASH else [None, mask]
+    width = _pad_width(d, dv, device)
+    with torch.inference_mode(False), torch.enable_grad():
+        for attn in masks:
+            leaves = [x.detach().requires_grad_() for x in (q64, k64, v64) if x is not None]
+            v_leaf = leaves[2] if v64 is not None else None
+            want_out, want_mass = _math(leaves[0], leaves[1], v_leaf, kmask, causal if attn is None else attn, scale)
+            want = [want_mass] + ([] if want_out is None else [want_out])
+            loss = (want_mass * gmass).sum() + (0 if want_out is None else (want_out * gout[..., :dv]).sum())
+            want += list(torch.autograd.grad(loss, leaves))
+            inputs = [x.detach().to(dtype).requires_grad_() for x in leaves]
+            q, k, v = inputs[0], inputs[1], inputs[2] if v64 is not None else None
+            with torch.no_grad():
+                padded = list(_padded_inputs(q, k, v, kmask, width))
+            out, mass = _MassAttention.apply(q, k, v, kmask, attn, scale, attn is None, width, backend, padded)
+            got = [mass] + ([] if out is None else [out.transpose(1, 2)])
+            loss = (mass.double() * gmass).sum()
+            if out is not None:
+                loss = loss + (out.transpose(1, 2).double() * gout[..., :dv]).sum()
+            got += list(torch.autograd.grad(loss, inputs))
+            names = ["mass", "output", "grad q", "grad k", "grad v"] if v is not None else ["mass", "grad q", "grad k"]
+            for name, g, w in zip(names, got, want, strict=True):
+                _agree(f"{name} ({'causal' if attn is None else 'bool mask'})", g, w, dtype)
+
+
+def flex_verified(device: torch.device | str, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether the FlexAttention route agrees with the math for this case (checked at first use,
+    values and gradients; a failure warns once and the callers take the SDPA route)."""
+    device = torch.device(device)
+    check = functools.partial(_check_flex, device, dtype, head_dim)
+    return _verified(_case(device, dtype, "flex", head_dim, head_dim), check)
+
+
+def _check_flex(device: torch.device, dtype: torch.dtype, d: int) -> None:
+    """Raise unless :func:`flex_attention_with_mass` matches :func:`_math` (values and gradients)."""
+    q64, k64, v64, kmask, mask, (gout, gmass) = _check_problem(device, dtype, d, d)
+    b, _, t, _ = q64.shape
+    scale = d**-0.5
+    qmask = torch.ones(b, t, dtype=torch.bool, device=device)
+    block_mask, mask_mod = _flex_block_mask(mask, True, b, t, t, device)
+    with torch.inference_mode(False), torch.enable_grad():
+        leaves = [x.detach().requires_grad_() for x in (q64, k64, v64)]
+        want_out, want_mass = _math(*leaves, kmask, mask, scale)
+        want = [want_mass, want_out]
+        want += torch.autograd.grad((want_mass * gmass).sum() + (want_out * gout).sum(), leaves)
+        inputs = [x.detach().to(dtype).requires_grad_() for x in leaves]
+        out, mass = flex_attention_with_mass(*inputs, qmask, kmask, block_mask, mask_mod, scale)
+        got = [mass, out]
+        got += torch.autograd.grad((mass.double() * gmass).sum() + (out.double() * gout).sum(), inputs)
+        for name, g, w in zip(["mass", "output", "grad q", "grad k", "grad v"], got, want, strict=True):
+            _agree(f"{name} (flex)", g, w, dtype)
+
+
+def _agree(name: str, got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    tol = _TOLERANCE.get(dtype, 6e-2)
+    if got.shape != want.shape:
+        raise AssertionError(f"{name}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    err = (got.double() - want).abs().max().item()
+    bound = tol * (1 + want.abs().max().item())
+    if not err <= bound:  # also catches NaN
+        raise AssertionError(f"{name} differs from the reference math by {err:.3g} (allowed {bound:.3g})")
 
 
 def _kernel_heads(query: torch.Tensor, key: torch.Tensor) -> int:
@@ -290,12 +466,13 @@ def _fused_backend(q, k, v, attention_mask, is_causal, grad) -> int | None:
     and whose backward is callable are taken: CPU flash; CUDA flash and memory-efficient.
     """
     device = q.device.type
-    if device not in ("cpu", "cuda") or not hasattr(torch, "_fused_sdp_choice") or q.is_nested or k.is_nested:
+    choose = getattr(torch, "_fused_sdp_choice", None)  # private: absent or changed means the portable route
+    if device not in ("cpu", "cuda") or choose is None or q.is_nested or k.is_nested:
         return None
     if device == "cuda" and attention_mask is not None and attention_mask.dtype not in (torch.bool, q.dtype):
         return None
     try:
-        choice = torch._fused_sdp_choice(
+        choice = choose(
             q.detach().requires_grad_(grad),
             k,
             v,
@@ -304,7 +481,8 @@ def _fused_backend(q, k, v, attention_mask, is_causal, grad) -> int | None:
             is_causal=is_causal,
             enable_gqa=k.shape[1] != q.shape[1],
         )
-    except (RuntimeError, TypeError):
+        choice = int(choice)
+    except Exception:  # noqa: BLE001 - a changed private signature or return type
         return None
     allowed = (_FLASH,) if device == "cpu" else (_FLASH, _EFFICIENT)
     return choice if choice in allowed else None
@@ -543,6 +721,7 @@ def flex_attention_with_mass(
         query, key, v, block_mask=block_mask, scale=scale, enable_gqa=h != hkv, return_aux=AuxRequest(lse=True)
     )
     lse_all = aux.lse  # [B, H, Tq], fp32, natural log
+    _ran(_case(query.device, query.dtype, None, d, 0 if value is None else value.shape[-1]), "flex")
 
     qmask = _last(query_mask, tq)
     qi, qv = _gather_rows(qmask)  # [B, Mq]
@@ -643,6 +822,8 @@ def span_mass(
     if method == "flex" and not flex_available(query.device):
         warnings.warn("FlexAttention route needs CUDA; using the SDPA route", stacklevel=2)
         method = "sdpa"
+    if method == "flex" and not flex_verified(query.device, query.dtype, query.shape[-1]):
+        method = "sdpa"  # the self-check warned
     if method == "auto":
         method = "sdpa"
     b, _, tq, _ = query.shape

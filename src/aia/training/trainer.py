@@ -33,7 +33,9 @@ Outputs in ``train.output_dir``:
   transformers) and the resumable state (model, optimizer, scheduler, RNG; safetensors, JSON
   and weights-only files, :mod:`aia.training.state`); written under a temporary name and
   renamed when complete; ``latest`` names the newest complete one;
-* ``final/``: the trained model and processor.
+* ``final/``: the trained model and processor;
+* ``attention_routes.json``: the intensity routes the first step ran and the fused routes'
+  self-check verdicts (:func:`aia.core.intensity.kernel_routes`).
 
 Ctrl-C stops the run with :class:`Interrupted` ("interrupted at step N; rerun the same
 command to resume"); the CLI prints that line and exits with status 130.
@@ -50,6 +52,7 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
+from aia.core.intensity import kernel_routes
 from aia.errors import InputError
 from aia.training.checkpoint import run_lock, save_checkpoint, save_final, start_or_resume
 from aia.training.config import RunConfig, TrainConfig
@@ -135,6 +138,8 @@ def _train(cfg: RunConfig, out: Path, model, processor, accelerator) -> TrainRes
     try:
         for step in range(start + 1, total + 1):  # 1-based: the step being taken
             streak = _take_step(run, out, step, total, streak, metrics, bar, history)
+            if step == start + 1 and acc.is_main_process:  # the attention routes that ran (self-checked)
+                (out / "attention_routes.json").write_text(json.dumps(kernel_routes(), indent=1))
         bar.close()
         if start < total:
             save_checkpoint(run, out, total, skipped_in_a_row=streak)
