@@ -267,7 +267,7 @@ def _read_wise(path: Path, text: str) -> list[Prompt]:
         if "/" in name or "\\" in name or "\0" in name:
             raise _prompt_error(f"'prompt_id' {name!r} cannot name a file", path, i, "prompt_id")
         if len(f"{name}.png".encode()) > NAME_MAX:
-            raise _prompt_error(f"'prompt_id' {name[:20]!r}... is too long for a file name ({len(name.encode())} bytes; "
+            raise _prompt_error(f"{name[:20]!r}... is too long for a file name ({len(name.encode())} bytes; "
                                 f"at most {NAME_MAX - 4})", path, i, "prompt_id")
         if name in seen:
             raise _prompt_error(f"duplicate prompt_id {name!r} (first at record {seen[name]})", path, i, "prompt_id")

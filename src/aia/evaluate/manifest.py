@@ -215,6 +215,9 @@ def writable_output(out: Path, *, folder: bool) -> Path:
         raise InputError("is a file; give a folder (or a new name)", path=out)
     if not folder and out.is_dir():
         raise InputError("is a folder; give a file name", path=out)
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InputError(f"cannot write here ({blocker} is a file, not a folder); give a writable place", path=out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         for place in (out.parent, out) if out.is_dir() else (out.parent,):
