@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from aia.adapters import get_adapter
+from aia.data.encoder import LengthPolicy
 from aia.targets.presets import TargetProfile
 from aia.testing.tiny import tiny_janus
 from aia.training.config import load_config
@@ -133,6 +134,7 @@ def test_config_selects_the_released_options():
     assert not (cfg.spans.predictive or cfg.spans.question_in_query or cfg.spans.image_markers_are_image)
     assert (cfg.aia.targets, cfg.aia.denominator, cfg.aia.mode) == ("janus-pro-released", "all", "huber")
     assert (cfg.aia.weight_gen, cfg.aia.weight_und) == (5.0, 10.0)
+    assert (cfg.data.over_long, cfg.data.max_length, cfg.data.padding_side) == ("truncate-no-aia", 3000, "left")
 
 
 def test_1b_config_differs_from_7b_only_in_the_documented_24_layer_choice():
@@ -181,6 +183,34 @@ def test_understanding_loss_equals_the_released_loss(setup):
     close(ours["ntp"], want.ntp, "understanding NTP")
     close(ours["aia"], want.attn, "understanding AIA")
     close(ours["loss"], want.loss, "understanding NTP + 10 AIA")
+
+
+def test_an_over_long_understanding_sample_loses_its_term_as_released(setup):
+    """trainer_t2i.py:214-219 at a width that cuts the 2-turn sample inside its second answer: the cut
+    sample keeps its NTP targets up to the cut and adds 0 to the AIA sum, still counted in the
+    denominator; aia's ``data.over_long=truncate-no-aia`` at ``data.max_length`` = that width."""
+    s = setup
+    tok = s.processor.tokenizer
+    samples = [released.und_sample(tok, turns, s.adapter.num_und_tokens) for turns in UND_TURNS]
+    lengths = [len(x.input_ids) for x in samples]
+    width = lengths[1] - 3  # the 2-turn sample is the longest by more than 3 tokens
+    assert sorted(lengths)[-2] < width
+    policy = LengthPolicy(width, s.cfg.data.over_long)
+    examples = [policy.fit(ex) for ex in und_examples(s)]
+    assert [ex.aia_off for ex in examples] == [False, True, False] and len(examples[1]) == width
+    ours = aia_step_loss(s, "und", examples)
+    assert bool(ours["enabled"] == 2) and bool(ours["aia_samples"] == 3)
+    pixels = ours["batch"].inputs["pixel_values"]
+    vocab = tok.vocab
+    batch = released.und_batch(samples, vocab.get(released.PAD_TAG), vocab.get(released.IMAGE_TAG), width)
+    assert batch.use_attn == [1, 0, 1]
+    with torch.no_grad():
+        want = released.und_loss(s.model, batch, pixels)
+    close(ours["ntp"], want.ntp, "understanding NTP")
+    close(ours["aia"], want.attn, "understanding AIA")
+    close(ours["loss"], want.loss, "understanding NTP + 10 AIA")
+    # a sample of exactly the width is over-long too (`seq_len >= input_token_max_len`, :214)
+    assert LengthPolicy(lengths[0], "truncate-no-aia").fit(und_examples(s)[0]).aia_off
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,9 @@ class Example:
             ``pixel_values`` (Emu3, whose images keep their aspect ratio), or None.
         cfg_blank: a generation sample whose prompt was blanked for classifier-free
             guidance: it carries no AIA term (its query set is emptied at collation).
+        aia_off: a sample cut by the length policy ``truncate-no-aia``
+            (:class:`aia.data.encoder.LengthPolicy`): it keeps its NTP loss, but carries no AIA
+            term either.
     """
 
     task: str
@@ -83,6 +86,7 @@ class Example:
     pixel_values: torch.Tensor | None = None
     image_sizes: torch.Tensor | None = None
     cfg_blank: bool = False
+    aia_off: bool = False
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -379,7 +383,7 @@ def collate_examples(examples: list[Example], pad_token_id: int, padding_side: s
             inputs["image_sizes"] = torch.stack([ex.image_sizes for ex in examples])
 
     query_mask, key_mask = task_spans(task, roles, span_config)
-    carries_term = torch.tensor([not ex.cfg_blank for ex in examples])  # [B]
+    carries_term = torch.tensor([not (ex.cfg_blank or ex.aia_off) for ex in examples])  # [B]
     query_mask = query_mask & carries_term[:, None]
     return Batch(
         task=task,

@@ -50,7 +50,7 @@ __all__ = [
 #: values of ``gen_image_transform`` (``data.gen_image_transform``)
 GEN_IMAGE_TRANSFORMS = ("processor", "center_crop")
 #: values of :attr:`LengthPolicy.over_long`
-OVER_LONG = ("truncate", "skip")
+OVER_LONG = ("truncate", "skip", "truncate-no-aia")
 
 
 class OverLong(DataError):
@@ -81,9 +81,13 @@ class LengthPolicy:
     Attributes:
         max_length: longest sample in tokens (None: no limit).
         over_long: ``truncate`` (``aia train``'s: cut after the image, drop the sample when the cut
-            would reach its image; :func:`truncate`) or ``skip`` (drop every longer sample; what
+            would reach its image; :func:`truncate`), ``skip`` (drop every longer sample; what
             ``aia profile`` does without a run config, as positions beyond the model's range give
-            meaningless attention).
+            meaningless attention) or ``truncate-no-aia`` (the released trainer's rule for
+            understanding, ``trainer_t2i.py:214-219``: a sample of ``max_length`` tokens or more
+            is cut to its first ``max_length`` and keeps its NTP loss but no AIA term,
+            ``Example.aia_off``; a cut that would reach the image drops it; generation samples as
+            ``truncate``).
     """
 
     max_length: int | None = None
@@ -102,6 +106,12 @@ class LengthPolicy:
             OverLong: the policy drops it.
         """
         limit = self.max_length
+        if self.over_long == "truncate-no-aia" and limit is not None and example.task == "und":
+            if len(example) >= limit:  # `seq_len >= input_token_max_len` (trainer_t2i.py:214)
+                cut = truncate(example, limit)
+                if cut is None:
+                    raise OverLong(f"too long ({len(example)} > {limit} tokens) to fit its image")
+                return replace(cut, aia_off=True)
         if limit is None or len(example) <= limit:
             return example
         if self.over_long == "skip":
@@ -141,13 +151,12 @@ class Preprocessing:
     @classmethod
     def from_data_config(cls, data) -> Preprocessing:
         """The policy of a run's ``data`` section (:class:`aia.training.config.DataConfig`: its
-        ``image_area``, ``gen_image_transform``, ``image_root`` and ``max_length``, over-long
-        samples truncated as ``aia train`` does)."""
+        ``image_area``, ``gen_image_transform``, ``image_root``, ``max_length`` and ``over_long``)."""
         return cls(
             image_area=data.image_area,
             gen_image_transform=data.gen_image_transform,
             image_root=data.image_root,
-            length=LengthPolicy(data.max_length, "truncate"),
+            length=LengthPolicy(data.max_length, data.over_long),
         )
 
     def to_dict(self) -> dict:

@@ -103,8 +103,13 @@ class DataConfig:
     (null): ``prompts.cfg_drop`` if set, else the family's (Janus, Chameleon 0.1 as the released AIA code;
     Emu3 0.05, its fine-tuning's null_prompt_prob)."""
     max_length: int = 4096
-    """Longest sequence. Longer samples are truncated only after their image; a sample whose
-    image would be cut is dropped and counted."""
+    """Longest sequence; what happens to a longer sample is ``data.over_long``."""
+    over_long: str = "truncate"
+    """A sample longer than ``max_length``: ``truncate`` = cut after its image, keeping its AIA term on
+    what remains (a sample whose image would be cut is dropped and counted); ``skip`` = dropped and
+    counted; ``truncate-no-aia`` = an understanding sample of ``max_length`` tokens or more is cut to its
+    first ``max_length`` and keeps its NTP loss but no AIA term, as the released trainer does at its
+    3000-token width (``trainer_t2i.py:214-219``), generation samples as ``truncate``."""
     max_bad_fraction: float = 0.05
     """Stop with an error if more than this share of a file's samples is unusable (missing or
     unreadable image, no image, too long)."""
@@ -301,6 +306,8 @@ def _check_values(cfg: RunConfig) -> None:
     need(cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1")
     need(cfg.data.cfg_drop is None or 0 <= cfg.data.cfg_drop < 1, "data.cfg_drop", "must be in [0, 1)")
     need(cfg.data.max_length >= 8, "data.max_length", "must be >= 8")
+    need(cfg.data.over_long in ("truncate", "skip", "truncate-no-aia"), "data.over_long",
+         "must be truncate, skip or truncate-no-aia")
     need(0 <= cfg.data.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
     need(cfg.data.padding_side in ("left", "right"), "data.padding_side", "must be left or right")
     need(cfg.data.mixing in MIXINGS, "data.mixing", f"must be one of {', '.join(MIXINGS)}")
