@@ -3,13 +3,14 @@
 Every adapter labels each position of the language model's sequence with a
 :class:`Role`. The spans of paper Eq. 1 are then pure functions of those labels:
 
-==========================  ==============================  ======================================
-task                        queries Q                       keys K
-==========================  ==============================  ======================================
-generation (text->image)    image tokens (being predicted)  every text position before the image
-                                                            (BOS, chat template, prompt)
-understanding (image->text) answer tokens (every turn)      image tokens
-==========================  ==============================  ======================================
+==========================  ================================  ====================================
+task                        queries Q                         keys K
+==========================  ================================  ====================================
+generation (text->image)    image tokens but the last         every text position before the image
+                            (codes 0..N-2)                    (BOS, chat template, prompt)
+understanding (image->text) answer tokens (every turn) and    the begin-of-image marker and the
+                            the eos closing the last answer   image tokens but the last
+==========================  ================================  ====================================
 
 Each choice the paper leaves open is a field of :class:`SpanConfig`. The defaults are the sets
 the released training code slices (``trainer/trainer_t2i.py``, ``dataset/t2i_dataset.py``,
@@ -38,8 +39,9 @@ since the published targets were trained against them; every other reading is on
 
 Padding never belongs to a span. Whether a sample carries an AIA term at all is not a
 span question: a generation sample whose prompt was blanked for classifier-free guidance
-is flagged by its adapter (``Example.cfg_blank``) and its query set is emptied at
-collation, whatever its key set.
+is flagged by its adapter (``Example.cfg_blank``), an over-long sample cut by the length
+policy ``truncate-no-aia`` by the record encoder (``Example.aia_off``), and its query set is
+emptied at collation, whatever its key set.
 """
 
 from __future__ import annotations
