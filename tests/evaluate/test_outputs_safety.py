@@ -148,6 +148,23 @@ def test_a_read_only_output_folder_is_one_line(models, prompts, tmp_path, capsys
         out.chmod(0o700)
 
 
+def test_a_read_only_file_system_is_one_line_before_any_work(models, prompts, tmp_path, capsys, monkeypatch):
+    """As root (who writes into read-only folders), a read-only mount: writes fail with EROFS."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    code, err = run_cli(capsys, "generate", models[0], "--prompts", prompts, "--out", tmp_path / "g")
+    assert code == 2
+    assert one_line(err) == (
+        f"aia generate: error: {tmp_path}/g: cannot write here (Read-only file system); give a writable place"
+    )
+    assert not (tmp_path / "g").exists() and not manifest_path(tmp_path / "g").exists()
+
+
 @pytest.mark.parametrize("value", ["inf", "nan", "-1"])
 def test_guidance_must_be_finite(models, prompts, tmp_path, capsys, value):
     code, err = run_cli(capsys, "generate", models[0], "--prompts", prompts, "--out", tmp_path / "g", "--guidance", value)
