@@ -159,3 +159,22 @@ def test_flex_route_values_on_cpu_forward_only(pad):
         q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=allowed[:, None]
     )
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [1001, 1024])
+def test_efficient_bias_is_padded_once_and_expanded_as_a_view(t):
+    """The CUDA memory-efficient kernel's bias: 16-aligned rows, one copy for all heads (not one per head)."""
+    import aia.core.intensity as intensity
+
+    b, h = 2, 16
+    keep = torch.ones(b, t, dtype=torch.bool)
+    keep[1, :7] = False
+    allowed = torch.ones(t, t, dtype=torch.bool).tril()[None, None] & keep[:, None, None, :]  # [B, 1, T, T]
+    q, k = torch.zeros(b, h, t, 8), torch.zeros(b, h, t, 8)
+    bias = intensity._efficient_bias(allowed, q, k)
+    assert bias.shape == (b, h, t, t)
+    assert all(s % 16 == 0 for s in bias.stride()[:-1]) and bias.stride(1) == 0  # heads: a view
+    aligned = -(-t // 16) * 16
+    assert bias.untyped_storage().nbytes() == b * t * aligned * 4  # one copy, 1/16 of the per-head one
+    want = torch.zeros(b, h, t, t).masked_fill(~allowed, float("-inf"))
+    assert torch.equal(bias, want)

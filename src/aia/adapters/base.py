@@ -60,6 +60,8 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+
+
 @dataclass
 class Example:
     """One encoded sample (no batch dimension).
@@ -106,6 +108,8 @@ class Batch:
         attention_mask: ``[B, T]`` 1 on real tokens, 0 on padding.
         query_mask: ``[B, T]`` bool, the AIA query set Q.
         key_mask: ``[B, T]`` bool, the AIA key set K.
+        num_targets: the next-token targets in ``labels``, counted on the host when the batch
+            was collated (so the loss needs no device sync to count them); None: count them.
     """
 
     task: str
@@ -115,6 +119,7 @@ class Batch:
     attention_mask: torch.Tensor
     query_mask: torch.Tensor
     key_mask: torch.Tensor
+    num_targets: int | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         """A copy with every tensor on ``device``."""
@@ -393,6 +398,7 @@ def collate_examples(examples: list[Example], pad_token_id: int, padding_side: s
         attention_mask=attention_mask,
         query_mask=query_mask,
         key_mask=key_mask,
+        num_targets=supervised_tokens(labels),  # labels are on the host here
     )
 
 
@@ -438,9 +444,7 @@ class AdapterBase(abc.ABC):
     #: text-to-image sampling defaults; None: the family generates no images (:meth:`generate_images`)
     image_defaults: ClassVar[ImageDefaults | None] = None
     #: the end of the error :meth:`generate_images` raises where ``image_defaults`` is None
-    no_images_reason: ClassVar[str] = (
-        "generates no images; text-to-image needs a family that does (Janus(-Pro), Emu3)"
-    )
+    no_images_reason: ClassVar[str] = "generates no images; text-to-image needs a family that does (Janus(-Pro), Emu3)"
     #: the image placeholder id the default :meth:`image_block` looks for (set by the family's
     #: ``__init__``; a family without one overrides :meth:`image_block`)
     image_token_id: int | None = None
@@ -601,7 +605,10 @@ def fill_image_tokens(
         ``(input_ids, labels)`` with the placeholders replaced.
     """
     mask = input_ids == placeholder_id  # [B, T]
-    if int(mask.sum()) != tokens.numel():
+    if input_ids.device.type != "cpu" and hasattr(torch, "_assert_async"):
+        # an internal invariant: checked on the device, without a host sync on accelerators
+        torch._assert_async(mask.sum() == tokens.numel(), "image placeholders != image tokens")
+    elif int(mask.sum()) != tokens.numel():
         raise ValueError(
             f"the batch has {int(mask.sum())} image placeholders but the image tokenizer gave {tokens.numel()} tokens"
         )
@@ -617,7 +624,7 @@ def supervised_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head) -> AdapterOutput:
+def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head, num_tokens: int | None = None) -> AdapterOutput:
     """Mean next-token cross-entropy, with the output head applied to target positions only.
 
     Args:
@@ -625,12 +632,21 @@ def next_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head) -> Adapter
         labels: ``[B, T]`` unshifted targets, -100 where none.
         head: maps ``[N, D]`` hidden states to ``[N, V]`` logits (for example the
             ``lm_head``), so the ``[B, T, V]`` logits tensor is never built.
+        num_tokens: the targets in ``labels`` when the host already counted them
+            (:attr:`Batch.num_targets`): the target rows are then gathered without a device
+            sync (``nonzero_static``); None counts them (one sync on an accelerator).
     """
-    targets = labels[:, 1:]  # [B, T-1]: the token each position predicts
+    targets = labels[:, 1:].reshape(-1)  # [B*(T-1)]: the token each position predicts
     keep = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][keep])  # [N, V]
-    num_tokens = supervised_tokens(labels)
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum") / max(num_tokens, 1)
+    if num_tokens is None:
+        num_tokens = supervised_tokens(labels)  # host sync on an accelerator
+    elif labels.device.type != "cpu" and hasattr(torch, "_assert_async"):
+        torch._assert_async(keep.sum() == num_tokens, "Batch.num_targets differs from the labels' targets")
+    elif int(keep.sum()) != num_tokens:
+        raise ValueError(f"num_tokens={num_tokens}, but the labels hold {int(keep.sum())} next-token targets")
+    rows = torch.nonzero_static(keep, size=num_tokens).squeeze(1)  # [N], in position order, as keep's True
+    logits = head(hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, rows))  # [N, V]
+    loss = F.cross_entropy(logits.float(), targets.index_select(0, rows), reduction="sum") / max(num_tokens, 1)
     return AdapterOutput(loss=loss, num_tokens=num_tokens)
 
 

@@ -194,4 +194,4 @@ class ChameleonAdapter(AdapterBase):
                 logits = model.lm_head(hidden)
                 return logits.index_fill(-1, code_ids, torch.finfo(logits.dtype).min)
 
-        return next_token_loss(out.last_hidden_state, labels, head)
+        return next_token_loss(out.last_hidden_state, labels, head, batch.num_targets)

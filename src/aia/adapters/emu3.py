@@ -313,4 +313,4 @@ class Emu3Adapter(AdapterBase):
             use_cache=False,
             **aia_kwargs(batch),
         )
-        return next_token_loss(out.last_hidden_state, labels, model.lm_head)
+        return next_token_loss(out.last_hidden_state, labels, model.lm_head, batch.num_targets)

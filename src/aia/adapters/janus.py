@@ -258,7 +258,7 @@ class JanusAdapter(AdapterBase):
             use_cache=False,
             **aia_kwargs(batch),
         )
-        return next_token_loss(out.last_hidden_state, batch.labels, model.lm_head)
+        return next_token_loss(out.last_hidden_state, batch.labels, model.lm_head, batch.num_targets)
 
     def _generation(self, model: nn.Module, batch: Batch) -> AdapterOutput:
         input_ids = batch.inputs["input_ids"]  # [B, T], image_token_id at the N code slots
@@ -278,4 +278,4 @@ class JanusAdapter(AdapterBase):
             use_cache=False,
             **aia_kwargs(batch),
         )
-        return next_token_loss(out.last_hidden_state, labels, model.model.generation_head)
+        return next_token_loss(out.last_hidden_state, labels, model.model.generation_head, batch.num_targets)

@@ -259,7 +259,7 @@ class UnderstandingAdapter(AdapterBase):
         dtype = module_dtype(model)
         inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
         out = model.model(**inputs, attention_mask=batch.attention_mask, use_cache=False, **aia_kwargs(batch))
-        return next_token_loss(out.last_hidden_state, batch.labels, model.lm_head)
+        return next_token_loss(out.last_hidden_state, batch.labels, model.lm_head, batch.num_targets)
 
 
 def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:

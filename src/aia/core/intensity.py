@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -496,20 +497,23 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
 
 
 def _efficient_bias(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
-    """The additive bias as SDPA hands it to the CUDA memory-efficient kernel (``preprocess_mask``):
-    expanded to ``[B, H, Tq, Tk]``, its rows 16-aligned."""
+    """The additive bias for the CUDA memory-efficient kernel: ``[B, H, Tq, Tk]`` with its rows
+    16-aligned (as SDPA's ``preprocess_mask``), but padded *before* the expansion, which stays a
+    view: one ``[B|1, 1, Tq, Tk]`` copy instead of one per head (the kernel reads broadcast dims
+    through stride 0; the route's self-check runs it with a head-broadcast mask)."""
     bias = _additive(mask, q.dtype)
     if bias is None:
         return None
     while bias.dim() < 4:
         bias = bias.unsqueeze(0)
     tk = k.shape[2]
-    bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], tk)
-    if tk % 16:
-        return F.pad(bias, (0, 16 - tk % 16))[..., :tk]
-    if any(s % 16 for s in bias.stride()[:-1]):
-        return bias.contiguous()
-    return bias
+    if tk % 16 or bias.shape[-1] != tk or bias.stride(-1) != 1 or bias.stride(-2) % 16:
+        aligned = -(-tk // 16) * 16
+        padded = bias.new_empty(*bias.shape[:-2], bias.shape[-2], aligned)  # [B|1, H|1, Tq|1, aligned]
+        padded[..., :tk] = bias
+        padded[..., tk:] = 0
+        bias = padded[..., :tk]
+    return bias.expand(q.shape[0], q.shape[1], q.shape[2], tk)
 
 
 def _blank(like: torch.Tensor, b: int, h: int, t: int, width: int) -> torch.Tensor:
@@ -678,10 +682,28 @@ def _flex(compiled: bool) -> Callable:
     return torch.compile(flex_attention) if compiled else flex_attention
 
 
-def _gather_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the True positions per row, padded: ``(idx [B, M], valid [B, M])``."""
+_GATHERED: list[tuple] = []  # the last few (weakref(mask), version, length, result) of _gather_rows
+
+
+def _gather_rows(mask: torch.Tensor, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the True positions per row of ``mask[..., -length:]``, padded: ``(idx [B, M], valid [B, M])``.
+
+    Every layer of a forward pass gets the same span masks, so the result is kept for the mask
+    object (until it is modified in place or freed): ``M`` is read on the host (a device sync, it
+    sizes the ``|Q| x |K|`` product), once per forward instead of twice per layer.
+    """
+    for ref, version, n, result in _GATHERED:
+        if ref() is mask and mask._version == version and n == length:
+            return result
+    result = _gather(_last(mask, length) if length is not None else mask)
+    _GATHERED.insert(0, (weakref.ref(mask), mask._version, length, result))
+    del _GATHERED[4:]
+    return result
+
+
+def _gather(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     count = mask.sum(-1)
-    m = max(int(count.max()), 1)
+    m = max(int(count.max()), 1)  # host sync: the gather width
     order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :m]  # True positions first, in order
     valid = torch.arange(m, device=mask.device)[None, :] < count[:, None]
     return order, valid
@@ -723,8 +745,7 @@ def flex_attention_with_mass(
     lse_all = aux.lse  # [B, H, Tq], fp32, natural log
     _ran(_case(query.device, query.dtype, None, d, 0 if value is None else value.shape[-1]), "flex")
 
-    qmask = _last(query_mask, tq)
-    qi, qv = _gather_rows(qmask)  # [B, Mq]
+    qi, qv = _gather_rows(query_mask, tq)  # [B, Mq]
     ki, kv = _gather_rows(key_mask)  # [B, Mk]
     q_rows = query.gather(2, qi[:, None, :, None].expand(b, h, -1, d)).float()  # [B, H, Mq, d]
     k_rows = key.gather(2, ki[:, None, :, None].expand(b, hkv, -1, d)).float()  # [B, Hkv, Mk, d]

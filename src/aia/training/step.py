@@ -73,12 +73,18 @@ class UnifiedStep(nn.Module):
             self.register_buffer(f"delta_{task}", d, persistent=False)
 
     def forward(
-        self, task: str, ntp_weight: float = 1.0, aia_weight: float = 1.0, **tensors: torch.Tensor
+        self,
+        task: str,
+        ntp_weight: float = 1.0,
+        aia_weight: float = 1.0,
+        num_targets: int | None = None,
+        **tensors: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         batch = Batch(
             task=task,
             inputs={k[6:]: v for k, v in tensors.items() if k.startswith("input_")},
             **{k: tensors[k] for k in ("labels", "roles", "attention_mask", "query_mask", "key_mask")},
+            num_targets=num_targets,
         )
         if not self.aia_cfg.enabled:
             out = self.adapter.forward(self.model, batch)
@@ -110,7 +116,9 @@ class UnifiedStep(nn.Module):
             "ntp_tokens": out.num_tokens,
             "aia": aia,
             "intensity": mean_curve,
-            "aia_samples": n.float() if denominator == "enabled" else torch.full((), float(valid.numel()), device=n.device),
+            "aia_samples": n.float()
+            if denominator == "enabled"
+            else torch.full((), float(valid.numel()), device=n.device),
             "enabled": n.float(),
         }
 
@@ -132,15 +140,17 @@ class UnifiedStep(nn.Module):
                 self.capture = None
 
 
-def batch_tensors(batch: Batch) -> dict[str, torch.Tensor]:
-    """A :class:`Batch` as flat keyword tensors for :class:`UnifiedStep` (DDP scatters these)."""
-    out = {f"input_{k}": v for k, v in batch.inputs.items()}
+def batch_tensors(batch: Batch) -> dict:
+    """A :class:`Batch` as flat keyword tensors for :class:`UnifiedStep` (DDP scatters these),
+    plus the host's count of its next-token targets (``num_targets``, an int or None)."""
+    out: dict = {f"input_{k}": v for k, v in batch.inputs.items()}
     out.update(
         labels=batch.labels,
         roles=batch.roles,
         attention_mask=batch.attention_mask,
         query_mask=batch.query_mask,
         key_mask=batch.key_mask,
+        num_targets=batch.num_targets,
     )
     return out
 
@@ -165,7 +175,8 @@ class StepNorm:
         ]
         #: per micro-batch of this rank: the samples its AIA loss is divided by
         self.local_denominators = [
-            v if denominator == "enabled" else b.labels.shape[0] for (_, _, v), (_, b) in zip(self.local, batches, strict=True)
+            v if denominator == "enabled" else b.labels.shape[0]
+            for (_, _, v), (_, b) in zip(self.local, batches, strict=True)
         ]
         counts = torch.zeros(6, dtype=torch.long)
         for (task, n, v), d in zip(self.local, self.local_denominators, strict=True):
@@ -173,7 +184,9 @@ class StepNorm:
             counts[col] += n
             counts[2 + col] += v
             counts[4 + col] += d
-        total = accelerator.reduce(counts.to(accelerator.device), reduction="sum").tolist()
+        if self.world > 1:  # a collective; its result sizes the weights on the host (one sync per step)
+            counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum")
+        total = counts.tolist()  # one process: host counts, no device round trip
         self.tokens = {"und": total[0], "gen": total[1]}
         self.samples = {"und": total[2], "gen": total[3]}
         self.denominators = {"und": total[4], "gen": total[5]}
