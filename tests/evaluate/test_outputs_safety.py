@@ -123,6 +123,22 @@ def test_a_second_generate_into_one_folder_is_refused(models, prompts, tmp_path)
     assert not out.exists()
 
 
+def test_a_model_folder_is_read_once_while_unchanged(models, tmp_path, monkeypatch):
+    import aia.evaluate.manifest as manifest
+
+    folder = shutil.copytree(models[0], tmp_path / "m")
+    first = manifest.model_fingerprint(folder)
+    reads = []
+    monkeypatch.setattr(manifest, "_file_sha256", lambda path: reads.append(path) or "read")
+    assert manifest.model_fingerprint(folder) == first and reads == []  # eval asks once per benchmark
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # another weight, the same size
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    assert manifest.model_fingerprint(folder) != first and reads  # read again
+
+
 # ----------------------------------------------------------------- generate: one line before any work
 def test_out_naming_a_file_is_one_line(models, prompts, tmp_path, capsys):
     taken = tmp_path / "taken.png"

@@ -51,22 +51,36 @@ def _file_sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
+def _stamp(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+#: model folder fingerprints already computed, by folder and its files' size, time and inode
+_FOLDER_FINGERPRINTS: dict[tuple, dict[str, str]] = {}
+
+
 def model_fingerprint(model) -> dict[str, str]:
     """``{"config", "weights"}``: sha256 of a model's config and of its weights.
 
     ``model`` is a model directory (its ``config.json`` and the bytes of every weights file,
-    read once: about as long as loading them) or a loaded model (its config and every tensor
-    of its ``state_dict``). Two checkpoints of one architecture share their safetensors headers
+    read once per process while their size, time and inode stay the same: about as long as
+    loading them) or a loaded model (its config and every tensor of its ``state_dict``). Two checkpoints of one architecture share their safetensors headers
     and config, so the weights themselves are hashed: a fine-tuned model is another model.
     """
     if isinstance(model, str | os.PathLike):
         folder = Path(model)
         config = folder / "config.json"
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-        weights = hashlib.sha256()
-        for path in files:
-            weights.update(f"{path.name}\0{_file_sha256(path)}\0".encode())
-        return {"config": _file_sha256(config) if config.is_file() else "none", "weights": weights.hexdigest()}
+        # one read per model and process (aia eval asks once per benchmark), again when a file changes
+        key = (str(folder.resolve()), *((p.name, *_stamp(p)) for p in [config, *files] if p.is_file()))
+        if key not in _FOLDER_FINGERPRINTS:
+            weights = hashlib.sha256()
+            for path in files:
+                weights.update(f"{path.name}\0{_file_sha256(path)}\0".encode())
+            _FOLDER_FINGERPRINTS[key] = {"config": _file_sha256(config) if config.is_file() else "none",
+                                         "weights": weights.hexdigest()}
+        return dict(_FOLDER_FINGERPRINTS[key])
     import torch
 
     weights = hashlib.sha256()
