@@ -13,21 +13,26 @@ does for its VQ-LM family).
 
 from __future__ import annotations
 
-from aia.adapters.base import IGNORE_INDEX, AdapterBase, AdapterOutput, Batch, DecodeRunner, Example, unwrap
-from aia.adapters.chameleon import ChameleonAdapter
-from aia.adapters.emu3 import Emu3Adapter
-from aia.adapters.janus import JanusAdapter
-from aia.adapters.loading import (
-    ADAPTERS,
-    FAMILY_MARKER,
-    adapter_class,
-    adapter_class_of,
-    get_adapter,
-    load_model,
-    register_adapter,
-)
-from aia.adapters.prompts import PromptConfig
-from aia.adapters.understanding import UnderstandingAdapter
+from typing import TYPE_CHECKING
+
+from aia._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from aia.adapters.base import IGNORE_INDEX, AdapterBase, AdapterOutput, Batch, DecodeRunner, Example, unwrap
+    from aia.adapters.chameleon import ChameleonAdapter
+    from aia.adapters.emu3 import Emu3Adapter
+    from aia.adapters.janus import JanusAdapter
+    from aia.adapters.loading import (
+        ADAPTERS,
+        FAMILY_MARKER,
+        adapter_class,
+        adapter_class_of,
+        get_adapter,
+        load_model,
+        register_adapter,
+    )
+    from aia.adapters.prompts import PromptConfig
+    from aia.adapters.understanding import UnderstandingAdapter
 
 __all__ = [
     "ADAPTERS",
@@ -50,3 +55,19 @@ __all__ = [
     "register_adapter",
     "unwrap",
 ]
+
+# imported at first use: ``import aia.adapters.prompts`` (the CLI's flags) loads neither torch nor transformers
+__getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "aia.adapters.base": ("IGNORE_INDEX", "AdapterBase", "AdapterOutput", "Batch", "DecodeRunner", "Example",
+                              "unwrap"),
+        "aia.adapters.chameleon": ("ChameleonAdapter",),
+        "aia.adapters.emu3": ("Emu3Adapter",),
+        "aia.adapters.janus": ("JanusAdapter",),
+        "aia.adapters.loading": ("ADAPTERS", "FAMILY_MARKER", "adapter_class", "adapter_class_of", "get_adapter",
+                                 "load_model", "register_adapter"),
+        "aia.adapters.prompts": ("PromptConfig",),
+        "aia.adapters.understanding": ("UnderstandingAdapter",),
+    },
+)
