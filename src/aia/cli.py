@@ -465,8 +465,9 @@ def _cmd_demo(args) -> int:
     from aia.demo.pipeline import run_demo
 
     results = run_demo(
-        args.out, quick=args.quick, seed=args.seed, device=args.device, ablations=args.ablations, seeds=args.seeds
-    )
+        args.out, quick=args.quick, seed=args.seed, device=args.device, ablations=args.ablations, seeds=args.seeds,
+        debug=args.debug or os.environ.get("AIA_DEBUG") == "1",
+    )  # fmt: skip
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
     verdict = results["aia_vs_baseline"]
     print(
@@ -486,7 +487,11 @@ _LOADING = {"profile", "train", "demo", "generate", "answer", "eval"}
 def build_parser() -> argparse.ArgumentParser:
     """The ``aia`` parser: one sub-parser per command (imports neither torch nor transformers)."""
     parser = argparse.ArgumentParser(prog="aia", description="Attention Interaction Alignment toolkit")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show tracebacks instead of one-line errors, the library messages aia otherwise silences (aia.noise) "
+             "and each demo run's own output",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
@@ -509,11 +514,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aia`` console script.
 
     An expected failure (bad input, missing file, full disk) is one line on stderr and exit
-    status 2; ``--debug`` (or ``AIA_DEBUG=1``) shows the traceback instead.
+    status 2; ``--debug`` (or ``AIA_DEBUG=1``) shows the traceback instead, and the library
+    messages :mod:`aia.noise` otherwise silences.
     """
     args = build_parser().parse_args(argv)
     if args.debug or os.environ.get("AIA_DEBUG") == "1":
         return _run(args)
+    from aia.noise import silence
+
+    silence()  # known harmless library messages (aia.noise); --debug shows them
     import yaml
 
     try:

@@ -163,6 +163,7 @@ def run_demo(
     progress: bool = True,
     seeds: int | None = None,
     settings: DemoSettings | None = None,
+    debug: bool = False,
 ) -> dict:
     """Run the whole micro pipeline into ``out`` and return ``results.json`` as a dict.
 
@@ -174,11 +175,14 @@ def run_demo(
         device: ``"cpu"`` or ``"cuda"``.
         ablations: also train the w/o-Huber and w/o-stage-level AIA runs (default: yes, except
             with ``quick``, which keeps to the runs that answer the main question).
-        progress: step headers and progress bars on stderr.
+        progress: step headers and one overall progress bar (elapsed time, ETA) on stderr.
         seeds: how many times the post-training comparison is repeated, with seeds ``seed``,
             ``seed + 1``, ... (data order and sampling; the pretrained checkpoint is shared).
             Default :data:`DEFAULT_SEEDS`, with ``quick`` :data:`QUICK_SEEDS`.
         settings: hyper-parameters instead of :data:`DEFAULT` / :data:`QUICK`.
+        debug: show what each run prints (its data check and training bars, its log line, weight
+            loading, the profiles' bars) instead of the overall bar (``aia --debug demo``). Without
+            it each run's own messages go to ``DIR/runs/<run>/log.txt``.
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA device is available")
@@ -193,8 +197,12 @@ def run_demo(
     if settings is None:
         settings = QUICK if quick else DEFAULT
     post_seeds = tuple(range(seed, seed + seeds))
-    demo = _Demo(Path(out).resolve(), settings, quick, seed, post_seeds, device, ablations, progress)
-    with _deterministic(device):
+    demo = _Demo(Path(out).resolve(), settings, quick, seed, post_seeds, device, ablations, progress, debug)
+    if not debug:
+        from aia.noise import silence
+
+        silence()
+    with _deterministic(device), _library_bars(debug):
         return _run(demo)
 
 
@@ -213,6 +221,16 @@ class _Demo:
     device: str
     ablations: bool
     progress: bool
+    debug: bool
+    meter: _Progress = field(init=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "meter", _Progress(self))
+
+    @property
+    def inner_bars(self) -> bool:
+        """Whether the runs and profiles show their own bars (``debug``; else the overall bar counts them)."""
+        return self.progress and self.debug
 
 
 @dataclass(frozen=True)
@@ -270,11 +288,12 @@ class _Models:
 
 def _run(demo: _Demo) -> dict:
     start = time.perf_counter()
-    clock = _StepClock(demo.progress)
+    clock = demo.meter
     demo.out.mkdir(parents=True, exist_ok=True)
 
     clock.start("data", "data: digits split, VQ codebook, PNG + JSONL, initial model")
     data = _prepare_data(demo)
+    clock.advance(_DATA_UNITS)
 
     clock.start("references", "reference models: understanding-only and generation-only (AIA off)")
     finals = _train_references(demo, data)
@@ -297,6 +316,8 @@ def _run(demo: _Demo) -> dict:
     results = _collect_results(demo, data, rows, judge, targets)
     _write_figures(demo, finals, results, targets, samples)
     results["timing"] = {"wall_s": time.perf_counter() - start, "stages_s": clock.stop()}
+    clock.advance(_REPORT_UNITS)
+    clock.close()
     _write_results(demo, results)
     return results
 
@@ -331,10 +352,13 @@ def _train_run(
     from aia.training.config import load_config
     from aia.training.trainer import train
 
-    if demo.progress:
-        print(f"-- training {run.key}: {RUNS[run.name][0]}", file=sys.stderr, flush=True)
+    line = f"-- training {run.key}: {RUNS[run.name][0]}" if demo.debug else None  # else the bar names it
+    demo.meter.say(line, postfix=f"training {run.key}")
     cfg = load_config(_run_config(demo, data, run, start, steps, lr, aia))
-    return train(cfg, accelerator=_accelerator(demo.device)).final_dir
+    with _run_output(demo, run):
+        final = train(cfg, accelerator=_accelerator(demo.device)).final_dir
+    demo.meter.advance(steps * len(RUNS[run.name][1]))
+    return final
 
 
 def _targets_from_references(demo: _Demo, data: _Data, finals: dict[_Run, Path], models: _Models) -> _Targets:
@@ -471,7 +495,7 @@ def _profile(demo: _Demo, data: _Data, models: _Models, run: _Run, final: Path, 
         model, proc = models.get(run, final)
         p = profile_model(
             model, proc, data.files[f"{task}_train"], task, demo.s.profile_samples, batch_size=32,
-            model_name=run.key, progress=demo.progress,
+            model_name=run.key, progress=demo.inner_bars,
         )  # fmt: skip
         path = demo.out / "profiles" / f"{run.key}_{task}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -492,6 +516,7 @@ def _evaluate_run(
     from aia.demo.judge import heldout_ntp, sample_codes, understanding_accuracy
 
     per_digit = demo.s.gen_samples_per_digit
+    demo.meter.say(None, postfix=f"evaluating {run.key}")
     model, proc = models.get(run, final)
     adapter = get_adapter(model, proc)
     row: dict = {}
@@ -510,6 +535,7 @@ def _evaluate_run(
         p = _profile(demo, data, models, run, final, task)
         row[f"gap_{task}"] = float(np.abs(p.mean - np.asarray(targets.stage.per_layer(task)[0])).mean())
         row[f"curve_{task}"] = p.mean.tolist()
+        demo.meter.advance(_eval_units(demo.s, task))
     return row, first_images
 
 
@@ -534,7 +560,7 @@ def _run_config(demo: _Demo, data: _Data, run: _Run, start: Path, steps: int, lr
             "intensity_every": 10,
             "save_total_limit": 1,
             "resume": False,
-            "progress": demo.progress,
+            "progress": demo.inner_bars,
         },
     }
     path = out / "configs" / f"{run.key}.yaml"
@@ -583,20 +609,65 @@ def _compare(diffs: list[float], sign: int) -> dict:
 # -- process setup -------------------------------------------------------------------------------
 
 
-class _StepClock:
-    """Seconds per pipeline step (:data:`STEPS`), with a header on stderr as each step starts."""
+#: the overall bar's work units: one per task per optimizer step of a training run; the other work in
+#: units of about the same wall time on a CPU (measured on the default run: a training step of one
+#: task ~ 12 evaluated samples; the data step ~ 50 units, the figures and report ~ 150)
+_DATA_UNITS, _REPORT_UNITS, _EVAL_SAMPLES_PER_UNIT = 50, 150, 12
+_DIGITS = 1797  # images in scikit-learn's digits
 
-    def __init__(self, progress: bool):
-        self.progress = progress
+
+def _eval_units(s: DemoSettings, task: str) -> int:
+    """Work units of evaluating one run on ``task``: its profile, then the held-out images (und) or
+    the sampled images (gen)."""
+    scored = round(_DIGITS * s.test_fraction) if task == "und" else 10 * s.gen_samples_per_digit
+    return max(1, (s.profile_samples + scored) // _EVAL_SAMPLES_PER_UNIT)
+
+
+def _planned_units(demo: _Demo) -> int:
+    """The overall bar's total: every training run's task-steps and every evaluated (run, task)."""
+    s = demo.s
+    shared = [RUNS[name][1] for name in ("und_only", "gen_only", "pretrained")]
+    post = [RUNS[name][1] for name in _post_runs(demo)] * len(demo.seeds)
+    train = s.steps * sum(map(len, shared)) + s.post_steps * sum(map(len, post))
+    evaluate = sum(_eval_units(s, task) for tasks in shared + post for task in tasks)
+    return _DATA_UNITS + train + evaluate + _REPORT_UNITS
+
+
+class _Progress:
+    """The demo's one overall bar (tqdm: percentage, elapsed time, ETA) and the seconds per pipeline
+    step (:data:`STEPS`), with a header line as each step starts.
+
+    The bar counts work units (:func:`_planned_units`), advanced as each run finishes training and
+    each model is evaluated; it shows unless ``debug`` (then each run shows its own bars) and only
+    with ``progress``.
+    """
+
+    def __init__(self, demo: _Demo):
+        from tqdm.auto import tqdm
+
+        self.progress = demo.progress
         self.seconds: dict[str, float] = {}
         self._step: str | None = None
         self._t = time.perf_counter()
+        self.bar = tqdm(
+            total=_planned_units(demo), desc="aia demo", disable=not (demo.progress and not demo.debug),
+            file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, ETA {remaining}{postfix}",
+        )  # fmt: skip
+
+    def say(self, line: str | None, postfix: str | None = None) -> None:
+        """A line above the bar (with ``progress``), and what is running now after the bar."""
+        if line is not None and self.progress:
+            self.bar.write(line, file=sys.stderr)
+        if postfix is not None:
+            self.bar.set_postfix_str(postfix)
+
+    def advance(self, units: int) -> None:
+        self.bar.update(units)
 
     def start(self, step: str, header: str) -> None:
         self.stop()
         self._step = step
-        if self.progress:
-            print(f"\n== aia demo [{STEPS.index(step) + 1}/{len(STEPS)}] {header}", file=sys.stderr, flush=True)
+        self.say(f"\n== aia demo [{STEPS.index(step) + 1}/{len(STEPS)}] {header}", postfix=step)
 
     def stop(self) -> dict[str, float]:
         """Close the running step's clock; returns the seconds of every step so far."""
@@ -605,6 +676,38 @@ class _StepClock:
             self.seconds[self._step] = now - self._t
         self._step, self._t = None, now
         return self.seconds
+
+    def close(self) -> None:
+        self.bar.set_postfix_str("done")
+        self.bar.close()
+
+
+@contextlib.contextmanager
+def _run_output(demo: _Demo, run: _Run):
+    """What a training run prints on stderr (its log line, warnings) goes to ``out/logs/<run>.txt``,
+    unless ``demo.debug``: the overall bar stays the one thing on the terminal."""
+    if demo.debug:
+        yield
+        return
+    path = demo.out / "logs" / f"{run.key}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+        yield
+
+
+@contextlib.contextmanager
+def _library_bars(debug: bool):
+    """transformers' own bars (weight loading) off for the demo's duration, unless ``debug``."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not debug:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
