@@ -108,7 +108,7 @@ def test_profile_with_a_run_config_profiles_the_run(saved_model, tiny_data, tmp_
     assert got.task == "und" and got.settings["spans"]["question_in_query"] is True
     assert got.settings["prompts"]["turn_separator"] == "bos"
     assert got.settings["preprocessing"]["image_area"] == 400  # the run's image preprocessing and length policy
-    assert got.settings["preprocessing"]["length"] == {"max_length": 4096, "over_long": "truncate"}
+    assert got.settings["preprocessing"]["length"] == {"max_length": 4096, "over_long": "truncate", "gen_prompt_length": None}
 
     base = ["profile", "--config", str(run), "--out", str(tmp_path / "x.json")]
     for extra, message in ((["--predictive"], "the run config's spans and prompts are profiled"),

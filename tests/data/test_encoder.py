@@ -64,7 +64,7 @@ def test_policy_values_are_checked_and_read_from_a_run_config():
         "image_area": 400,
         "gen_image_transform": "center_crop",
         "image_root": None,
-        "length": {"max_length": 77, "over_long": "truncate"},
+        "length": {"max_length": 77, "over_long": "truncate", "gen_prompt_length": None},
     }
 
 

@@ -135,6 +135,7 @@ def test_config_selects_the_released_options():
     assert (cfg.aia.targets, cfg.aia.denominator, cfg.aia.mode) == ("janus-pro-released", "all", "huber")
     assert (cfg.aia.weight_gen, cfg.aia.weight_und) == (5.0, 10.0)
     assert (cfg.data.over_long, cfg.data.max_length, cfg.data.padding_side) == ("truncate-no-aia", 3000, "left")
+    assert cfg.data.gen_prompt_length == 1000  # trainer_t2i.py:146
 
 
 def test_1b_config_differs_from_7b_only_in_the_documented_24_layer_choice():
@@ -211,6 +212,33 @@ def test_an_over_long_understanding_sample_loses_its_term_as_released(setup):
     close(ours["loss"], want.loss, "understanding NTP + 10 AIA")
     # a sample of exactly the width is over-long too (`seq_len >= input_token_max_len`, :214)
     assert LengthPolicy(lengths[0], "truncate-no-aia").fit(und_examples(s)[0]).aia_off
+
+
+def test_over_long_generation_prompts_are_cut_as_released(setup):
+    """trainer_t2i.py:179-182 at a prompt width that cuts two of the three prompts (the blanked one
+    included): the first ``width`` tokens are kept, ``<begin_of_image>`` lost, keys ``[0, width - 1)``;
+    aia's ``data.gen_prompt_length`` = that width."""
+    s = setup
+    tok = s.processor.tokenizer
+    samples = [released.gen_sample(tok, p, b) for p, b in zip(GEN_PROMPTS, BLANKED, strict=True)]
+    lengths = sorted(len(x.input_ids) for x in samples)
+    width = lengths[0] + 1  # the shortest prompt fits, the other two are cut
+    policy = LengthPolicy(s.cfg.data.max_length, s.cfg.data.over_long, gen_prompt_length=width)
+    examples = gen_examples(s)
+    num_codes = int((examples[0].labels != -100).sum())
+    cut = [policy.fit(ex) for ex in examples]
+    assert sorted(len(ex) - num_codes for ex in cut) == [lengths[0], width, width]
+    ours = aia_step_loss(s, "gen", cut)
+    pixels = ours["batch"].inputs["pixel_values"]
+    batch = released.gen_batch(samples, tok.vocab.get(released.PAD_TAG), width, num_codes)
+    boi = tok.vocab.get(released.BOS_IMAGE)
+    longer = sum(len(x.input_ids) > width for x in samples)  # these lose <begin_of_image>
+    assert longer >= 1 and sum(boi not in ex.input_ids.tolist() for ex in cut) == longer
+    with torch.no_grad():
+        want = released.gen_loss(s.model, batch, pixels)
+    close(ours["ntp"], want.ntp, "generation NTP")
+    close(ours["aia"], want.attn, "generation AIA")
+    close(ours["loss"], want.loss, "generation NTP + 5 AIA")
 
 
 @pytest.mark.parametrize(

@@ -198,6 +198,6 @@ def test_profile_records_its_preprocessing(wide_data):
     cfg = load_config(None, [f"data.gen={gen}", "data.gen_image_transform=center_crop"], check_paths=False)
     profile = profile_run(cfg, model=model, processor=processor, samples=2, progress=False)
     assert profile.settings["preprocessing"]["gen_image_transform"] == "center_crop"
-    assert profile.settings["preprocessing"]["length"] == {"max_length": 4096, "over_long": "truncate"}
+    assert profile.settings["preprocessing"]["length"] == {"max_length": 4096, "over_long": "truncate", "gen_prompt_length": None}
     plain = profile_model(model, processor, gen, "gen", samples=2, progress=False)
     assert plain.settings["preprocessing"]["length"]["over_long"] == "skip"

@@ -38,6 +38,7 @@ __all__ = [
     "LengthPolicy",
     "OverLong",
     "Preprocessing",
+    "cut_prompt",
     "RecordEncoder",
     "contained",
     "image_transform",
@@ -74,6 +75,28 @@ def truncate(example, max_length: int):
     )
 
 
+def cut_prompt(example, length: int):
+    """A generation ``example`` whose prompt (the positions before its first image token) has
+    ``length`` tokens or more, cut to its first ``length``; the last one kept takes the place of
+    the image's opening marker (role IMAGE_MARKER: it predicts the first code and is no key), as
+    the released trainer keeps the first 1000 of an over-long prompt, ``<begin_of_image>`` lost,
+    with ``front = [0, 999]`` (``trainer_t2i.py:179-182``). The same object when it is shorter."""
+    import torch
+
+    image = (example.roles == Role.IMAGE).nonzero()
+    start = int(image[0]) if len(image) else len(example)  # the prompt, through its opening marker
+    if start < length:
+        return example
+    roles = torch.cat([example.roles[:length], example.roles[start:]])
+    roles[length - 1] = int(Role.IMAGE_MARKER)
+    return replace(
+        example,
+        input_ids=torch.cat([example.input_ids[:length], example.input_ids[start:]]),
+        roles=roles,
+        labels=torch.cat([example.labels[:length], example.labels[start:]]),
+    )
+
+
 @dataclass(frozen=True)
 class LengthPolicy:
     """What happens to a sample longer than ``max_length`` tokens.
@@ -88,16 +111,21 @@ class LengthPolicy:
             is cut to its first ``max_length`` and keeps its NTP loss but no AIA term,
             ``Example.aia_off``; a cut that would reach the image drops it; generation samples as
             ``truncate``).
+        gen_prompt_length: a generation prompt of this many tokens or more is cut first
+            (:func:`cut_prompt`), whatever ``over_long`` (None: only ``max_length`` applies).
     """
 
     max_length: int | None = None
     over_long: str = "truncate"
+    gen_prompt_length: int | None = None
 
     def __post_init__(self):
         if self.over_long not in OVER_LONG:
             raise ValueError(f"over_long must be one of {OVER_LONG}, got {self.over_long!r}")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.gen_prompt_length is not None and self.gen_prompt_length < 2:
+            raise ValueError(f"gen_prompt_length must be >= 2, got {self.gen_prompt_length}")
 
     def fit(self, example):
         """``example`` as the policy keeps it: itself when it fits, else cut (a new object).
@@ -105,6 +133,8 @@ class LengthPolicy:
         Raises:
             OverLong: the policy drops it.
         """
+        if self.gen_prompt_length is not None and example.task == "gen":
+            example = cut_prompt(example, self.gen_prompt_length)
         limit = self.max_length
         if self.over_long == "truncate-no-aia" and limit is not None and example.task == "und":
             if len(example) >= limit:  # `seq_len >= input_token_max_len` (trainer_t2i.py:214)
@@ -151,12 +181,13 @@ class Preprocessing:
     @classmethod
     def from_data_config(cls, data) -> Preprocessing:
         """The policy of a run's ``data`` section (:class:`aia.training.config.DataConfig`: its
-        ``image_area``, ``gen_image_transform``, ``image_root``, ``max_length`` and ``over_long``)."""
+        ``image_area``, ``gen_image_transform``, ``image_root``, ``max_length``, ``over_long`` and
+        ``gen_prompt_length``)."""
         return cls(
             image_area=data.image_area,
             gen_image_transform=data.gen_image_transform,
             image_root=data.image_root,
-            length=LengthPolicy(data.max_length, data.over_long),
+            length=LengthPolicy(data.max_length, data.over_long, data.gen_prompt_length),
         )
 
     def to_dict(self) -> dict:

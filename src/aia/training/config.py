@@ -110,6 +110,11 @@ class DataConfig:
     counted; ``truncate-no-aia`` = an understanding sample of ``max_length`` tokens or more is cut to its
     first ``max_length`` and keeps its NTP loss but no AIA term, as the released trainer does at its
     3000-token width (``trainer_t2i.py:214-219``), generation samples as ``truncate``."""
+    gen_prompt_length: int | None = None
+    """Generation: a prompt (BOS through the image's opening marker) of this many tokens or more keeps
+    its first ones, the last kept one taking the opening marker's place (it predicts the first code and
+    is no key), as the released trainer's 1000-token prompt width does (``trainer_t2i.py:146,179-182``);
+    then ``max_length`` applies. null: no separate prompt limit."""
     max_bad_fraction: float = 0.05
     """Stop with an error if more than this share of a file's samples is unusable (missing or
     unreadable image, no image, too long)."""
@@ -308,6 +313,8 @@ def _check_values(cfg: RunConfig) -> None:
     need(cfg.data.max_length >= 8, "data.max_length", "must be >= 8")
     need(cfg.data.over_long in ("truncate", "skip", "truncate-no-aia"), "data.over_long",
          "must be truncate, skip or truncate-no-aia")
+    need(cfg.data.gen_prompt_length is None or cfg.data.gen_prompt_length >= 2, "data.gen_prompt_length",
+         "must be >= 2 or null")
     need(0 <= cfg.data.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
     need(cfg.data.padding_side in ("left", "right"), "data.padding_side", "must be left or right")
     need(cfg.data.mixing in MIXINGS, "data.mixing", f"must be one of {', '.join(MIXINGS)}")

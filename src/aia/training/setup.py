@@ -320,6 +320,7 @@ def _stream(cfg: RunConfig, task: str, adapter, progress: bool) -> TaskStream:
         image_transform=encoder.image_transform(policy, task, adapter.processor),
         image_root=policy.image_root,
         over_long=policy.length.over_long,
+        gen_prompt_length=policy.length.gen_prompt_length,
     )
 
 

@@ -74,6 +74,8 @@ class TaskStream:
         over_long: what happens to a sample longer than ``max_length``
             (:class:`aia.data.encoder.LengthPolicy`; ``truncate``: cut after its image, dropped
             when its image would be cut).
+        gen_prompt_length: generation prompts of this many tokens or more are cut first
+            (:class:`aia.data.encoder.LengthPolicy`); None: no such cut.
 
     Records are encoded by :class:`aia.data.encoder.RecordEncoder` (:attr:`encoder`), the encoder
     ``aia profile`` and ``aia answer`` use too.
@@ -93,9 +95,10 @@ class TaskStream:
         image_transform: Callable[[Image.Image], Image.Image] | None = None,
         image_root: str | Path | None = None,
         over_long: str = "truncate",
+        gen_prompt_length: int | None = None,
     ):
         self.path, self.task, self.adapter = Path(path), task, adapter
-        policy = Preprocessing(image_root=image_root, length=LengthPolicy(max_length, over_long))
+        policy = Preprocessing(image_root=image_root, length=LengthPolicy(max_length, over_long, gen_prompt_length))
         self.encoder = RecordEncoder(adapter, task, self.path.parent, policy, transform=image_transform)
         self.max_length, self.seed, self.cfg_drop = max_length, seed, cfg_drop
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation) of the last draw
