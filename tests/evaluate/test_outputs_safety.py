@@ -53,6 +53,10 @@ def run_out(capsys, *argv) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def files_of(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
 def one_line(err: str) -> str:
     """The one line the command wrote (eval's progress lines, ``aia eval: <model>: <bench> ... -> ...``, aside)."""
     lines = [line for line in err.splitlines()
@@ -91,6 +95,9 @@ def test_overwrite_removes_the_images_of_a_longer_prompt_file(models, prompts, t
         generate_images(models[0], shorter, out, progress=False)
     generate_images(models[0], shorter, out, progress=False, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["00000_0.png", "index.jsonl"]
+    (out / "notes.txt").write_text("mine")
+    generate_images(models[0], shorter, out, fmt="geneval", images_per_prompt=1, progress=False, overwrite=True)
+    assert files_of(out) == ["00000/metadata.jsonl", "00000/samples/00000.png", "notes.txt"]  # another layout's gone
 
 
 def test_a_wise_rerun_with_another_prompt_file_reusing_ids_is_refused(models, tmp_path):

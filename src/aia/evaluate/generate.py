@@ -324,6 +324,9 @@ def grid(images: list[Image.Image]) -> Image.Image:
 class _Writer:
     """Where a layout puts each prompt's ``n`` images, and how it writes them (the plain layout's)."""
 
+    #: the names the layout writes at the top of its folder (what a start over removes)
+    names = r"\d{5}_\d+\.png|index\.jsonl"
+
     def __init__(self, out_dir: Path, n: int):
         self.out_dir, self.n = out_dir, n
 
@@ -338,20 +341,6 @@ class _Writer:
     def todo(self, prompt: Prompt) -> list[int]:
         """The images ``k`` of an incomplete prompt still to generate."""
         return [k for k, f in enumerate(self.files(prompt)) if not f.is_file()]
-
-    #: the names the layout writes at the top of its folder
-    names = r"\d{5}_\d+\.png|index\.jsonl"
-
-    def clear(self) -> None:
-        """Remove what the layout wrote in the folder (and temporary files): a start over."""
-        if not self.out_dir.is_dir():
-            return
-        for entry in self.out_dir.iterdir():
-            if re.fullmatch(self.names, entry.name) or re.fullmatch(r"\..+\.tmp", entry.name):
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
 
     def begin(self, prompts: list[Prompt]) -> None:
         """Before the first image (the folder exists)."""
@@ -428,6 +417,19 @@ class _WiseWriter(_Writer):
 #: the writer of each output layout (``fmt``)
 WRITERS: dict[str, type[_Writer]] = {"plain": _PlainWriter, "geneval": _GenEvalWriter, "dpg": _DpgWriter,
                                      "wise": _WiseWriter}
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove what any layout writes in ``out_dir`` (and temporary files): a start over, whatever the
+    layout of the run that made it."""
+    if not out_dir.is_dir():
+        return
+    for entry in out_dir.iterdir():
+        if any(re.fullmatch(w.names, entry.name) for w in WRITERS.values()) or re.fullmatch(r"\..+\.tmp", entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 # ----------------------------------------------------------------- sampling
@@ -542,7 +544,7 @@ def generate_images(
         fields = _manifest(model, prompts, fmt, n, settings, device, dtype)
         has_output = out_dir.is_dir() and any(not p.name.startswith(".") for p in out_dir.iterdir())
         if not check_manifest(out_dir, "images", fields, overwrite=overwrite, has_output=has_output):
-            writer.clear()
+            _clear(out_dir)
         model, processor = resolve_model(model, processor, device=device, dtype=dtype)
         _check_generates(type(unwrap(model)).__name__)
         adapter = get_adapter(model, processor)
