@@ -1,6 +1,7 @@
 """The ``aia`` command line: a thin layer over library functions.
 
     aia profile MODEL_DIR --data FILE --task {und,gen} --out OUT.json [--samples N] [--mode {teacher,decode}] [...]
+    aia profile --config RUN.yaml --out OUT.json [--task {und,gen}] [MODEL_DIR] [...]   (what the run trains on)
     aia targets PROFILE.json [PROFILE.json] --stages K --out targets.yaml [--per-layer]
     aia targets --preset janus-pro --layers 24 [--out targets.yaml]
     aia plot profiles P.json [P.json ...] [--labels a,b] [--targets T.yaml|PRESET] --out FIG
