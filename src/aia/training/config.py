@@ -6,7 +6,10 @@ A config file mirrors the dataclasses below (sections ``model``, ``lora``, ``dat
 Unknown keys and values of the wrong type or out of range fail at load, with a message
 that names the key, before any model is loaded. Each field is documented once, where it
 is defined (the ``spans`` section is :class:`aia.core.spans.SpanConfig` itself);
-``aia train --help-config`` prints these texts.
+``aia train --help-config`` prints these texts. The reading and checking of YAML values is
+:mod:`aia.fields`, shared with the eval file of ``aia eval``. The run's length is
+``train.max_steps`` or ``train.epochs``: a file sets at most one, and an override of either
+replaces the other (the later override wins).
 """
 
 from __future__ import annotations
