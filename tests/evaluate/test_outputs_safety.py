@@ -110,8 +110,10 @@ def test_a_wise_rerun_with_another_prompt_file_reusing_ids_is_refused(models, tm
         generate_images(models[0], second, out, fmt="wise", progress=False)
     with pytest.raises(InputError, match=r"wise: images were made with another model.weights \("):
         generate_images(models[1], first, out, fmt="wise", progress=False)
-    with pytest.raises(InputError, match=r"wise: images were made with another guidance \(null, now 2\)"):
+    with pytest.raises(InputError, match=r"wise: images were made with another guidance \(5.0, now 2.0\)"):
         generate_images(models[0], first, out, fmt="wise", guidance=2, progress=False)
+    again = generate_images(models[0], first, out, fmt="wise", guidance=5, progress=False)  # Janus' default, said
+    assert again["images_generated"] == 0
 
 
 def test_a_folder_with_images_but_no_record_is_not_continued(models, prompts, tmp_path):

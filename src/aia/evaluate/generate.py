@@ -537,9 +537,12 @@ def generate_images(
     out_dir = writable_output(Path(out_dir), folder=True)
     prompts = read_prompts(prompts_path)
     writer = WRITERS[fmt](out_dir, n)
-    settings = {"seed": seed, "guidance": guidance, "temperature": temperature, "top_k": top_k,
-                "positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area,
-                "ratio": ratio}
+    given = (guidance, temperature, top_k, positive_prompt, negative_prompt, image_area, ratio)
+    family = _adapter_class(model)  # from config.json, before loading; None: loading says why
+    opts = _image_options(family, *given) if family is not None else ImageOptions(*given)  # as given
+    settings = {"seed": seed, "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k,
+                "positive_prompt": opts.positive, "negative_prompt": opts.negative, "image_area": opts.image_area,
+                "ratio": opts.ratio}  # the family's defaults filled in: an explicit default is the same run
     with output_lock(out_dir, "aia generate"):
         fields = _manifest(model, prompts, fmt, n, settings, device, dtype)
         has_output = out_dir.is_dir() and any(not p.name.startswith(".") for p in out_dir.iterdir())
@@ -548,8 +551,7 @@ def generate_images(
         model, processor = resolve_model(model, processor, device=device, dtype=dtype)
         _check_generates(type(unwrap(model)).__name__)
         adapter = get_adapter(model, processor)
-        opts = _image_options(adapter, guidance, temperature, top_k, positive_prompt, negative_prompt, image_area,
-                              ratio)
+        opts = _image_options(adapter, *given)
         out_dir.mkdir(parents=True, exist_ok=True)
         writer.begin(prompts)
         jobs, done_before = _pending(writer, prompts)
@@ -572,9 +574,24 @@ def _manifest(model, prompts: list[Prompt], fmt: str, n: int, settings: dict, de
             "dtype": None if dtype is None else str(dtype).removeprefix("torch."), "device": device.type}
 
 
+def _adapter_class(model):
+    """The adapter class serving ``model`` (loaded, or a directory by its ``config.json``); None when the
+    config cannot tell (loading reports why)."""
+    from aia.adapters import FAMILY_MARKER, adapter_class, adapter_class_of
+
+    if not isinstance(model, str | os.PathLike):
+        return adapter_class_of(model)
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+        return adapter_class(config["architectures"][0], config.get(FAMILY_MARKER))
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):
+        return None
+
+
 def _image_options(adapter, guidance, temperature, top_k, positive_prompt, negative_prompt, image_area,
                    ratio) -> ImageOptions:
-    """The sampling options, the family's defaults where not given; an option of another family refused."""
+    """The sampling options, the family's defaults where not given; an option of another family refused.
+    ``adapter`` is an adapter or its class."""
     defaults = adapter.image_defaults
     given = {"positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area,
              "ratio": None if ratio == "1:1" else ratio}  # 1:1 is what the families without the option draw
