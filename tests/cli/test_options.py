@@ -66,12 +66,16 @@ def _library_defaults(func) -> dict:
 def test_option_defaults_are_the_librarys():
     """The dataclasses spell the library's defaults and choices (so that parsing imports no torch); kept equal here."""
     from aia import options
-    from aia.evaluate import answer, generate_images
+    from aia.evaluate import answer, generate_images, score_file
     from aia.evaluate.answer import BENCHES
     from aia.evaluate.generate import FORMATS
+    from aia.evaluate.suite import EvalOptions
+    from aia.measure.teacher import profile_model
 
     assert options.FORMATS == FORMATS and options.BENCHES == BENCHES
-    for cls, func, renamed in ((GenerateOptions, generate_images, {"format": "fmt"}), (AnswerOptions, answer, {})):
+    for cls, func, renamed in ((GenerateOptions, generate_images, {"format": "fmt"}), (AnswerOptions, answer, {}),
+                               (ProfileOptions, profile_model, {}), (ScoreOptions, score_file, {}),
+                               (EvalOptions, answer, {}), (EvalOptions, generate_images, {})):
         library = _library_defaults(func)
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING and renamed.get(f.name, f.name) in library:
