@@ -128,7 +128,8 @@ class EvalConfig:
 
     models: dict[str, str]
     """The models to evaluate, name: directory written by save_pretrained (typically a baseline and an AIA
-    checkpoint, both from aia train)."""
+    checkpoint, both from aia train). A name is a folder under out: no path separator, not . or .., no two
+    names that differ only in case or accent composition."""
     out: str = "eval_out"
     """Output folder: OUT/<model>/<bench>.jsonl answers, OUT/<model>/<bench>/ images, OUT/report.md and
     OUT/report.json."""
