@@ -25,7 +25,7 @@ from aia.cli import main
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import read_records
 from aia.errors import DataError as NoUsableSamples
-from aia.measure.decode import DEFAULT_MAX_NEW_TOKENS, DecodeSettings, decode_example, decode_profile
+from aia.measure.decode import DEFAULT_MAX_NEW_TOKENS, DecodeSettings, decode_batch, decode_example, decode_profile
 from aia.measure.profile import load_profile
 from aia.testing.tiny import TINY_MODELS
 from tests.helpers import eager_attentions, span_intensity, teacher_forced_intensity, tiny_llama, with_decoded_answer
@@ -265,3 +265,26 @@ def test_decode_profile_with_no_usable_sample(tiny_data):
         DecodeSettings(max_new_tokens=0)
     with pytest.raises(ValueError, match="cfg_weight must be a finite number"):
         DecodeSettings(cfg_weight=float("nan"))
+
+
+@pytest.mark.parametrize("task", ["und", "gen"])
+def test_batch_of_four_gives_the_profile_of_batch_one(tiny_model, family, task, tiny_data):
+    """Left-padded rows, both CFG branches in one forward, per-sample seeds: the same tokens and the
+    same per-sample intensities (1e-5) as one sample at a time; 5 samples: a batch of 4, then 1."""
+    model, processor = tiny_model
+    data = tiny_data[0] if task == "und" else tiny_data[1]
+    settings = DecodeSettings(max_new_tokens=6 if task == "und" else None, seed=2)  # gen: CFG 5, sampled
+    one = decode_profile(model, processor, data, task, samples=5, settings=settings, progress=False, batch_size=1)
+    four = decode_profile(model, processor, data, task, samples=5, settings=settings, progress=False, batch_size=4)
+    assert one.n == four.n == 5
+    np.testing.assert_allclose(four.per_sample, one.per_sample, rtol=0, atol=1e-5)
+    adapter = get_adapter(model, processor)
+    records = read_records(data)[:4]
+    examples = [adapter.encode(r, task, data.parent) for r in records]
+    unconds = [adapter.encode(r, task, data.parent, cfg_blank=True) for r in records] if task == "gen" else None
+    batched = decode_batch(model, adapter, examples, settings, unconds=unconds, sample_indices=[0, 1, 2, 3])
+    for i, got in enumerate(batched):
+        alone = decode_example(model, adapter, examples[i], settings, uncond=unconds and unconds[i], sample_index=i)
+        assert torch.equal(got.tokens, alone.tokens) and torch.equal(got.roles, alone.roles)
+        assert got.steps == alone.steps
+        torch.testing.assert_close(got.intensity, alone.intensity, rtol=0, atol=1e-5)

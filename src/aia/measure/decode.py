@@ -34,7 +34,12 @@ chose it). Either way a sample's intensity is the mean over its counted tokens, 
 equals the teacher-forced intensity with the same ``SpanConfig`` on the prompt followed by
 the model's own output (``tests/measure/test_decode.py`` checks exactly that).
 
-Decoding runs one sample at a time (no padding inside the cache).
+Samples are decoded in batches (``batch_size``, :func:`decode_batch`): the prompts, and with CFG
+their unconditional twins, are the rows of one left-padded batch, one forward per token for
+all of them; each sample draws from its own generator, so a batch of 4 gives the profile of
+batch 1 (to float rounding). Each step's statistic is one query row against the cache, which
+:func:`aia.core.intensity.attention_with_mass` computes from the unpadded cache (no widened
+copy of it per token).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aia.adapters import get_adapter
@@ -59,7 +65,7 @@ from aia.errors import DataError, ImageError
 from aia.measure.profile import IntensityProfile
 from aia.measure.samples import SampleTally, measure_policy, prompts_of
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS", "DecodeSettings", "Decoded", "decode_example", "decode_profile"]
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "DecodeSettings", "Decoded", "decode_batch", "decode_example", "decode_profile"]
 
 #: Understanding answers stop here unless the model ends its turn earlier (``und_plot.py``: 512).
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -154,7 +160,6 @@ def _position_ids(base: nn.Module, inputs: dict, attention_mask: torch.Tensor) -
     return base.get_rope_index(inputs["input_ids"], attention_mask=attention_mask, **rope)[0]
 
 
-@torch.no_grad()
 def decode_example(
     model: nn.Module,
     adapter: AdapterBase,
@@ -177,50 +182,112 @@ def decode_example(
         sample_index: seeds the sampling generator together with ``settings.seed``.
 
     Returns:
-        A :class:`Decoded`.
+        A :class:`Decoded` (:func:`decode_batch` of one sample).
     """
-    task = example.task
-    prompt, plan = _prompt_and_plan(example, adapter, task)
-    steps = min(len(plan) if plan is not None else DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens or sys.maxsize)
+    return decode_batch(model, adapter, [example], settings, method, [uncond], [sample_index])[0]
+
+
+@torch.no_grad()
+def decode_batch(
+    model: nn.Module,
+    adapter: AdapterBase,
+    examples: list[Example],
+    settings: DecodeSettings = DecodeSettings(),
+    method: str = "auto",
+    unconds: list[Example | None] | None = None,
+    sample_indices: list[int] | None = None,
+    max_new_tokens: list[int | None] | None = None,
+) -> list[Decoded]:
+    """Decode several encoded records of one task together, one forward per token for all of them.
+
+    The prompts (and, with CFG, their unconditional twins) are the rows of one left-padded batch:
+    ``[cond_0 .. cond_{n-1}, uncond_0 .. uncond_{n-1}]``. Sample ``i`` draws from its own
+    generator, seeded by ``(settings.seed, sample_indices[i])``, and only where it chooses a
+    token (not at forced tokens, not after its end), so its tokens and its intensity do not
+    depend on the batch it is decoded in (up to the float rounding of batched kernels).
+
+    Args:
+        examples: encoded records of one task (see :func:`decode_example`).
+        unconds: generation with CFG: each record encoded with ``cfg_blank=True``.
+        sample_indices: seeds (default ``0 .. n-1``).
+        max_new_tokens: per sample, overrides ``settings.max_new_tokens``.
+
+    Returns:
+        One :class:`Decoded` per example, in order.
+    """
+    n = len(examples)
+    task = examples[0].task
+    indices = list(range(n)) if sample_indices is None else list(sample_indices)
+    caps = [settings.max_new_tokens] * n if max_new_tokens is None else list(max_new_tokens)
+    cut = [_prompt_and_plan(ex, adapter, task) for ex in examples]
+    prompts, plans = [c[0] for c in cut], [c[1] for c in cut]
+    limits = [
+        min(len(plan) if plan is not None else DEFAULT_MAX_NEW_TOKENS, cap or sys.maxsize)
+        for plan, cap in zip(plans, caps, strict=True)
+    ]
     stops = _stop_ids(model, adapter) if task == "und" else set()
     run = adapter.decode_runner(model, task)
     own = not adapter.span_config.predictive  # the query of a token: its own position, or the one predicting it
     span_cfg = replace(adapter.span_config, predictive=False)
-    picker = _Picker(run, settings, task, sample_index)
-    cond, inputs = _prefill(model, adapter, run, prompt, span_cfg)
-    branch = _unconditional(model, adapter, run, span_cfg, uncond) if picker.guided else None
-    tokens, roles, counted = [], [], []
+    picker = _Picker(run, settings, task, indices)
+    rows = list(prompts)
+    if picker.guided:
+        if unconds is None or any(u is None for u in unconds):
+            raise ValueError(
+                "generation with classifier-free guidance needs the unconditional example "
+                "(adapter.encode(record, 'gen', ..., cfg_blank=True)); or set cfg_weight=1"
+            )
+        rows += [_prompt_and_plan(u, adapter, "gen")[0] for u in unconds]
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    roles: list[list[int]] = [[] for _ in range(n)]
+    active = list(range(n))  # samples still decoding
     with capture(model, method=method) as cap:
-        hidden, reading = cond.forward(inputs), _reading(cap)
-        other = branch[0].forward(branch[1]) if branch else None
-        for t in range(steps):
-            token, role = picker(hidden, other, int(plan[t]) if plan is not None else None, stops)
-            tokens.append(token)
-            roles.append(role)
-            in_query = _in_query_set(task, prompt.roles, roles, plan, span_cfg)
-            last = t == steps - 1 or token in stops
-            if in_query and not own:
-                counted.append(reading)
-            if last and not (in_query and own):
-                break
-            hidden, reading = cond.feed(token, role), _reading(cap)
-            if in_query and own:
-                counted.append(reading)
-            if last:
-                break
-            other = branch[0].feed(token, role) if branch else None
-    return Decoded(
-        prompt=prompt,
-        tokens=torch.tensor(tokens, dtype=torch.long),
-        roles=torch.tensor(roles, dtype=torch.long),
-        intensity=_mean(counted),
-        steps=len(counted),
-    )
+        sequence, hidden, reading = _prefill(model, adapter, run, rows, span_cfg, cap, n)  # hidden [R, D]
+        readings = [reading]  # per model call: (intensity [L, n], valid [n]) of the conditional rows, on the device
+        step = 0
+        while active:
+            planned = [_planned(plans[i], step) for i in range(n)]
+            picked = picker(hidden[:n], hidden[n:] if picker.guided else None, planned, stops, active)
+            for i in list(active):
+                token, role = picked[i]
+                tokens[i].append(token)
+                roles[i].append(role)
+                if step == limits[i] - 1 or token in stops:
+                    active.remove(i)
+            if not active and not own:
+                break  # the last token's query (the position predicting it) has been read
+            feed = [tokens[i][-1] for i in range(n)]  # an ended sample repeats its last token (never read)
+            role = [roles[i][-1] for i in range(n)]
+            hidden = sequence.feed(feed * (2 if picker.guided else 1), role * (2 if picker.guided else 1))
+            readings.append(_reading(cap, n))
+            step += 1
+    curves = torch.stack([r for r, _ in readings]).double().cpu()  # [calls, L, n]
+    valid = torch.stack([v for _, v in readings]).cpu()  # [calls, n]
+    out = []
+    for i in range(n):
+        counted = _counted_steps(task, prompts[i].roles, roles[i], plans[i], span_cfg)
+        calls = [t + 1 if own else t for t in counted]  # the call that read token t
+        out.append(
+            Decoded(
+                prompt=prompts[i],
+                tokens=torch.tensor(tokens[i], dtype=torch.long),
+                roles=torch.tensor(roles[i], dtype=torch.long),
+                intensity=_mean([(curves[c, :, i], bool(valid[c, i])) for c in calls]),
+                steps=len(calls),
+            )
+        )
+    return out
 
 
-def _reading(cap) -> tuple[torch.Tensor, bool]:
-    """The last call's intensity of the (only) sample, fp64 ``[L]``, and whether its spans were non-empty."""
-    return cap.intensity[:, 0].double().cpu(), bool(cap.valid[0])
+def _planned(plan: torch.Tensor | None, step: int) -> int | None:
+    """The planned role of generation step ``step`` (None: understanding, or past the plan)."""
+    return int(plan[step]) if plan is not None and step < len(plan) else None
+
+
+def _reading(cap, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last call's intensity of the first ``n`` rows (the conditional ones), ``[L, n]``, and
+    whether their spans were non-empty, ``[n]``; kept on the device (no sync per token)."""
+    return cap.intensity[:, :n], cap.valid[:n]
 
 
 def _mean(counted: list[tuple[torch.Tensor, bool]]) -> torch.Tensor | None:
@@ -230,35 +297,25 @@ def _mean(counted: list[tuple[torch.Tensor, bool]]) -> torch.Tensor | None:
     return sum(curve for curve, _ in counted) / len(counted)
 
 
-def _unconditional(model, adapter, run, span_cfg, uncond: Example | None):
-    """The unconditional branch of CFG: its :class:`_Sequence` and prefill inputs."""
-    if uncond is None:
-        raise ValueError(
-            "generation with classifier-free guidance needs the unconditional example "
-            "(adapter.encode(record, 'gen', ..., cfg_blank=True)); or set cfg_weight=1"
-        )
-    prompt, _ = _prompt_and_plan(uncond, adapter, "gen")
-    return _prefill(model, adapter, run, prompt, span_cfg)
-
-
 @dataclass
 class _Sequence:
-    """The one sequence being decoded: its roles, attention mask, positions and KV cache so far.
+    """The rows being decoded: their roles, attention mask, positions and KV cache so far.
 
     Every model call queries the last position only (``aia_query_mask``) against the key set
-    of the roles so far (``aia_key_mask``), both ``[1, kv_len]``.
+    of the roles so far (``aia_key_mask``), both ``[R, kv_len]``. Rows are left-padded, so the
+    last position is every row's newest token.
     """
 
     run: DecodeRunner
     task: str
     span_cfg: SpanConfig  # ``predictive`` off: the query is the position being decoded
-    roles: torch.Tensor  # [1, T]
-    attention_mask: torch.Tensor  # [1, T]
-    positions: torch.Tensor  # [1, T], or [3, 1, T] (M-RoPE)
+    roles: torch.Tensor  # [R, T]
+    attention_mask: torch.Tensor  # [R, T]
+    positions: torch.Tensor  # [R, T], or [3, R, T] (M-RoPE)
     cache: object = None
 
     def forward(self, inputs: dict) -> torch.Tensor:
-        """Run ``inputs`` (the positions not in the cache yet); the last position's hidden state ``[1, D]``."""
+        """Run ``inputs`` (the positions not in the cache yet); the last position's hidden states ``[R, D]``."""
         qmask = torch.zeros_like(self.roles, dtype=torch.bool)
         qmask[:, -1] = True  # the position being decoded
         _, kmask = task_spans(self.task, self.roles, self.span_cfg)
@@ -274,78 +331,124 @@ class _Sequence:
         self.cache = out.past_key_values
         return out.last_hidden_state[:, -1]
 
-    def feed(self, token: int, role: int) -> torch.Tensor:
-        """Append the decoded ``token`` (of ``role``): it becomes the position being decoded."""
+    def feed(self, tokens: list[int], roles: list[int]) -> torch.Tensor:
+        """Append one decoded token per row (of ``roles``): they become the positions being decoded."""
         device = self.roles.device
-        new = torch.tensor([[token]], device=device)
-        self.roles = torch.cat([self.roles, torch.tensor([[role]], device=device)], 1)
-        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(1, 1)], 1)
+        new = torch.tensor(tokens, device=device)[:, None]  # [R, 1]
+        self.roles = torch.cat([self.roles, torch.tensor(roles, dtype=self.roles.dtype, device=device)[:, None]], 1)
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], 1)
         self.positions = torch.cat([self.positions, self.positions[..., -1:] + 1], -1)
         embed = self.run.embed_step
         return self.forward({"inputs_embeds": embed(new)} if embed is not None else {"input_ids": new})
 
 
 def _prefill(
-    model: nn.Module, adapter: AdapterBase, run: DecodeRunner, prompt: Example, span_cfg: SpanConfig
-) -> tuple[_Sequence, dict]:
-    """The prompt's :class:`_Sequence` (empty cache) and the inputs of its prefill call."""
+    model: nn.Module, adapter: AdapterBase, run: DecodeRunner, prompts: list[Example], span_cfg: SpanConfig, cap, n: int
+) -> tuple[_Sequence, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Prefill every row alone (no padding inside the prompt pass: images of different sizes, fully
+    masked rows), then left-pad the rows' caches, roles, masks and positions into one
+    :class:`_Sequence` for the batched token steps. Returns it, the rows' last hidden states
+    ``[R, D]`` and the prefill's reading of the first ``n`` rows (as :func:`_reading`)."""
     param = next(unwrap(model).parameters())
-    batch = adapter.collate([prompt]).to(param.device)
-    inputs = {k: v.to(param.dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
-    positions = _position_ids(run.base, inputs, batch.attention_mask)
-    if run.embed_prefill is not None:
-        inputs = {"inputs_embeds": run.embed_prefill(inputs["input_ids"])}
-    elif run.prefill_keys is not None:
-        inputs = {k: v for k, v in inputs.items() if k in run.prefill_keys}
-    inputs.pop("position_ids", None)
-    sequence = _Sequence(run, prompt.task, span_cfg, batch.roles, batch.attention_mask, positions)
-    return sequence, inputs
+    parts, hidden, readings = [], [], []
+    for prompt in prompts:
+        batch = adapter.collate([prompt]).to(param.device)
+        inputs = {k: v.to(param.dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
+        positions = _position_ids(run.base, inputs, batch.attention_mask)
+        if run.embed_prefill is not None:
+            inputs = {"inputs_embeds": run.embed_prefill(inputs["input_ids"])}
+        elif run.prefill_keys is not None:
+            inputs = {k: v for k, v in inputs.items() if k in run.prefill_keys}
+        inputs.pop("position_ids", None)
+        row = _Sequence(run, prompt.task, span_cfg, batch.roles, batch.attention_mask, positions)
+        hidden.append(row.forward(inputs))
+        readings.append((cap.intensity, cap.valid))
+        parts.append(row)
+    reading = (torch.cat([r for r, _ in readings], 1)[:, :n], torch.cat([v for _, v in readings])[:n])
+    if len(parts) == 1:
+        return parts[0], hidden[0], reading
+    width = max(p.roles.shape[1] for p in parts)
+
+    def left(x: torch.Tensor, fill) -> torch.Tensor:  # [..., 1, t] -> [..., 1, width]
+        return F.pad(x, (width - x.shape[-1], 0), value=fill)
+
+    merged = _Sequence(
+        run,
+        prompts[0].task,
+        span_cfg,
+        torch.cat([left(p.roles, int(Role.PAD)) for p in parts]),
+        torch.cat([left(p.attention_mask, 0) for p in parts]),
+        torch.cat([left(p.positions, 0) for p in parts], dim=-2),
+        _merge_caches([p.cache for p in parts], width),
+    )
+    return merged, torch.cat(hidden), reading
+
+
+def _merge_caches(caches: list, width: int):
+    """One ``DynamicCache`` of the rows' single-row caches, each left-padded (zeros) to ``width``."""
+    from transformers import DynamicCache
+
+    data = []
+    for layers in zip(*(c.layers for c in caches), strict=True):
+        keys = [F.pad(layer.keys, (0, 0, width - layer.keys.shape[-2], 0)) for layer in layers]
+        values = [F.pad(layer.values, (0, 0, width - layer.values.shape[-2], 0)) for layer in layers]
+        data.append((torch.cat(keys), torch.cat(values)))  # [R, Hkv, width, d]
+    return DynamicCache(data)
 
 
 class _Picker:
-    """Chooses each token: forced tokens as planned, else sampling (generation, ``temperature`` >
-    0) or the argmax, over the logits of the family's head restricted to what it may emit, with
-    CFG ``uncond + w * (cond - uncond)`` when an unconditional hidden state is given."""
+    """Chooses each sample's token: forced tokens as planned, else sampling (generation,
+    ``temperature`` > 0) or the argmax, over the logits of the family's head restricted to what it
+    may emit, with CFG ``uncond + w * (cond - uncond)`` when unconditional hidden states are given.
+    Sample ``i`` draws from its own generator, only when it chooses."""
 
-    def __init__(self, run: DecodeRunner, settings: DecodeSettings, task: str, sample_index: int):
+    def __init__(self, run: DecodeRunner, settings: DecodeSettings, task: str, sample_indices: list[int]):
         self.run = run
         self.guided = task == "gen" and settings.cfg_weight != 1
         self.weight = settings.cfg_weight
         self.temperature = settings.temperature if task == "gen" else 0.0  # understanding: greedy
-        self.generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + sample_index)
+        self.generators = [torch.Generator().manual_seed(settings.seed * 1_000_003 + i) for i in sample_indices]
 
     def __call__(
-        self, hidden: torch.Tensor, uncond: torch.Tensor | None, planned: int | None, stops: set[int]
-    ) -> tuple[int, int]:
-        """One step's token and its role. Generation (``planned``: the role of the image slot): the
-        family's forced token for that role, else the chosen code. Understanding (``planned`` is
-        None): an ANSWER token unless it ends the turn (TEMPLATE)."""
+        self,
+        hidden: torch.Tensor,
+        uncond: torch.Tensor | None,
+        planned: list[int | None],
+        stops: set[int],
+        active: list[int],
+    ) -> dict[int, tuple[int, int]]:
+        """``{sample: (token, role)}`` for the ``active`` samples. Generation (``planned[i]``: the role
+        of the image slot): the family's forced token for that role, else the chosen code.
+        Understanding (``planned[i]`` is None): an ANSWER token unless it ends the turn (TEMPLATE)."""
         run = self.run
-        if run.forced and planned in run.forced:
-            return run.forced[planned], planned
-        logits = run.head(hidden).float()[0]  # [V]
+        forced = {i: (run.forced[planned[i]], planned[i]) for i in active if run.forced and planned[i] in run.forced}
+        choose = [i for i in active if i not in forced]
+        if not choose:
+            return forced
+        logits = run.head(hidden).float()  # [n, V]
         if uncond is not None:
-            base = run.head(uncond).float()[0]
+            base = run.head(uncond).float()
             logits = base + self.weight * (logits - base)
-        token = self._pick(self._restrict(logits))
-        if planned is not None:
-            return token, planned
-        return token, int(Role.TEMPLATE) if token in stops else int(Role.ANSWER)
+        rows = self._restrict(logits[choose])  # [m, V]
+        if self.temperature != 0:  # the draw on the CPU, so it does not depend on the device
+            rows = rows.cpu()
+        picks = sample_tokens(rows, [self.generators[i] for i in choose], self.temperature).tolist()
+        for i, token in zip(choose, picks, strict=True):
+            if planned[i] is not None:
+                forced[i] = (token, planned[i])
+            else:
+                forced[i] = (token, int(Role.TEMPLATE) if token in stops else int(Role.ANSWER))
+        return forced
 
     def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` ``[m, V]`` with what the family may not emit at -inf."""
         if self.run.allowed is not None:
             out = torch.full_like(logits, float("-inf"))
-            out[self.run.allowed] = logits[self.run.allowed]
+            out[:, self.run.allowed] = logits[:, self.run.allowed]
             return out
         if self.run.blocked is not None:
-            return logits.index_fill(0, self.run.blocked, float("-inf"))
+            return logits.index_fill(1, self.run.blocked, float("-inf"))
         return logits
-
-    def _pick(self, logits: torch.Tensor) -> int:
-        """``logits`` ``[V]`` -> the token (:func:`~aia.adapters.imagegen.sample_tokens`, as ``aia generate``
-        samples; the draw on the CPU, so it does not depend on the device)."""
-        row = logits[None] if self.temperature == 0 else logits.cpu()[None]  # [1, V]
-        return int(sample_tokens(row, [self.generator], self.temperature)[0])
 
 
 def _room(example: Example, adapter: AdapterBase, settings: DecodeSettings, limit: int | None) -> int | None:
@@ -361,17 +464,18 @@ def _length(inputs: dict) -> int:
     return next(v for k, v in inputs.items() if k in ("input_ids", "inputs_embeds")).shape[1]
 
 
-def _in_query_set(task: str, prompt_roles: torch.Tensor, roles: list[int], plan: torch.Tensor | None,
-                  cfg: SpanConfig) -> bool:
-    """Whether the token just decoded (the last of ``roles``) is in the query set, read from
-    :func:`~aia.core.spans.task_spans` over the whole sequence as teacher forcing sees it: the
-    prompt, the tokens decoded so far and, for generation, the rest of the planned image block
-    (``gen_queries="image-but-last"`` leaves out the block's last code; understanding's closing
-    end-of-turn follows the answer it closes)."""
+def _counted_steps(
+    task: str, prompt_roles: torch.Tensor, roles: list[int], plan: torch.Tensor | None, cfg: SpanConfig
+) -> list[int]:
+    """The decoded tokens (steps) in the query set, read from :func:`~aia.core.spans.task_spans` over
+    the whole sequence as teacher forcing sees it: the prompt, the decoded tokens and, for
+    generation, the rest of the planned image block (``gen_queries="image-but-last"`` leaves out
+    the block's last code; understanding's closing end-of-turn follows the answer it closes)."""
     ahead = plan[len(roles) :] if plan is not None else prompt_roles[:0]
     sequence = torch.cat([prompt_roles, torch.tensor(roles, dtype=prompt_roles.dtype), ahead])  # [T]
     query, _ = task_spans(task, sequence[None], cfg)
-    return bool(query[0, len(prompt_roles) + len(roles) - 1])
+    start = len(prompt_roles)
+    return query[0, start : start + len(roles)].nonzero().flatten().tolist()
 
 
 def decode_profile(
@@ -388,6 +492,7 @@ def decode_profile(
     max_length: int | None = None,
     prompt_config: PromptConfig | None = None,
     preprocessing: Preprocessing | None = None,
+    batch_size: int = 1,
 ) -> IntensityProfile:
     """Per-layer intensity of ``model`` while it decodes the first ``samples`` usable records of ``task``.
 
@@ -409,6 +514,8 @@ def decode_profile(
         preprocessing: image steps and length policy of the records, as in
             :func:`aia.measure.teacher.profile_model` (default: images as they are, longer
             records skipped and counted).
+        batch_size: records decoded together (:func:`decode_batch`: one forward per token for
+            all of them and both CFG branches); the profile equals batch 1's up to float rounding.
 
     Returns:
         The :class:`~aia.measure.profile.IntensityProfile` with ``mode="decode"``; its
@@ -425,18 +532,32 @@ def decode_profile(
     limit = policy.length.max_length
     encode = RecordEncoder(adapter, task, data.parent, policy)
     tally = SampleTally(task, samples, "decode", progress, " (e.g. an immediate end of turn)", records=len(records))
+    pending: list[tuple[int, Example, Example | None, int | None]] = []  # (index, example, uncond, token cap)
+
+    def flush() -> None:
+        indices, examples, unconds, caps = (list(x) for x in zip(*pending, strict=True))
+        for decoded in decode_batch(
+            model, adapter, examples, settings, method, unconds if guided else None, indices, caps
+        ):
+            tally.add(decoded.intensity)
+        pending.clear()
+
     for index, record in enumerate(records):
         if tally.full:
             break
         try:
             example = encode(record)
             uncond = encode(record, cfg_blank=True) if guided else None
-            room = replace(settings, max_new_tokens=_room(example, adapter, settings, limit))
-            decoded = decode_example(model, adapter, example, room, method, uncond=uncond, sample_index=index)
+            _prompt_and_plan(example, adapter, task)
+            cap = _room(example, adapter, settings, limit)
         except (ImageError, DataError) as err:
             tally.skip(err)
             continue
-        tally.add(decoded.intensity)
+        pending.append((index, example, uncond, cap))
+        if len(pending) >= min(batch_size, tally.missing):  # never more than the samples still wanted
+            flush()
+    if pending:
+        flush()
     protocol = {
         "spans": asdict(span_config),
         "prompts": prompts_of(adapter),
