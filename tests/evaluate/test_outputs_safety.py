@@ -66,7 +66,8 @@ def one_line(err: str) -> str:
 
 
 # ----------------------------------------------------------------- generate: resume only with what made it
-def test_a_generate_rerun_with_another_seed_is_refused_and_overwrite_starts_over(models, prompts, tmp_path, capsys):
+def test_a_generate_rerun_with_another_seed_is_refused_and_overwrite_starts_over(models, prompts, tmp_path, capsys,
+                                                                                monkeypatch):
     out = tmp_path / "g"
     argv = ["generate", models[0], "--prompts", prompts, "--format", "geneval", "--images-per-prompt", "1", "--quiet"]
     assert run_cli(capsys, *argv, "--out", out)[0] == 0
@@ -82,6 +83,12 @@ def test_a_generate_rerun_with_another_seed_is_refused_and_overwrite_starts_over
     assert run_cli(capsys, *argv, "--out", tmp_path / "fresh", "--seed", "7")[0] == 0
     assert pngs(out) == pngs(tmp_path / "fresh") != seed0  # all redone with seed 7
     assert json.loads(manifest_path(out).read_text())["images"]["seed"] == 7
+    import aia.evaluate.generate as generate_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a complete folder loads no model")
+
+    monkeypatch.setattr(generate_module, "resolve_model", no_loading)
     code, said = run_out(capsys, *argv, "--out", out, "--seed", "7")  # the same: resumed
     assert code == 0 and "0 new images, 2 prompts already there" in said
 

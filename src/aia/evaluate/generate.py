@@ -59,7 +59,8 @@ an interrupted run leaves no half-written PNG. A rerun continues a folder only w
 with what made it: the model (its fingerprint), the prompts and every setting that changes an
 image are recorded in ``<DIR>.manifest.json`` beside it (:mod:`aia.evaluate.manifest`); another
 seed, prompt file, guidance, ... is refused naming the first that differs, and ``overwrite``
-starts the folder over (the layout's files are removed). One run writes a folder at a time.
+starts the folder over (the layout's files are removed). One run writes a folder at a time;
+a folder that is complete already loads no model.
 """
 
 from __future__ import annotations
@@ -548,16 +549,18 @@ def generate_images(
         has_output = out_dir.is_dir() and any(not p.name.startswith(".") for p in out_dir.iterdir())
         if not check_manifest(out_dir, "images", fields, overwrite=overwrite, has_output=has_output):
             _clear(out_dir)
-        model, processor = resolve_model(model, processor, device=device, dtype=dtype)
-        _check_generates(type(unwrap(model)).__name__)
-        adapter = get_adapter(model, processor)
-        opts = _image_options(adapter, *given)
+        jobs, done_before = _pending(writer, prompts)
+        if jobs or family is None or not isinstance(model, str | os.PathLike):  # a complete folder: no loading
+            model, processor = resolve_model(model, processor, device=device, dtype=dtype)
+            _check_generates(type(unwrap(model)).__name__)
+            adapter = get_adapter(model, processor)
+            opts, family = _image_options(adapter, *given), type(adapter)
         out_dir.mkdir(parents=True, exist_ok=True)
         writer.begin(prompts)
-        jobs, done_before = _pending(writer, prompts)
-        _generate(model, adapter, opts, jobs, writer, seed=seed, batch_size=batch_size,
-                  desc=f"generating ({fmt})", progress=progress)
-    return {"format": fmt, "out_dir": str(out_dir), "family": adapter.family, "prompts": len(prompts),
+        if jobs:
+            _generate(model, adapter, opts, jobs, writer, seed=seed, batch_size=batch_size,
+                      desc=f"generating ({fmt})", progress=progress)
+    return {"format": fmt, "out_dir": str(out_dir), "family": family.family, "prompts": len(prompts),
             "prompts_done_before": done_before, "images_generated": len(jobs), "images_per_prompt": n,
             "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k, "seed": seed}
 
