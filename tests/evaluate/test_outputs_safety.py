@@ -59,15 +59,19 @@ def files_of(folder) -> list[str]:
 
 def one_line(err: str) -> str:
     """The one line the command wrote (eval's progress lines, ``aia eval: <model>: <bench> ... -> ...``, aside)."""
-    lines = [line for line in err.splitlines()
-             if line.strip() and not line.startswith(("Loading", "Writing")) and " -> " not in line]
+    lines = [
+        line
+        for line in err.splitlines()
+        if line.strip() and not line.startswith(("Loading", "Writing")) and " -> " not in line
+    ]
     assert len(lines) == 1, err
     return lines[0]
 
 
 # ----------------------------------------------------------------- generate: resume only with what made it
-def test_a_generate_rerun_with_another_seed_is_refused_and_overwrite_starts_over(models, prompts, tmp_path, capsys,
-                                                                                monkeypatch):
+def test_a_generate_rerun_with_another_seed_is_refused_and_overwrite_starts_over(
+    models, prompts, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "g"
     argv = ["generate", models[0], "--prompts", prompts, "--format", "geneval", "--images-per-prompt", "1", "--quiet"]
     assert run_cli(capsys, *argv, "--out", out)[0] == 0
@@ -175,7 +179,10 @@ def test_a_read_only_output_folder_is_one_line(models, prompts, tmp_path, capsys
     try:
         code, err = run_cli(capsys, "generate", models[0], "--prompts", prompts, "--out", out / "g")
         assert code == 2
-        assert one_line(err) == f"aia generate: error: {out}/g: cannot write here (Permission denied); give a writable place"
+        assert (
+            one_line(err)
+            == f"aia generate: error: {out}/g: cannot write here (Permission denied); give a writable place"
+        )
     finally:
         out.chmod(0o700)
 
@@ -199,17 +206,25 @@ def test_a_read_only_file_system_is_one_line_before_any_work(models, prompts, tm
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-1"])
 def test_guidance_must_be_finite(models, prompts, tmp_path, capsys, value):
-    code, err = run_cli(capsys, "generate", models[0], "--prompts", prompts, "--out", tmp_path / "g", "--guidance", value)
+    code, err = run_cli(
+        capsys, "generate", models[0], "--prompts", prompts, "--out", tmp_path / "g", "--guidance", value
+    )
     assert code == 2
-    assert one_line(err) == f"aia generate: error: 'guidance': must be a finite number >= 1 (1: no guidance), got {float(value)}"
+    assert (
+        one_line(err)
+        == f"aia generate: error: 'guidance': must be a finite number >= 1 (1: no guidance), got {float(value)}"
+    )
     assert not (tmp_path / "g").exists()
 
 
 def test_a_wise_prompt_id_too_long_for_a_file_name_is_one_line(tmp_path):
     wise = tmp_path / "wise.json"
     wise.write_text(json.dumps([{"prompt_id": "x" * 300, "Prompt": "a cat"}]))
-    with pytest.raises(DataError, match=r"wise.json: record 0: 'prompt_id': 'xxxxxxxxxxxxxxxxxxxx'... is too long for a "
-                                        r"file name \(300 bytes; at most 251\)"):
+    with pytest.raises(
+        DataError,
+        match=r"wise.json: record 0: 'prompt_id': 'xxxxxxxxxxxxxxxxxxxx'... is too long for a "
+        r"file name \(300 bytes; at most 251\)",
+    ):
         read_prompts(wise)
     wise.write_text(json.dumps([{"prompt_id": "x" * 251, "Prompt": "a cat"}]))
     assert read_prompts(wise)[0].name == "x" * 251
@@ -254,7 +269,9 @@ def test_ctrl_c_in_generate_is_one_line_and_the_same_command_resumes(models, pro
     _interrupt_on_call(monkeypatch, JanusAdapter, "generate_images", 3)
     code, err = run_cli(capsys, *argv, "--out", tmp_path / "g")
     assert code == 130
-    assert one_line(err) == "aia generate: interrupted at image 3 of the 6 to generate; rerun the same command to resume"
+    assert (
+        one_line(err) == "aia generate: interrupted at image 3 of the 6 to generate; rerun the same command to resume"
+    )
     assert len(pngs(tmp_path / "g")) == 2
     monkeypatch.undo()
     code, said = run_out(capsys, *argv, "--out", tmp_path / "g")
@@ -266,8 +283,19 @@ def test_ctrl_c_in_answer_is_one_line_and_the_same_command_resumes(models, bench
     answer_module = importlib.import_module("aia.evaluate.answer")  # aia.evaluate.answer is also the function
 
     data, images = bench_files["pope"]
-    argv = ["answer", models[0], "--bench", "pope", "--data", data, "--image-dir", images, "--max-new-tokens", "2",
-            "--quiet"]
+    argv = [
+        "answer",
+        models[0],
+        "--bench",
+        "pope",
+        "--data",
+        data,
+        "--image-dir",
+        images,
+        "--max-new-tokens",
+        "2",
+        "--quiet",
+    ]
     assert run_cli(capsys, *argv, "--out", tmp_path / "whole.jsonl")[0] == 0
     _interrupt_on_call(monkeypatch, answer_module, "_generate", 3)
     code, err = run_cli(capsys, *argv, "--out", tmp_path / "p.jsonl")
@@ -283,13 +311,18 @@ def test_ctrl_c_in_answer_is_one_line_and_the_same_command_resumes(models, bench
 def _eval_file(folder, models, data, images, prompts, **options) -> os.PathLike:
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "eval.yaml"
-    config.write_text(yaml.safe_dump({
-        "out": "eval_out",
-        "models": {"baseline": str(models[0]), "aia": str(models[1])},
-        "understanding": {"pope": {"data": str(data), "image_dir": str(images)}},
-        "generation": {"geneval": {"prompts": str(prompts)}},
-        "options": {"max_new_tokens": 2, "limit": 2, "images_per_prompt": 1, **options},
-    }, sort_keys=False))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "out": "eval_out",
+                "models": {"baseline": str(models[0]), "aia": str(models[1])},
+                "understanding": {"pope": {"data": str(data), "image_dir": str(images)}},
+                "generation": {"geneval": {"prompts": str(prompts)}},
+                "options": {"max_new_tokens": 2, "limit": 2, "images_per_prompt": 1, **options},
+            },
+            sort_keys=False,
+        )
+    )
     return config
 
 
@@ -298,14 +331,24 @@ PLAIN = "a model name is a plain folder name under out (no path separator, not .
 
 @pytest.mark.parametrize(
     ("names", "said"),
-    [(["../../x"], f"'models.../../x': {PLAIN}'../../x'"), (["/tmp/abs"], f"'models./tmp/abs': {PLAIN}'/tmp/abs'"),
-     (["."], f"'models..': {PLAIN}'.'"), ([".."], f"'models...': {PLAIN}'..'"), (["a", "a/"], f"'models.a/': {PLAIN}'a/'"),
-     (["a\\b"], PLAIN + repr("a\\b")), (["report.json"], "'models.report.json': cannot name a folder under out (a report)")],
+    [
+        (["../../x"], f"'models.../../x': {PLAIN}'../../x'"),
+        (["/tmp/abs"], f"'models./tmp/abs': {PLAIN}'/tmp/abs'"),
+        (["."], f"'models..': {PLAIN}'.'"),
+        ([".."], f"'models...': {PLAIN}'..'"),
+        (["a", "a/"], f"'models.a/': {PLAIN}'a/'"),
+        (["a\\b"], PLAIN + repr("a\\b")),
+        (["report.json"], "'models.report.json': cannot name a folder under out (a report)"),
+    ],
 )
 def test_eval_model_names_are_plain_folder_names(models, tmp_path, capsys, names, said):
     config = tmp_path / "eval.yaml"
-    config.write_text(yaml.safe_dump({"out": "eval_out", "models": {n: str(models[0]) for n in names},
-                                      "understanding": {"pope": {"data": "d"}}}, sort_keys=False))
+    config.write_text(
+        yaml.safe_dump(
+            {"out": "eval_out", "models": {n: str(models[0]) for n in names}, "understanding": {"pope": {"data": "d"}}},
+            sort_keys=False,
+        )
+    )
     with pytest.raises(ConfigError, match=re.escape(said)):
         load_eval_config(config)
     code, err = run_cli(capsys, "eval", config)
@@ -316,8 +359,12 @@ def test_eval_model_names_are_plain_folder_names(models, tmp_path, capsys, names
 def test_eval_model_names_one_file_system_takes_for_one_folder(models, tmp_path):
     config = tmp_path / "eval.yaml"
     for names in (["aia", "AIA"], ["caf\u00e9", "cafe\u0301"]):
-        config.write_text(yaml.safe_dump({"models": {n: str(models[0]) for n in names},
-                                          "understanding": {"pope": {"data": "d"}}}, sort_keys=False))
+        config.write_text(
+            yaml.safe_dump(
+                {"models": {n: str(models[0]) for n in names}, "understanding": {"pope": {"data": "d"}}},
+                sort_keys=False,
+            )
+        )
         with pytest.raises(ConfigError, match=f"'models.{names[1]}': the same folder under out as model '{names[0]}'"):
             load_eval_config(config)
 
@@ -331,7 +378,9 @@ def test_eval_reruns_only_with_the_same_settings(models, bench_files, prompts, t
     assert one_line(err).startswith(
         f"aia eval: error: {out}/baseline/geneval: images were made with another seed (0, now 3): continuing would mix"
     )
-    code, err = run_cli(capsys, "eval", _eval_file(tmp_path, models, data, images, prompts, max_new_tokens=3), "--quiet")
+    code, err = run_cli(
+        capsys, "eval", _eval_file(tmp_path, models, data, images, prompts, max_new_tokens=3), "--quiet"
+    )
     assert code == 2
     assert one_line(err).startswith(
         f"aia eval: error: {out}/baseline/pope.jsonl: pope was made with another max_new_tokens (2, now 3)"
@@ -356,12 +405,18 @@ def test_eval_refuses_an_out_that_is_a_file_or_being_written(models, bench_files
     assert one_line(err).startswith(f"aia eval: error: {tmp_path}/eval_out: another aia eval (pid ")
 
 
-@pytest.mark.parametrize(("value", "said"), [(".inf", "options.guidance: must be a finite number, got inf"),
-                                             (0.5, "'options.guidance': must be a finite number >= 1")])
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (".inf", "options.guidance: must be a finite number, got inf"),
+        (0.5, "'options.guidance': must be a finite number >= 1"),
+    ],
+)
 def test_eval_guidance_must_be_finite(models, tmp_path, capsys, value, said):
     config = tmp_path / "eval.yaml"
-    config.write_text(f"models: {{m: {models[0]}}}\ngeneration: {{geneval: {{prompts: p.jsonl}}}}\n"
-                      f"options: {{guidance: {value}}}\n")
+    config.write_text(
+        f"models: {{m: {models[0]}}}\ngeneration: {{geneval: {{prompts: p.jsonl}}}}\noptions: {{guidance: {value}}}\n"
+    )
     code, err = run_cli(capsys, "eval", config)
     assert code == 2 and one_line(err).startswith(f"aia eval: error: {config}: {said}")
 

@@ -78,8 +78,10 @@ def model_fingerprint(model) -> dict[str, str]:
             weights = hashlib.sha256()
             for path in files:
                 weights.update(f"{path.name}\0{_file_sha256(path)}\0".encode())
-            _FOLDER_FINGERPRINTS[key] = {"config": _file_sha256(config) if config.is_file() else "none",
-                                         "weights": weights.hexdigest()}
+            _FOLDER_FINGERPRINTS[key] = {
+                "config": _file_sha256(config) if config.is_file() else "none",
+                "weights": weights.hexdigest(),
+            }
         return dict(_FOLDER_FINGERPRINTS[key])
     import torch
 
