@@ -358,7 +358,7 @@ def test_eval_model_names_are_plain_folder_names(models, tmp_path, capsys, names
 
 def test_eval_model_names_one_file_system_takes_for_one_folder(models, tmp_path):
     config = tmp_path / "eval.yaml"
-    for names in (["aia", "AIA"], ["caf\u00e9", "cafe\u0301"]):
+    for names in (["aia", "AIA"], ["caf\u00e9", "cafe\u0301"], ["run", "run."]):
         config.write_text(
             yaml.safe_dump(
                 {"models": {n: str(models[0]) for n in names}, "understanding": {"pope": {"data": "d"}}},

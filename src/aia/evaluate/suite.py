@@ -173,7 +173,8 @@ _REPORTS = ("report.json", "report.md")
 
 def _check_model_names(names: list[str]) -> None:
     """Each model name is a plain folder name of OUT, and no two are the same folder on any file
-    system (equal after Unicode normalisation and case folding: macOS, Windows)."""
+    system (equal after Unicode normalisation and case folding, macOS and Windows, or but for
+    trailing dots and spaces, which Windows drops)."""
     seen: dict[str, str] = {}
     for name in names:
         key = f"models.{name}"
@@ -183,7 +184,7 @@ def _check_model_names(names: list[str]) -> None:
         if len(name.encode()) > NAME_MAX or name in _REPORTS:
             raise ConfigError(f"cannot name a folder under out ({'too long' if name not in _REPORTS else 'a report'})",
                               field=key)
-        same = unicodedata.normalize("NFC", name).casefold()
+        same = unicodedata.normalize("NFC", name).casefold().rstrip(" .")
         if same in seen:
             raise ConfigError(f"the same folder under out as model {seen[same]!r} on some file systems; rename one",
                               field=key)
