@@ -56,9 +56,9 @@ def _image(size: tuple[int, int], seed: int) -> Image.Image:
     return Image.fromarray(pixels.numpy())
 
 
-def build(cfg):
-    """aia's pieces for ``cfg`` on the tiny 30-layer Janus (seed 0), in fp32."""
-    model, processor = tiny_janus(seed=0, num_layers=LAYERS)
+def build(cfg, layers: int = LAYERS):
+    """aia's pieces for ``cfg`` on a tiny Janus of ``layers`` layers (seed 0), in fp32."""
+    model, processor = tiny_janus(seed=0, num_layers=layers)
     return with_config(SimpleNamespace(model=model, processor=processor), cfg)
 
 
@@ -66,7 +66,8 @@ def with_config(s, cfg):
     adapter = get_adapter(
         s.model, s.processor, span_config=cfg.spans, padding_side=cfg.data.padding_side, prompt_config=cfg.prompts
     )
-    targets = TargetProfile.load(cfg.aia.targets, num_layers=LAYERS, layer_map=cfg.aia.layer_map)
+    depth = s.model.config.get_text_config().num_hidden_layers
+    targets = TargetProfile.load(cfg.aia.targets, num_layers=depth, layer_map=cfg.aia.layer_map)
     step = UnifiedStep(s.model, adapter, targets, cfg)
     return SimpleNamespace(cfg=cfg, model=s.model, processor=s.processor, adapter=adapter, step=step)
 
@@ -239,6 +240,23 @@ def test_over_long_generation_prompts_are_cut_as_released(setup):
     close(ours["ntp"], want.ntp, "generation NTP")
     close(ours["aia"], want.attn, "generation AIA")
     close(ours["loss"], want.loss, "generation NTP + 5 AIA")
+
+
+def test_1b_config_with_absolute_layer_map_equals_the_released_code_at_24_layers():
+    """At Janus-Pro-1B's depth the released code (never run there) applies its bands by layer index:
+    ``aia.layer_map=absolute``, one setting away from the config's documented choice, gives its loss."""
+    released_map = build(load_config(CONFIG_1B, ["aia.layer_map=absolute"], check_paths=False), layers=24)
+    ours_map = with_config(released_map, load_config(CONFIG_1B, check_paths=False))
+    for task in ("gen", "und"):
+        examples = gen_examples(released_map) if task == "gen" else und_examples(released_map)
+        got = aia_step_loss(released_map, task, examples)
+        pixels = got["batch"].inputs["pixel_values"]
+        num_codes = int((examples[0].labels != -100).sum())
+        want = released_gen(released_map, pixels, num_codes) if task == "gen" else released_und(released_map, pixels)
+        close(got["loss"], want.loss, f"{task} loss at 24 layers")
+        close(got["aia"], want.attn, f"{task} AIA at 24 layers")
+        relative = aia_step_loss(ours_map, task, examples)  # the config's choice: other bands
+        assert float(relative["aia"]) != pytest.approx(float(want.attn), rel=10 * RTOL)
 
 
 @pytest.mark.parametrize(
