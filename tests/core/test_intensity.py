@@ -178,3 +178,42 @@ def test_efficient_bias_is_padded_once_and_expanded_as_a_view(t):
     assert bias.untyped_storage().nbytes() == b * t * aligned * 4  # one copy, 1/16 of the per-head one
     want = torch.zeros(b, h, t, t).masked_fill(~allowed, float("-inf"))
     assert torch.equal(bias, want)
+
+
+@pytest.mark.parametrize("mask", ["bool", "additive", None])
+@pytest.mark.parametrize("hkv", [4, 2])
+def test_one_query_row_without_grad_matches_the_reference_without_padding_the_cache(mask, hkv, monkeypatch):
+    """A decoding step (one query row, no autograd): the one-row route, equal to plain SDPA and the maps."""
+    import torch.nn.functional as F
+
+    import aia.core.intensity as intensity
+
+    monkeypatch.setattr(intensity, "_ROUTES", {})
+    g = torch.Generator().manual_seed(0)
+    b, h, t, d = 3, 4, 23, 8
+    q = torch.randn(b, h, 1, d, generator=g, dtype=torch.float64)
+    k = torch.randn(b, hkv, t, d, generator=g, dtype=torch.float64)
+    v = torch.randn(b, hkv, t, 6, generator=g, dtype=torch.float64)
+    kmask = torch.rand(b, t, generator=g) < 0.4
+    keep = torch.ones(b, 1, 1, t, dtype=torch.bool)
+    keep[1, ..., :5] = False  # left padding of sample 1
+    attn = {
+        "bool": keep,
+        "additive": torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, torch.finfo(torch.float64).min),
+        None: None,
+    }[mask]
+    monkeypatch.setattr(intensity, "_widen", lambda *a: pytest.fail("the cache was widened"))
+    with torch.no_grad():
+        out, mass = attention_with_mass(q, k, v, kmask, attn, causal=True)
+        _, alone = attention_with_mass(q, k, None, kmask, attn, causal=True)
+    plain = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1), attn_mask=attn
+    )
+    torch.testing.assert_close(out, plain, rtol=0, atol=1e-12)
+    want = mass_reference(q, k, kmask, attn, causal=True)
+    torch.testing.assert_close(mass, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(alone, want, rtol=0, atol=1e-12)
+    assert intensity.kernel_routes()["routes"] == {
+        "cpu/float64/d=8,dv=6": "one-row math",
+        "cpu/float64/d=8,dv=0": "one-row math",
+    }

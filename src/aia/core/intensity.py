@@ -189,12 +189,52 @@ def attention_with_mass(
     """
     d = query.shape[-1]
     scale = scaling if scaling is not None else d**-0.5
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (query, key, value))
+    if query.shape[2] == 1 and dropout == 0.0 and not grad:
+        # one query row (a decoding step): no padded copy of the whole cache per token
+        return _one_row(query, key, value, key_mask, attention_mask, scale)
     if value is None or dropout > 0.0:
         # Mass alone: the indicator in column 0 of a width-d value, no padding of q or k needed.
         mass = _attention_with_mass(query, key, None, key_mask, attention_mask, scale, causal)[1]
         out = None if value is None else _sdpa(query, key, value, attention_mask, scale, causal, dropout)
         return out, mass
     return _attention_with_mass(query, key, value, key_mask, attention_mask, scale, causal)
+
+
+def _one_row(query, key, value, key_mask, attention_mask, scale):
+    """Output and mass of a single query row per sample and head, from the unpadded cache.
+
+    A decoding step's query row against ``Tk`` cached keys: the scores ``[B, Hkv, G, Tk]`` (GQA
+    groups of ``G`` query heads share a kv head, nothing expanded), their softmax in fp32, the
+    output ``p @ v`` and the mass ``sum_{k in K} p``. The same work as the attention itself (two
+    products over the cache), where the indicator-column routes would first copy the whole cache
+    at width ``d + 1`` for every token. No autograd state is kept (callers decode without grad).
+    """
+    b, h, _, d = query.shape
+    hkv, tk = key.shape[1], key.shape[2]
+    if h % hkv:
+        raise ValueError(f"{h} query heads are not a multiple of {hkv} key/value heads")
+    g = h // hkv
+    _ran(_case(query.device, query.dtype, None, d, 0 if value is None else value.shape[-1]), "one-row math")
+    acc = torch.promote_types(query.dtype, torch.float32)  # softmax in fp32 (fp64 for fp64 inputs)
+    scores = torch.matmul(query.reshape(b, hkv, g, d), key.transpose(-1, -2)).to(acc) * scale  # [B, Hkv, G, Tk]
+    if attention_mask is not None:
+        mask = attention_mask
+        while mask.dim() < 4:
+            mask = mask.unsqueeze(0)
+        mask = mask[..., -1:, :]  # the query's row, [B|1, H|1, 1, Tk]
+        if mask.shape[1] == h:
+            mask = mask.reshape(mask.shape[0], hkv, g, tk)
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.to(acc)
+    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a fully masked row -> 0
+    mass = (probs * key_mask[:, None, None, :]).sum(-1).reshape(b, h, 1).to(query.dtype)  # [B, H, 1]
+    if value is None:
+        return None, mass
+    out = torch.matmul(probs.to(value.dtype), value)  # [B, Hkv, G, dv]
+    return out.reshape(b, h, 1, value.shape[-1]), mass
 
 
 # The padded head width: d + 1 on CPU, a multiple of 8 on CUDA (FlashAttention and memory-efficient
