@@ -195,9 +195,13 @@ def _targets_parser(sub) -> None:
                    help="one stage per layer (the paper's w/o-stage ablation) (default: off)")
     t.add_argument("--fallback", default=None, help="preset or YAML for a task without a profile (default: none)")
     t.add_argument("--name", default="derived", help="name recorded in the targets file (default: derived)")
-    t.add_argument("--preset", default=None, help="render a preset (janus-pro, emu3) instead (default: none)")
+    t.add_argument("--preset", default=None,
+                   help="render a preset (janus-pro-released, janus-pro, emu3) instead (default: none)")
     t.add_argument("--layers", type=int, default=None,
-                   help="with --preset: map to this depth by relative depth (default: the preset's)")
+                   help="with --preset: map to this depth by --layer-map (default: the preset's)")
+    t.add_argument("--layer-map", choices=("relative", "absolute"), default="relative",
+                   help="with --layers: by relative depth, or by absolute layer index as the released code "
+                        "writes its bands (aia.layer_map; default: relative)")
     t.add_argument("--out", default=None, help="output YAML (default: print)")
     t.set_defaults(func=_cmd_targets)
 
@@ -212,7 +216,7 @@ def _cmd_targets(args) -> int:
             raise ValueError("give either profiles or --preset, not both")
         targets = TargetProfile.preset(args.preset)
         if args.layers is not None:
-            targets = targets.resize(args.layers)
+            targets = targets.resize(args.layers) if args.layer_map == "relative" else targets.by_index(args.layers)
     else:
         if not args.profiles:
             raise ValueError("give one or two profile files (a gen and/or an und profile), or --preset")

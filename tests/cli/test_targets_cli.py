@@ -49,6 +49,10 @@ def test_targets_from_profiles_and_a_fallback(tmp_path, capsys):
 def test_targets_preset_render_and_bad_inputs(tmp_path, capsys):
     assert main(["targets", "--preset", "janus-pro", "--layers", "24"]) == 0
     assert "num_layers: 24" in capsys.readouterr().out
+    out = tmp_path / "absolute.yaml"
+    args = ["targets", "--preset", "janus-pro-released", "--layers", "24", "--layer-map", "absolute", "--out", out]
+    assert main([str(a) for a in args]) == 0
+    assert TargetProfile.from_yaml(out) == TargetProfile.preset("janus-pro-released").by_index(24)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": "m", "task": "gen"}))
     code, err = run_cli(capsys, "targets", bad)
