@@ -136,13 +136,13 @@ def test_decode_mode_decodes_the_training_streams_sequence(case, wide_data, monk
     und, gen = wide_data
     cfg = _run_config(family, task, overrides, und, gen, model, processor)
     stream = _training_stream(cfg, task, model, processor)
-    seen, real = [], decode_mod.decode_example
+    seen, real = [], decode_mod.decode_batch
 
-    def spy(model, adapter, example, settings, method, uncond=None, sample_index=0):
-        seen.append((example, uncond))
-        return real(model, adapter, example, settings, method, uncond=uncond, sample_index=sample_index)
+    def spy(model, adapter, examples, settings, method, unconds=None, *args, **kwargs):
+        seen.extend(zip(examples, unconds or [None] * len(examples), strict=True))
+        return real(model, adapter, examples, settings, method, unconds, *args, **kwargs)
 
-    monkeypatch.setattr(decode_mod, "decode_example", spy)
+    monkeypatch.setattr(decode_mod, "decode_batch", spy)
     profile = profile_run(
         cfg,
         task,
