@@ -114,8 +114,6 @@ def _cmd_profile(opts) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} applies to --mode decode only")
     if opts.guidance is not None and not 0 <= opts.guidance < float("inf"):
         raise ValueError(f"--guidance must be a finite number >= 0, got {opts.guidance}")
-    if opts.mode == "decode" and opts.batch_size != 1:
-        raise ValueError("--batch-size: --mode decode runs one sample at a time")
     _positive(opts.samples, "--samples")
     _positive(opts.batch_size, "--batch-size")
     if opts.max_length is not None:
@@ -138,9 +136,8 @@ def _cmd_profile(opts) -> int:
 
     given = {setting: getattr(opts, name) for name, setting in _DECODE_OPTIONS.items()}
     settings = DecodeSettings(**{k: v for k, v in given.items() if v is not None})
-    common = dict(method=opts.method, progress=not opts.runtime.quiet, max_length=opts.max_length)
-    if opts.mode == "teacher":
-        common["batch_size"] = opts.batch_size
+    common = dict(method=opts.method, progress=not opts.runtime.quiet, max_length=opts.max_length,
+                  batch_size=opts.batch_size)
     if opts.config is not None:
         from aia.measure.run import profile_run
 

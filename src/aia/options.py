@@ -117,7 +117,7 @@ class ProfileOptions:
     seed: int | None = None
     """decode, gen: sampling seed (default 0)."""
     batch_size: int = 1
-    """teacher mode: samples per forward pass."""
+    """Samples per forward pass (decode: samples decoded together, both CFG branches included)."""
     max_length: int | None = None
     """Longest sample in tokens; longer ones are skipped and counted (default: the model's positions)."""
     method: str = field(default="auto", metadata={"choices": ("auto", "sdpa", "flex")})

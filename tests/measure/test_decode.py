@@ -250,9 +250,11 @@ def test_profile_cli_decode_mode(saved_model, tiny_data, tmp_path, capsys):
     assert "--max-new-tokens applies to --mode decode only" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "x.json"), "--guidance", "3"]) == 2
     assert "--guidance applies to --mode decode only" in capsys.readouterr().err
-    assert main([*args, "--out", str(tmp_path / "x.json"), "--mode", "decode", "--batch-size", "2"]) == 2
-    assert "one sample at a time" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+    batched = tmp_path / "batched.json"
+    flags = ["--mode", "decode", "--max-new-tokens", "4", "--batch-size", "2", "--quiet"]
+    assert main([*args, "--out", str(batched), *flags]) == 0  # both samples in one batch
+    np.testing.assert_allclose(json.loads(batched.read_text())["per_sample"], raw["per_sample"], rtol=0, atol=1e-5)
 
 
 def test_decode_profile_with_no_usable_sample(tiny_data):
