@@ -222,11 +222,18 @@ def writable_output(out: Path, *, folder: bool) -> Path:
     and ``out`` itself writable when it exists. Writes are tried (and undone), so a read-only
     mount is seen as well as permissions.
 
+    Returns:
+        ``out``, absolute when it was ``.``, ``..`` or ended so (its lock and manifest go beside it).
+
     Raises:
         InputError: naming ``out`` and why (a file where a folder is asked for, or the other way
             round; a file in the way of its parent; no permission; a read-only file system).
     """
     out = Path(out)
+    if out.name in ("", ".", ".."):  # its lock and manifest go beside it: name it by its absolute path
+        out = Path(os.path.abspath(out))
+        if not out.name:
+            raise InputError("give a folder below the root", path=out)
     if folder and out.exists() and not out.is_dir():
         raise InputError("is a file; give a folder (or a new name)", path=out)
     if not folder and out.is_dir():

@@ -260,7 +260,7 @@ def run_eval(config: EvalConfig | str | Path, progress: bool = True, overwrite: 
         except InputError as err:
             raise ConfigError(str(err), field=f"generation.{bench}.prompts") from None
     try:
-        writable_output(out, folder=True)
+        out = writable_output(out, folder=True)
     except InputError as err:
         raise ConfigError(err.reason, path=out, field="out") from None
     with output_lock(out, "aia eval"):
