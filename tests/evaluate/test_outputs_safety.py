@@ -130,9 +130,10 @@ def test_a_wise_rerun_with_another_prompt_file_reusing_ids_is_refused(models, tm
 def test_out_dot_keeps_its_record_beside_the_folder(models, prompts, tmp_path, monkeypatch):
     here = tmp_path / "here"
     here.mkdir()
+    (here / "notes.txt").write_text("not images")  # a folder of other files is no earlier output
     monkeypatch.chdir(here)
     generate_images(models[0], prompts, ".", progress=False)
-    assert files_of(here) == ["00000_0.png", "00001_0.png", "index.jsonl"]
+    assert files_of(here) == ["00000_0.png", "00001_0.png", "index.jsonl", "notes.txt"]
     assert json.loads((tmp_path / "here.manifest.json").read_text())["images"]["seed"] == 0
     with pytest.raises(InputError, match=r"here: images were made with another seed \(0, now 1\)"):
         generate_images(models[0], prompts, ".", seed=1, progress=False)

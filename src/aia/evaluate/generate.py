@@ -420,17 +420,23 @@ WRITERS: dict[str, type[_Writer]] = {"plain": _PlainWriter, "geneval": _GenEvalW
                                      "wise": _WiseWriter}
 
 
+def _written(out_dir: Path, *, temporary: bool = False) -> list[Path]:
+    """The entries of ``out_dir`` that a layout writes (and its temporary files, with ``temporary``)."""
+    if not out_dir.is_dir():
+        return []
+    return [entry for entry in out_dir.iterdir()
+            if any(re.fullmatch(w.names, entry.name) for w in WRITERS.values())
+            or (temporary and re.fullmatch(r"\..+\.tmp", entry.name))]
+
+
 def _clear(out_dir: Path) -> None:
     """Remove what any layout writes in ``out_dir`` (and temporary files): a start over, whatever the
-    layout of the run that made it."""
-    if not out_dir.is_dir():
-        return
-    for entry in out_dir.iterdir():
-        if any(re.fullmatch(w.names, entry.name) for w in WRITERS.values()) or re.fullmatch(r"\..+\.tmp", entry.name):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+    layout of the run that made it; other files stay."""
+    for entry in _written(out_dir, temporary=True):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 # ----------------------------------------------------------------- sampling
@@ -546,8 +552,7 @@ def generate_images(
                 "ratio": opts.ratio}  # the family's defaults filled in: an explicit default is the same run
     with output_lock(out_dir, "aia generate"):
         fields = _manifest(model, prompts, fmt, n, settings, device, dtype)
-        has_output = out_dir.is_dir() and any(not p.name.startswith(".") for p in out_dir.iterdir())
-        if not check_manifest(out_dir, "images", fields, overwrite=overwrite, has_output=has_output):
+        if not check_manifest(out_dir, "images", fields, overwrite=overwrite, has_output=bool(_written(out_dir))):
             _clear(out_dir)
         jobs, done_before = _pending(writer, prompts)
         if jobs or family is None or not isinstance(model, str | os.PathLike):  # a complete folder: no loading
