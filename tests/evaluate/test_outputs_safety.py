@@ -350,7 +350,7 @@ PLAIN = "a model name is a plain folder name under out (no path separator, not .
         ([".."], f"'models...': {PLAIN}'..'"),
         (["a", "a/"], f"'models.a/': {PLAIN}'a/'"),
         (["a\\b"], PLAIN + repr("a\\b")),
-        (["report.json"], "'models.report.json': cannot name a folder under out (a report)"),
+        (["Report.JSON"], "'models.Report.JSON': cannot name a folder under out (the name of a report)"),
     ],
 )
 def test_eval_model_names_are_plain_folder_names(models, tmp_path, capsys, names, said):

@@ -181,10 +181,11 @@ def _check_model_names(names: list[str]) -> None:
         if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute():
             raise ConfigError("a model name is a plain folder name under out (no path separator, not . or ..), "
                               f"got {name!r}", field=key)
-        if len(name.encode()) > NAME_MAX or name in _REPORTS:
-            raise ConfigError(f"cannot name a folder under out ({'too long' if name not in _REPORTS else 'a report'})",
-                              field=key)
         same = unicodedata.normalize("NFC", name).casefold().rstrip(" .")
+        if same in _REPORTS:
+            raise ConfigError("cannot name a folder under out (the name of a report)", field=key)
+        if len(name.encode()) > NAME_MAX:
+            raise ConfigError(f"cannot name a folder under out (too long: {len(name.encode())} bytes)", field=key)
         if same in seen:
             raise ConfigError(f"the same folder under out as model {seen[same]!r} on some file systems; rename one",
                               field=key)
