@@ -302,8 +302,10 @@ class _Sequence:
     """The rows being decoded: their roles, attention mask, positions and KV cache so far.
 
     Every model call queries the last position only (``aia_query_mask``) against the key set
-    of the roles so far (``aia_key_mask``), both ``[R, kv_len]``. Rows are left-padded, so the
-    last position is every row's newest token.
+    (``aia_key_mask``), both ``[R, kv_len]``. Rows are left-padded, so the last position is every
+    row's newest token. The key set is the prompt's (every ``gen_keys`` / ``und_keys`` choice lies
+    in the prompt): read once from the prompt's roles, a decoded position never joins it
+    (:func:`_counted_steps` checks that on the whole decoded sequence).
     """
 
     run: DecodeRunner
@@ -313,12 +315,15 @@ class _Sequence:
     attention_mask: torch.Tensor  # [R, T]
     positions: torch.Tensor  # [R, T], or [3, R, T] (M-RoPE)
     cache: object = None
+    key_mask: torch.Tensor | None = None  # [R, T]; None: read from the roles at the first call
 
     def forward(self, inputs: dict) -> torch.Tensor:
         """Run ``inputs`` (the positions not in the cache yet); the last position's hidden states ``[R, D]``."""
         qmask = torch.zeros_like(self.roles, dtype=torch.bool)
         qmask[:, -1] = True  # the position being decoded
-        _, kmask = task_spans(self.task, self.roles, self.span_cfg)
+        if self.key_mask is None:
+            self.key_mask = task_spans(self.task, self.roles, self.span_cfg)[1]
+        kmask = self.key_mask
         out = self.run.base(
             **inputs,
             attention_mask=self.attention_mask,
@@ -338,6 +343,7 @@ class _Sequence:
         self.roles = torch.cat([self.roles, torch.tensor(roles, dtype=self.roles.dtype, device=device)[:, None]], 1)
         self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], 1)
         self.positions = torch.cat([self.positions, self.positions[..., -1:] + 1], -1)
+        self.key_mask = torch.cat([self.key_mask, self.key_mask.new_zeros(len(tokens), 1)], 1)
         embed = self.run.embed_step
         return self.forward({"inputs_embeds": embed(new)} if embed is not None else {"input_ids": new})
 
@@ -380,6 +386,7 @@ def _prefill(
         torch.cat([left(p.attention_mask, 0) for p in parts]),
         torch.cat([left(p.positions, 0) for p in parts], dim=-2),
         _merge_caches([p.cache for p in parts], width),
+        torch.cat([left(p.key_mask, False) for p in parts]),
     )
     return merged, torch.cat(hidden), reading
 
@@ -473,8 +480,12 @@ def _counted_steps(
     the block's last code; understanding's closing end-of-turn follows the answer it closes)."""
     ahead = plan[len(roles) :] if plan is not None else prompt_roles[:0]
     sequence = torch.cat([prompt_roles, torch.tensor(roles, dtype=prompt_roles.dtype), ahead])  # [T]
-    query, _ = task_spans(task, sequence[None], cfg)
+    query, key = task_spans(task, sequence[None], cfg)
     start = len(prompt_roles)
+    if key[0, start:].any():  # _Sequence keeps the prompt's key set
+        raise RuntimeError(
+            f"the {task} key set reaches into the decoded tokens; decode-time profiling assumes it does not"
+        )
     return query[0, start : start + len(roles)].nonzero().flatten().tolist()
 
 
