@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -116,6 +117,10 @@ def test_text_only_requests_without_lmms_eval(family, model_dirs):
 # ----------------------------------------------------------------- with lmms-eval installed
 @pytest.fixture(scope="module")
 def lmms_eval():
+    if os.environ.get("AIA_LMMS_PYTHON"):  # CI's lmms-eval environment (.ci/run): a broken lmms-eval fails
+        import lmms_eval
+
+        return lmms_eval
     return pytest.importorskip("lmms_eval")
 
 
@@ -325,7 +330,7 @@ def test_simple_evaluate_local_task(aia_class, model_dirs, tmp_path, monkeypatch
                               batch_size=2, device="cpu", log_samples=True,
                               task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False))
     except ModuleNotFoundError as err:
-        if "filelock._api" in str(err):
+        if "filelock._api" in str(err) and not os.environ.get("AIA_LMMS_PYTHON"):
             pytest.skip("this lmms-eval's simple_evaluate needs filelock < 4 (it patches filelock._api)")
         raise
     assert out["results"]["aia_tiny_vqa"]["exact_match,none"] in (0.0, 1 / 3, 2 / 3, 1.0)

@@ -13,6 +13,29 @@ hub checkpoint downloaded first, e.g. ``huggingface-cli download deepseek-commun
 process takes ``cuda:LOCAL_RANK``), ``dtype`` (``bfloat16``, ``float16``, ``float32``; default
 as saved) and ``max_new_tokens`` (overrides every task's own).
 
+**Device and batch size**: give them once, either as lmms-eval's own flags (``--device cpu``,
+``--batch_size 8``) or in ``--model_args`` (``device=cpu,batch_size=8``). lmms-eval hands its
+flags to the model next to ``--model_args``, which for other models makes a key given both
+ways a ``TypeError``; here the ``--model_args`` value is taken (with a warning where two
+devices differ), see :meth:`_AIAModel.create_from_arg_string`.
+
+**A failed run exits 0**: lmms-eval catches an error of the evaluation (a model that does not
+load, a task that fails), prints it ("Error during evaluation: ...") and exits with status 0.
+``python -m aia.evaluate.lmms ARGS`` runs ``python -m lmms_eval ARGS`` and exits 1 when that
+line (or a non-zero status) shows up (:func:`run_lmms_eval`), for scripts and CI::
+
+    python -m aia.evaluate.lmms --model aia --model_args pretrained=DIR --device cpu --tasks pope
+
+**Installing**: ``pip install torch==X.Y.Z -e ".[lmms]"`` with your installed torch's version
+in the same command, so that pip keeps it while resolving lmms-eval's unpinned ``torchvision``
+(the extra pins ``filelock<4``: lmms-eval imports ``filelock._api``, which filelock 4 removed).
+PyPI's ``torchvision`` wheels are CUDA builds: next to a CPU torch they fail to load
+("operator torchvision::nms does not exist"), and transformers, which imports torchvision
+when it is installed, fails with them. Install torchvision from the index your torch came
+from (``https://download.pytorch.org/whl/cpu`` for a CPU build) or remove it (``pip
+uninstall torchvision``): neither lmms-eval's evaluation loop nor this model needs it.
+``tests/evaluate/test_lmms_cli.py`` runs lmms-eval's command line so installed (``.ci/run``).
+
 Requests are answered as :func:`aia.evaluate.answer` answers benchmark questions: the same
 prompt building (the family's chat format with the image before the text: the processor's
 chat template, else the adapter's format, after ``<bos>``) and the same batched greedy
@@ -36,10 +59,12 @@ lmms-eval.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 
-__all__ = ["CLASS_PATH", "MODEL_ID", "manifest"]  # and AIA, built on first lookup (needs lmms-eval)
+__all__ = ["CLASS_PATH", "MODEL_ID", "manifest", "run_lmms_eval"]  # and AIA, built on first lookup (needs lmms-eval)
 
 #: the name ``lmms-eval --model`` takes
 MODEL_ID = "aia"
@@ -141,6 +166,21 @@ class _AIAModel:
     """The ``aia`` model's behaviour; :data:`AIA` is this class on top of lmms-eval's ``lmms``."""
 
     is_simple = True
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lmms-eval's constructor: ``--model_args`` (``arg_string``) and lmms-eval's own flags
+        (``additional_config``: ``--device``, ``--batch_size``, ...). A key in both is taken from
+        ``--model_args`` (lmms-eval would pass it twice), with a warning where two devices differ."""
+        given = {kv.split("=", 1)[0].strip(): kv.split("=", 1)[1] for kv in arg_string.split(",") if "=" in kv}
+        flags = {}
+        for key, value in (additional_config or {}).items():
+            if key not in given:
+                flags[key] = value
+            elif key == "device" and value is not None and str(value) != given[key]:
+                warnings.warn(f"aia model: {key}={given[key]} from --model_args, not lmms-eval's {key} {value!r}",
+                              stacklevel=2)  # fmt: skip
+        return super().create_from_arg_string(arg_string, flags)
 
     def __init__(self, pretrained: str, device: str | None = None, dtype: str | None = None,
                  batch_size: int | str = 1, max_new_tokens: int | None = None, max_batch_size=None,
@@ -297,6 +337,28 @@ class _AIAModel:
             "the aia model answers single-round requests only (generate_until): multi-round tasks are not supported")
 
 
+#: what lmms-eval prints when it caught an error of the evaluation (and then exits 0)
+LMMS_EVAL_ERROR = "Error during evaluation"
+
+
+def run_lmms_eval(argv: list[str]) -> int:
+    """Run lmms-eval's command line, ``python -m lmms_eval *argv``, passing its output through, and
+    return an exit status that says whether it worked: lmms-eval's own, or 1 where it printed
+    :data:`LMMS_EVAL_ERROR` (an error it caught; it exits 0 then)."""
+    process = subprocess.Popen([sys.executable, "-m", "lmms_eval", *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)  # fmt: skip
+    failed = False
+    for line in process.stdout:
+        sys.stdout.write(line)
+        failed = failed or LMMS_EVAL_ERROR in line
+    status = process.wait()
+    if status == 0 and failed:
+        print(f"aia: lmms-eval reported an error above ({LMMS_EVAL_ERROR!r}) but exited 0; exit status 1",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return status
+
+
 def _build_class():
     import importlib.util
 
@@ -321,3 +383,7 @@ def __getattr__(name: str):
         globals()["AIA"] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_lmms_eval(sys.argv[1:]))
