@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -95,7 +96,13 @@ def _aia_sdpa_attention(
         key, value, kmask = key[:, :, :tq], value[:, :, :tq], kmask[:, :tq]
         qmask = qmask[:, :tq]
     out, mass = attention_with_mass(query, key, value, kmask, attention_mask, scaling, causal, dropout)
-    cap._record(module.layer_idx, reduce_mass(mass, qmask, kmask), span_valid(qmask[:, -tq:], kmask))
+    valid = cap._span_valid(qmask[:, -1] if tq == 1 else qmask[:, -tq:], kmask, qmask)  # [B]
+    if tq == 1:  # a decoding step: one query row, so the mean over the query set is that row's
+        per_sample = mass[:, :, 0].to(torch.promote_types(mass.dtype, torch.float32)).mean(1)
+        per_sample = torch.where(valid, per_sample, torch.zeros_like(per_sample))  # = reduce_mass, fewer ops
+    else:
+        per_sample = reduce_mass(mass, qmask, kmask)
+    cap._record(module.layer_idx, per_sample, valid)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -211,6 +218,8 @@ class Capture:
         self.num_layers = int(self.lm_config.num_hidden_layers)
         self._layers: dict[int, torch.Tensor] = {}
         self._valid: torch.Tensor | None = None
+        self._valid_key: tuple | None = None  # the masks behind _valid_value (_span_valid)
+        self._valid_value: torch.Tensor | None = None
         self._previous: str | None = None
         self._config_ids: list[int] = []
 
@@ -245,6 +254,16 @@ class Capture:
         self.model.set_attn_implementation(_implementation_request(self.model, self._previous))
 
     # -- results -----------------------------------------------------------------------------
+    def _span_valid(self, qmask: torch.Tensor, kmask: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+        """:func:`span_valid` of the call's query rows, kept for the mask objects of the forward pass
+        (every layer gets the same ``whole`` query mask and key mask): computed once per forward."""
+        held = self._valid_key
+        versions = (whole._version, kmask._version, qmask.shape)
+        if held is None or held[0]() is not whole or held[1]() is not kmask or held[2] != versions:
+            self._valid_value = span_valid(qmask if qmask.dim() == 2 else qmask[:, None], kmask)
+            self._valid_key = (weakref.ref(whole), weakref.ref(kmask), versions)  # weak: a freed mask never matches
+        return self._valid_value
+
     def _record(self, layer_idx: int, per_sample: torch.Tensor, valid: torch.Tensor) -> None:
         if not torch.is_grad_enabled() and self.model.training and _reentrant_checkpointing(self.model):
             raise RuntimeError(_REENTRANT_MESSAGE)
