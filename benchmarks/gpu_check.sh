@@ -4,13 +4,16 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (default OUT_DIR: $OUT, else gpu_check_out)
 #
 # Run it from the repository root after the README's install. Steps, each with its own time
-# limit so the whole check ends in under 8 minutes on one H100:
+# limit so the whole check ends in under 10 minutes on one H100:
 #   1. env         the device, driver, torch and transformers versions
 #   2. pytest_gpu  pytest -m gpu (fused-kernel values and gradients against the fp64 reference)
 #   3. bench_step  one training step at the Janus-Pro-1B shape in bf16: sdpa, aia, eager;
 #      bench_step_flex the same for sdpa and flex (torch.compile forward + backward)
 #   4. bench_train the whole `aia train` step, AIA on vs off, on cuda
 #   5. demo        aia demo --quick --device cuda
+#   6. routes      the fused intensity routes' self-check verdicts (benchmarks/check_routes.py:
+#      flash / memory-efficient / flex against the fp64 math, bf16 / fp16 / fp32, head dims 64 and 128)
+#   7. bench_decode decode-time profiling vs plain generation (576 image tokens; answers), batch 1 and 4
 # Each step writes OUT_DIR/<step>.txt (and .json where the script has one); OUT_DIR/summary.md
 # lists every step with its status and time. Without CUDA it stops before step 2, says so in
 # one line and in the summary, and exits 3. Exit status: 0 all passed, 1 a step failed.
@@ -72,6 +75,9 @@ step bench_step_flex 100 "$PY" benchmarks/bench_step.py --preset janus-pro-1b --
   --variants sdpa,flex --warmup 2 --reps 5 --json "$OUT_DIR/bench_step_flex.json"
 step bench_train 60 "$PY" benchmarks/bench_train.py --device cuda --mixed-precision bf16 --json "$OUT_DIR/bench_train.json"
 step demo 80 "$PY" -m aia demo --quick --device cuda --out "$OUT_DIR/demo"
+step routes 60 "$PY" benchmarks/check_routes.py --device cuda --json "$OUT_DIR/routes.json"
+step bench_decode 150 "$PY" benchmarks/bench_decode.py --device cuda --threads 0 --layers 4 --hidden 1024 \
+  --repeats 1 --json "$OUT_DIR/bench_decode.json"
 
 echo "gpu_check: summary in $SUMMARY"
 cat "$SUMMARY"

@@ -31,3 +31,20 @@ def test_gpu_check_stops_cleanly_without_cuda(tmp_path):
     assert "| env | passed |" in summary
     assert "| cuda | not available" in summary
     assert not (tmp_path / "out" / "pytest_gpu.txt").exists()  # no GPU step ran
+
+
+def test_check_routes_records_every_self_check_on_cpu(tmp_path):
+    """The script gpu_check.sh runs for the self-check verdicts, here on the CPU's fused op."""
+    out = tmp_path / "routes.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "check_routes.py"), "--device", "cpu", "--dtypes", "float32",
+         "--head-dims", "8", "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    routes = json.loads(out.read_text())
+    assert routes["self_checks"] == {"cpu/float32/flash/d=8,dv=0": "passed", "cpu/float32/flash/d=8,dv=8": "passed"}
+    assert routes["routes"]["cpu/float32/d=8,dv=8"] == "fused flash, one-row math"
+    assert "2 self-checks, 0 failed" in proc.stdout

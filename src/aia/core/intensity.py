@@ -314,7 +314,7 @@ _KERNELS = {_FLASH: "flash", _EFFICIENT: "efficient"}
 # max |fused - fp64 math| allowed, relative to the largest reference value (+ the same absolute)
 _TOLERANCE = {torch.float64: 1e-6, torch.float32: 2e-3, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 _VERDICTS: dict[str, str | None] = {}  # case -> None (agrees) or why it fell back
-_ROUTES: dict[str, str] = {}  # case (device/dtype/head dims) -> the route that ran last
+_ROUTES: dict[str, set[str]] = {}  # case (device/dtype/head dims) -> the routes that ran
 
 
 def _case(device: torch.device, dtype: torch.dtype, kernel: str | None, d: int, dv: int) -> str:
@@ -324,7 +324,11 @@ def _case(device: torch.device, dtype: torch.dtype, kernel: str | None, d: int, 
 
 
 def _ran(case: str, route: str) -> None:
-    _ROUTES[case] = route
+    routes = _ROUTES.get(case)
+    if routes is None:
+        _ROUTES[case] = {route}
+    elif route not in routes:
+        routes.add(route)
 
 
 def kernel_routes() -> dict[str, dict]:
@@ -332,12 +336,13 @@ def kernel_routes() -> dict[str, dict]:
 
     Returns:
         ``{"routes": {case: route}, "self_checks": {case: "passed" | "failed: <why>"}}``, cases
-        named ``device/dtype[/kernel]/d=..,dv=..`` (``dv=0``: the mass alone). A route is
-        ``"fused flash"``, ``"fused efficient"``, ``"flex"``, ``"sdpa"`` (the portable route,
-        where torch chose no fused op) or ``"sdpa (fused ... failed its self-check)"``.
+        named ``device/dtype[/kernel]/d=..,dv=..`` (``dv=0``: the mass alone). A case's routes
+        (comma-separated when several ran) are ``"fused flash"``, ``"fused efficient"``,
+        ``"flex"``, ``"one-row math"`` (a decoding step), ``"sdpa"`` (the portable route, where
+        torch chose no fused op) or ``"sdpa (fused ... failed its self-check)"``.
     """
     checks = {case: "passed" if why is None else f"failed: {why}" for case, why in sorted(_VERDICTS.items())}
-    return {"routes": dict(sorted(_ROUTES.items())), "self_checks": checks}
+    return {"routes": {case: ", ".join(sorted(r)) for case, r in sorted(_ROUTES.items())}, "self_checks": checks}
 
 
 def _verified(case: str, check: Callable[[], None]) -> bool:
