@@ -7,10 +7,11 @@ do not count):
 
 * ``profile``: :func:`aia.measure.decode.decode_profile` end to end (records read and encoded,
   prefill, one forward per token inside :func:`aia.capture`), ``batch_size`` 1 and N;
-* ``plain``: the same prompts through ``model.generate`` only: generation as ``aia generate``
-  runs it (:meth:`JanusAdapter.generate_images`: classifier-free guidance 5, temperature 1,
-  per-image seeds; the VQ decoding of the codes to pixels is not timed), understanding as
-  ``aia answer`` runs it (greedy, left-padded prompts cut where the answer starts), batch 1 and N.
+* ``plain``: the same prompts generated as the evaluation commands do: images as ``aia generate``
+  (:meth:`JanusAdapter.generate_images`: prompts encoded, ``model.generate`` with classifier-free
+  guidance 5, temperature 1, per-image seeds; the VQ decoding of the codes to pixels, which
+  profiling does not do, is not counted), answers as ``aia answer`` (records read and encoded,
+  prompts cut where the answer starts and left-padded, greedy ``model.generate``), batch 1 and N.
 
 Generation decodes every image token (``--image-size 192``: 576 tokens, the Janus-Pro count);
 understanding answers ``--answer-tokens`` tokens (plain: end of sequence suppressed until then;
@@ -43,11 +44,11 @@ from aia.measure.decode import DecodeSettings, decode_profile
 from aia.testing import tiny_janus, write_tiny_dataset
 
 
-class GenerateClock:
-    """Wraps ``model.generate`` to add up the CPU time spent inside it."""
+class Clock:
+    """Wraps ``owner.name`` (a callable) to add up the CPU time spent inside it."""
 
-    def __init__(self, model):
-        self.model, self.cpu, self.original = model, 0.0, model.generate
+    def __init__(self, owner, name: str):
+        self.owner, self.name, self.cpu, self.original = owner, name, 0.0, getattr(owner, name)
 
     def __enter__(self):
         def timed(*args, **kwargs):
@@ -57,11 +58,11 @@ class GenerateClock:
             finally:
                 self.cpu += time.process_time() - start
 
-        self.model.generate = timed
+        setattr(self.owner, self.name, timed)
         return self
 
     def __exit__(self, *exc):
-        del self.model.generate  # the class's method again
+        delattr(self.owner, self.name)  # the class's method again
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -69,13 +70,16 @@ def chunks(items: list, size: int) -> list[list]:
 
 
 def plain_images(model, processor, prompts: list[str], batch: int) -> tuple[float, int, int]:
-    """``(cpu s inside model.generate, images, tokens)`` of generating ``prompts`` as ``aia generate`` does."""
+    """``(cpu s, images, tokens)`` of generating ``prompts`` as ``aia generate`` does (prompts encoded,
+    ``model.generate``), without the VQ decoding of the codes to pixels (profiling has none)."""
     adapter = get_adapter(model, processor, padding_side="left")
     options = ImageOptions(guidance=5.0, temperature=1.0, top_k=None)
-    with GenerateClock(model) as clock:  # the codes' VQ decoding to pixels runs outside: not timed
+    start = time.process_time()
+    with Clock(unwrap(model), "decode_image_tokens") as pixels:
         for i, part in enumerate(chunks(prompts, batch)):
             adapter.generate_images(model, part, list(range(i * batch, i * batch + len(part))), options)
-    return clock.cpu, len(prompts), len(prompts) * adapter_image_tokens(model)
+    cpu = time.process_time() - start - pixels.cpu
+    return cpu, len(prompts), len(prompts) * adapter_image_tokens(model)
 
 
 def adapter_image_tokens(model) -> int:
@@ -83,28 +87,29 @@ def adapter_image_tokens(model) -> int:
 
 
 def plain_answers(model, processor, data: Path, n: int, batch: int, tokens: int) -> tuple[float, int, int]:
-    """``(cpu s inside model.generate, answers, tokens)`` of answering the first ``n`` questions greedily."""
+    """``(cpu s, answers, tokens)`` of answering the first ``n`` questions greedily as ``aia answer``
+    does: records read and encoded (the image too), prompts cut and left-padded, ``model.generate``."""
+    start = time.process_time()
     adapter = get_adapter(model, processor, padding_side="left")
     encode = RecordEncoder(adapter, "und", data.parent)
     examples = [prompt_part(encode(r)) for r in task_records(data, "und")[:n]]
     keys = adapter.decode_runner(model, "und").prefill_keys
     made = 0
-    with GenerateClock(model) as clock:
-        for part in chunks(examples, batch):
-            b = adapter.collate(part)
-            inputs = {k: v for k, v in b.inputs.items() if (k in keys if keys else k != "position_ids")}
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-            out = model.generate(
-                **inputs,
-                attention_mask=b.attention_mask,
-                max_new_tokens=tokens,
-                min_new_tokens=tokens,
-                do_sample=False,
-                pad_token_id=adapter.pad_id,
-            )
-            made += out[:, b.inputs["input_ids"].shape[1] :].numel()
-    return clock.cpu, n, made
+    for part in chunks(examples, batch):
+        b = adapter.collate(part)
+        inputs = {k: v for k, v in b.inputs.items() if (k in keys if keys else k != "position_ids")}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        out = model.generate(
+            **inputs,
+            attention_mask=b.attention_mask,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=adapter.pad_id,
+        )
+        made += out[:, b.inputs["input_ids"].shape[1] :].numel()
+    return time.process_time() - start, n, made
 
 
 def profile(model, processor, data: Path, task: str, n: int, batch: int, tokens: int) -> tuple[float, int, int]:

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aia.adapters import get_adapter
-from aia.adapters.base import AdapterBase, DecodeRunner, Example, unwrap
+from aia.adapters.base import AdapterBase, DecodeRunner, Example, collate_examples, unwrap
 from aia.adapters.imagegen import sample_tokens
 from aia.adapters.prompts import PromptConfig
 from aia.attention import capture
@@ -351,14 +351,18 @@ class _Sequence:
 def _prefill(
     model: nn.Module, adapter: AdapterBase, run: DecodeRunner, prompts: list[Example], span_cfg: SpanConfig, cap, n: int
 ) -> tuple[_Sequence, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Prefill every row alone (no padding inside the prompt pass: images of different sizes, fully
-    masked rows), then left-pad the rows' caches, roles, masks and positions into one
-    :class:`_Sequence` for the batched token steps. Returns it, the rows' last hidden states
-    ``[R, D]`` and the prefill's reading of the first ``n`` rows (as :func:`_reading`)."""
+    """The rows' prefill: one left-padded call when their images (if any) are all of one size,
+    else every row alone (a batch's images are zero-padded to the largest, which would change an
+    image's encoding near its border), the rows' caches, roles, masks and positions then
+    left-padded into one :class:`_Sequence` for the batched token steps. Returns it, the rows'
+    last hidden states ``[R, D]`` and the prefill's reading of the first ``n`` rows (as
+    :func:`_reading`)."""
     param = next(unwrap(model).parameters())
+    sizes = {None if p.pixel_values is None else tuple(p.pixel_values.shape) for p in prompts}
+    groups = [prompts] if len(sizes) == 1 else [[p] for p in prompts]
     parts, hidden, readings = [], [], []
-    for prompt in prompts:
-        batch = adapter.collate([prompt]).to(param.device)
+    for group in groups:
+        batch = collate_examples(group, adapter.pad_id, "left", adapter.span_config).to(param.device)
         inputs = {k: v.to(param.dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
         positions = _position_ids(run.base, inputs, batch.attention_mask)
         if run.embed_prefill is not None:
@@ -366,7 +370,7 @@ def _prefill(
         elif run.prefill_keys is not None:
             inputs = {k: v for k, v in inputs.items() if k in run.prefill_keys}
         inputs.pop("position_ids", None)
-        row = _Sequence(run, prompt.task, span_cfg, batch.roles, batch.attention_mask, positions)
+        row = _Sequence(run, group[0].task, span_cfg, batch.roles, batch.attention_mask, positions)
         hidden.append(row.forward(inputs))
         readings.append((cap.intensity, cap.valid))
         parts.append(row)
