@@ -225,8 +225,11 @@ def _linear_se(groups_base: list[tuple[float, dict]], groups_aia: list[tuple[flo
     """Paired SE of ``sum_g w_g * (mean_g(aia) - mean_g(base))``: ``sqrt(sum_g w_g^2 s_g^2 / n_g)``.
 
     ``s_g`` is the sample standard deviation (ddof 1) of the per-unit differences in group
-    ``g``; ``None`` when a group has fewer than 2 units.
+    ``g``; ``None`` when a group has fewer than 2 units, or when there is no group (a total of
+    subtasks none of which is present: no data, not a difference known to be 0).
     """
+    if not groups_base:
+        return None
     var = 0.0
     for (w, base), (_, aia) in zip(groups_base, groups_aia, strict=True):
         diffs = np.array([aia[u] - base[u] for u in base], dtype=float)

@@ -30,7 +30,10 @@ For every model: ``answer`` each understanding benchmark into
 into ``OUT/<model>/<bench>/`` (GenEval's detector, DPG-Bench's mPLUG judge and WISE's LLM
 judge are external: the images are exported for them, and the report says so). Then
 ``OUT/report.md`` and ``OUT/report.json``: every score per model, and for the first two
-models the difference per metric with its paired standard error and verdict. Relative
+models the difference per metric with its paired standard error and verdict; the run's
+options (``options``: :class:`EvalOptions`, ``device``, ``dtype``); for DPG-Bench the flags
+its ``compute_dpg_bench.py`` needs to cut the grids (``judge_flags``: ``--resolution`` and
+``--pic-num``, e.g. a 2x1 grid of 2 images, not its default 2x2 of 4). Relative
 paths in the config are resolved against the config file's folder; the paths in the
 reports are relative to ``OUT`` (so two equal runs give equal reports, wherever they ran).
 
@@ -52,17 +55,24 @@ import os
 import sys
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
 from aia.errors import ConfigError, InputError
 from aia.evaluate.answer import BENCHES, answer
-from aia.evaluate.generate import FORMATS, NAME_MAX, check_can_generate, generate_images, read_prompts
+from aia.evaluate.generate import (
+    FORMATS,
+    IMAGES_PER_PROMPT,
+    NAME_MAX,
+    check_can_generate,
+    generate_images,
+    read_prompts,
+)
 from aia.evaluate.manifest import Interrupted, output_lock, writable_output
 from aia.evaluate.mmmu import PARSERS
-from aia.evaluate.scoring import BENCHMARKS, compare_files, format_table, score_file
+from aia.evaluate.scoring import BENCHMARKS, _number, compare_files, format_table, score_file
 from aia.fields import describe, from_mapping
 from aia.options import dtype_name
 
@@ -71,7 +81,7 @@ __all__ = ["EvalConfig", "EvalOptions", "GenerationBench", "UnderstandingBench",
 
 _JUDGES = {
     "geneval": "GenEval's object detector (its evaluate_images.py reads this folder)",
-    "dpg": "DPG-Bench's mPLUG judge (its compute_dpg_bench.py reads these grids)",
+    "dpg": "DPG-Bench's mPLUG judge (its compute_dpg_bench.py reads these grids; give it the grid's layout)",
     "wise": "WISE's LLM judge (reads {prompt_id}.png)",
 }
 
@@ -279,6 +289,7 @@ def _run(cfg: EvalConfig, models: dict[str, Path], out: Path, *, progress: bool,
                   overwrite=overwrite)
     scores: dict[str, dict[str, dict]] = {}
     exported: dict[str, dict[str, str]] = {}
+    judge_flags: dict[str, dict[str, str | None]] = {}
     for name, directory in models.items():
         for bench, spec in cfg.understanding.items():
             preds = out / name / f"{bench}.jsonl"
@@ -296,6 +307,9 @@ def _run(cfg: EvalConfig, models: dict[str, Path], out: Path, *, progress: bool,
                 generate_images(directory, spec.prompts, folder, fmt=bench, images_per_prompt=opts.images_per_prompt,
                                 guidance=opts.guidance, seed=opts.seed, **common)
             exported.setdefault(bench, {})[name] = _relative(folder, out)
+            if bench == "dpg":
+                n = opts.images_per_prompt or IMAGES_PER_PROMPT["dpg"]
+                judge_flags.setdefault(bench, {})[name] = _dpg_scorer_flags(folder, n)
     comparisons = {}
     if cfg.compare:
         base, new = cfg.compare
@@ -304,7 +318,22 @@ def _run(cfg: EvalConfig, models: dict[str, Path], out: Path, *, progress: bool,
             comparison = compare_files(*pair, bench, mmmu_parser=opts.mmmu_parser)
             comparisons[bench] = {**comparison, "paths": {"base": _relative(pair[0], out), "aia": _relative(pair[1], out)}}
     return {"models": {n: _relative(d, out) for n, d in models.items()}, "compare": cfg.compare, "scores": scores,
-            "comparisons": comparisons, "exported": exported}
+            "comparisons": comparisons, "exported": exported, "judge_flags": judge_flags,
+            "options": {**asdict(opts), "device": cfg.device, "dtype": dtype_name(cfg.dtype)}}
+
+
+def _dpg_scorer_flags(folder: Path, n: int) -> str | None:
+    """The flags DPG-Bench's ``compute_dpg_bench.py`` needs to cut this folder's grids back into
+    images: ``--resolution`` (one image's side, in pixels) and ``--pic-num`` (images per grid;
+    its defaults, 512 and 4, fit only 2x2 grids of 512-pixel images). None when no grid is written."""
+    first = next(iter(sorted(folder.glob("*.png"))), None)
+    if first is None:
+        return None
+    from PIL import Image
+
+    with Image.open(first) as image:
+        side = image.width // math.ceil(math.sqrt(n))  # the grid's columns (aia.evaluate.generate.grid)
+    return f"--resolution {side} --pic-num {n}"
 
 
 def _relative(path: Path, out: Path) -> str:
@@ -328,12 +357,14 @@ def _say(text: str) -> None:
 
 def _markdown(report: dict, names: list[str], pair: tuple[str, str] | None) -> str:
     lines = ["# Evaluation", "", "Models: " + ", ".join(f"`{n}` ({d})" for n, d in report["models"].items()), ""]
+    if "options" in report:
+        lines += ["Options: " + ", ".join(f"`{k}: {v}`" for k, v in report["options"].items()), ""]
     if report["scores"]:
         lines += ["## Understanding: headline scores", "", "| benchmark | metric | " + " | ".join(names) + " |",
                   "| --- | --- |" + " --- |" * len(names)]
         for bench, per_model in report["scores"].items():
             headline = next(iter(per_model.values()))["headline"]
-            values = [f"{per_model[n]['metrics'][headline]:.4f}" if n in per_model else "" for n in names]
+            values = [_number(headline, per_model[n]["metrics"][headline]) if n in per_model else "" for n in names]
             lines.append(f"| {bench} | {headline} | " + " | ".join(values) + " |")
         lines.append("")
     if report["comparisons"]:
@@ -344,6 +375,8 @@ def _markdown(report: dict, names: list[str], pair: tuple[str, str] | None) -> s
         lines += ["## Generation: images for the external judges", ""]
         for bench, per_model in report["exported"].items():
             for name, folder in per_model.items():
-                lines.append(f"- {bench}, `{name}`: `{folder}`, for {_JUDGES[bench]}")
+                flags = report.get("judge_flags", {}).get(bench, {}).get(name)
+                run_with = f"; run it with `{flags}`" if flags else ""
+                lines.append(f"- {bench}, `{name}`: `{folder}`, for {_JUDGES[bench]}{run_with}")
         lines.append("")
     return "\n".join(lines)
