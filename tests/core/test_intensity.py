@@ -217,3 +217,41 @@ def test_one_query_row_without_grad_matches_the_reference_without_padding_the_ca
         "cpu/float64/d=8,dv=6": "one-row math",
         "cpu/float64/d=8,dv=0": "one-row math",
     }
+
+
+def test_the_float_mask_is_built_once_per_mask_and_dropped_with_it():
+    import gc
+
+    import aia.core.intensity as intensity
+
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()
+    first = intensity._additive(mask, torch.float32)
+    assert intensity._additive(mask, torch.float32) is first  # every layer, forward and backward
+    assert torch.equal(first, torch.zeros(2, 1, 5, 5).masked_fill(~mask, float("-inf")))
+    mask[0, 0, 0, 1] = True  # changed in place: built again
+    assert intensity._additive(mask, torch.float32)[0, 0, 0, 1] == 0
+    key = (id(mask), torch.float32)
+    del mask
+    gc.collect()
+    assert key not in intensity._ADDITIVE
+
+
+def test_the_kernel_choice_is_made_once_per_shape(monkeypatch):
+    import aia.core.intensity as intensity
+
+    monkeypatch.setattr(intensity, "_CHOICES", {})
+    calls = []
+    real = torch._fused_sdp_choice
+    monkeypatch.setattr(torch, "_fused_sdp_choice", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k = torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8)
+    kmask = torch.rand(1, 9) < 0.5
+    for _ in range(3):
+        attention_with_mass(q.requires_grad_(), k, k, kmask)
+    assert len(calls) == 1
+    attention_with_mass(
+        torch.randn(1, 2, 10, 8).requires_grad_(),
+        torch.randn(1, 2, 10, 8),
+        k[:, :, :1].expand(1, 2, 10, 8),
+        torch.rand(1, 10) < 0.5,
+    )
+    assert len(calls) == 2  # another shape

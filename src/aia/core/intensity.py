@@ -517,6 +517,36 @@ def _fused_backend(q, k, v, attention_mask, is_causal, grad) -> int | None:
         return None
     if device == "cuda" and attention_mask is not None and attention_mask.dtype not in (torch.bool, q.dtype):
         return None
+    key = (
+        choose,
+        q.device,
+        q.dtype,
+        q.shape,
+        k.shape,
+        v.shape,
+        q.stride(),
+        k.stride(),
+        v.stride(),
+        is_causal,
+        grad,
+        None if attention_mask is None else (attention_mask.dtype, attention_mask.shape, attention_mask.stride()),
+        torch.backends.cuda.flash_sdp_enabled(),
+        torch.backends.cuda.mem_efficient_sdp_enabled(),
+        torch.backends.cuda.math_sdp_enabled(),
+        torch.backends.cuda.cudnn_sdp_enabled(),
+    )  # what torch's choice reads (the enabled backends: sdpa_kernel), so the choice is made once per shape
+    if key in _CHOICES:
+        return _CHOICES[key]
+    if len(_CHOICES) > 256:
+        _CHOICES.clear()
+    _CHOICES[key] = choice = _choose(choose, q, k, v, attention_mask, is_causal, grad, device)
+    return choice
+
+
+_CHOICES: dict[tuple, int | None] = {}
+
+
+def _choose(choose, q, k, v, attention_mask, is_causal, grad, device) -> int | None:
     try:
         choice = choose(
             q.detach().requires_grad_(grad),
@@ -534,11 +564,25 @@ def _fused_backend(q, k, v, attention_mask, is_causal, grad) -> int | None:
     return choice if choice in allowed else None
 
 
+_ADDITIVE: dict[tuple, tuple] = {}  # (id(bool mask), dtype) -> (weakref(mask), version, float mask)
+
+
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """A bool mask as SDPA converts it for its fused kernels (0 where allowed, -inf elsewhere)."""
+    """A bool mask as SDPA converts it for its fused kernels (0 where allowed, -inf elsewhere).
+
+    transformers builds one mask per forward and hands it to every layer, and the backward needs
+    it again: the float mask is built once per mask object and dtype, and lives as long as the
+    bool mask does (a weak reference drops it with the mask).
+    """
     if mask is None or mask.dtype != torch.bool:
         return mask
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    key = (id(mask), dtype)
+    held = _ADDITIVE.get(key)
+    if held is not None and held[0]() is mask and held[1] == mask._version:
+        return held[2]
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    _ADDITIVE[key] = (weakref.ref(mask, lambda _, key=key: _ADDITIVE.pop(key, None)), mask._version, additive)
+    return additive
 
 
 def _efficient_bias(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
