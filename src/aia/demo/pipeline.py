@@ -90,6 +90,7 @@ import contextlib
 import json
 import math
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -202,8 +203,11 @@ def run_demo(
         from aia.noise import silence
 
         silence()
-    with _deterministic(device), _library_bars(debug):
-        return _run(demo)
+    try:
+        with _deterministic(device), _library_bars(debug):
+            return _run(demo)
+    finally:
+        demo.meter.close(done=False)  # after an error too: the bar's redraw thread stops
 
 
 # -- the pipeline, one function per step ---------------------------------------------------------
@@ -638,7 +642,8 @@ class _Progress:
     step (:data:`STEPS`), with a header line as each step starts.
 
     The bar counts work units (:func:`_planned_units`), advanced as each run finishes training and
-    each model is evaluated; it shows unless ``debug`` (then each run shows its own bars) and only
+    each model is evaluated, and is redrawn every second in between (elapsed time and ETA move
+    during a long run); it shows unless ``debug`` (then each run shows its own bars) and only
     with ``progress``.
     """
 
@@ -653,6 +658,13 @@ class _Progress:
             total=_planned_units(demo), desc="aia demo", disable=not (demo.progress and not demo.debug),
             file=sys.stderr, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, ETA {remaining}{postfix}",
         )  # fmt: skip
+        self._closed = threading.Event()
+        if not self.bar.disable:
+            threading.Thread(target=self._tick, daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._closed.wait(1.0):
+            self.bar.refresh()
 
     def say(self, line: str | None, postfix: str | None = None) -> None:
         """A line above the bar (with ``progress``), and what is running now after the bar."""
@@ -677,8 +689,13 @@ class _Progress:
         self._step, self._t = None, now
         return self.seconds
 
-    def close(self) -> None:
-        self.bar.set_postfix_str("done")
+    def close(self, done: bool = True) -> None:
+        """Stop the bar (``done``: the pipeline finished); closing twice does nothing."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if done:
+            self.bar.set_postfix_str("done")
         self.bar.close()
 
 
