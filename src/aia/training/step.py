@@ -236,6 +236,7 @@ class StepSums:
         values = [self.sums[k] for k in names[:-1]] + [self.grad_norm]
         bad = torch.stack([(~torch.isfinite(v.float())).float() for v in values])
         bad = accelerator.reduce(bad, reduction="sum")
+        # host sync (one per step, kept): stopping or skipping must be decided before anything is saved
         return next((name for name, b in zip(names, bad.tolist(), strict=True) if b > 0), None)
 
     def row(self, accelerator, step: int, lr: float, step_time: float, intensity: bool) -> dict:
@@ -302,7 +303,8 @@ def optimizer_step(run, step: int) -> StepSums:
                 grad_norm = accelerator.clip_grad_norm_(run.params, cfg.optim.max_grad_norm or float("inf"))
                 if grad_norm is not None:  # DeepSpeed: its engine's global norm, a float
                     sums.grad_norm = torch.as_tensor(grad_norm, device=accelerator.device).detach().float()
-                # the norm is global (the same on every rank), so is the decision
+                # the norm is global (the same on every rank), so is the decision; a host sync, only with
+                # skip_nonfinite > 0 (whether to call the optimizer is decided on the host)
                 sums.skipped = cfg.train.skip_nonfinite > 0 and not bool(torch.isfinite(sums.grad_norm))
             if not sums.skipped:
                 run.optimizer.step()
