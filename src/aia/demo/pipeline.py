@@ -615,8 +615,8 @@ def _compare(diffs: list[float], sign: int) -> dict:
 
 #: the overall bar's work units: one per task per optimizer step of a training run; the other work in
 #: units of about the same wall time on a CPU (measured on the default run: a training step of one
-#: task ~ 12 evaluated samples; the data step ~ 50 units, the figures and report ~ 150)
-_DATA_UNITS, _REPORT_UNITS, _EVAL_SAMPLES_PER_UNIT = 50, 150, 12
+#: task ~ 24 evaluated samples; the data step ~ 100 units, the figures and report ~ 150)
+_DATA_UNITS, _REPORT_UNITS, _EVAL_SAMPLES_PER_UNIT = 100, 150, 24
 _DIGITS = 1797  # images in scikit-learn's digits
 
 
