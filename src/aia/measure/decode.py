@@ -242,7 +242,8 @@ def decode_batch(
     roles: list[list[int]] = [[] for _ in range(n)]
     active = list(range(n))  # samples still decoding
     with capture(model, method=method) as cap:
-        sequence, hidden, reading = _prefill(model, adapter, run, rows, span_cfg, cap, n)  # hidden [R, D]
+        # the prefill's reading is a token's only with predictive queries (the position predicting token 0)
+        sequence, hidden, reading = _prefill(model, adapter, run, rows, span_cfg, cap, n, measure=not own)
         readings = [reading]  # per model call: (intensity [L, n], valid [n]) of the conditional rows, on the device
         step = 0
         while active:
@@ -261,8 +262,9 @@ def decode_batch(
             hidden = sequence.feed(feed * (2 if picker.guided else 1), role * (2 if picker.guided else 1))
             readings.append(_reading(cap, n))
             step += 1
-    curves = torch.stack([r for r, _ in readings]).double().cpu()  # [calls, L, n]
-    valid = torch.stack([v for _, v in readings]).cpu()  # [calls, n]
+    first = 0 if readings[0] is not None else 1  # call 0 (the prefill) unread in "own" mode
+    curves = torch.stack([r for r, _ in readings[first:]]).double().cpu()  # [calls, L, n]
+    valid = torch.stack([v for _, v in readings[first:]]).cpu()  # [calls, n]
     out = []
     for i in range(n):
         counted = _counted_steps(task, prompts[i].roles, roles[i], plans[i], span_cfg)
@@ -272,7 +274,7 @@ def decode_batch(
                 prompt=prompts[i],
                 tokens=torch.tensor(tokens[i], dtype=torch.long),
                 roles=torch.tensor(roles[i], dtype=torch.long),
-                intensity=_mean([(curves[c, :, i], bool(valid[c, i])) for c in calls]),
+                intensity=_mean([(curves[c - first, :, i], bool(valid[c - first, i])) for c in calls]),
                 steps=len(calls),
             )
         )
@@ -317,21 +319,23 @@ class _Sequence:
     cache: object = None
     key_mask: torch.Tensor | None = None  # [R, T]; None: read from the roles at the first call
 
-    def forward(self, inputs: dict) -> torch.Tensor:
-        """Run ``inputs`` (the positions not in the cache yet); the last position's hidden states ``[R, D]``."""
-        qmask = torch.zeros_like(self.roles, dtype=torch.bool)
-        qmask[:, -1] = True  # the position being decoded
+    def forward(self, inputs: dict, measure: bool = True) -> torch.Tensor:
+        """Run ``inputs`` (the positions not in the cache yet); the last position's hidden states ``[R, D]``.
+        ``measure=False``: plain attention, no intensity (a prefill whose reading no token needs)."""
         if self.key_mask is None:
             self.key_mask = task_spans(self.task, self.roles, self.span_cfg)[1]
-        kmask = self.key_mask
+        spans = {}
+        if measure:
+            qmask = torch.zeros_like(self.roles, dtype=torch.bool)
+            qmask[:, -1] = True  # the position being decoded
+            spans = {"aia_query_mask": qmask, "aia_key_mask": self.key_mask}
         out = self.run.base(
             **inputs,
             attention_mask=self.attention_mask,
             position_ids=self.positions[..., -_length(inputs) :],
             past_key_values=self.cache,
             use_cache=True,
-            aia_query_mask=qmask,
-            aia_key_mask=kmask,
+            **spans,
         )
         self.cache = out.past_key_values
         return out.last_hidden_state[:, -1]
@@ -349,14 +353,21 @@ class _Sequence:
 
 
 def _prefill(
-    model: nn.Module, adapter: AdapterBase, run: DecodeRunner, prompts: list[Example], span_cfg: SpanConfig, cap, n: int
-) -> tuple[_Sequence, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    model: nn.Module,
+    adapter: AdapterBase,
+    run: DecodeRunner,
+    prompts: list[Example],
+    span_cfg: SpanConfig,
+    cap,
+    n: int,
+    measure: bool,
+) -> tuple[_Sequence, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """The rows' prefill: one left-padded call when their images (if any) are all of one size,
     else every row alone (a batch's images are zero-padded to the largest, which would change an
     image's encoding near its border), the rows' caches, roles, masks and positions then
     left-padded into one :class:`_Sequence` for the batched token steps. Returns it, the rows'
     last hidden states ``[R, D]`` and the prefill's reading of the first ``n`` rows (as
-    :func:`_reading`)."""
+    :func:`_reading`; None without ``measure``: the prefill then runs plain attention)."""
     param = next(unwrap(model).parameters())
     sizes = {None if p.pixel_values is None else tuple(p.pixel_values.shape) for p in prompts}
     groups = [prompts] if len(sizes) == 1 else [[p] for p in prompts]
@@ -371,10 +382,13 @@ def _prefill(
             inputs = {k: v for k, v in inputs.items() if k in run.prefill_keys}
         inputs.pop("position_ids", None)
         row = _Sequence(run, group[0].task, span_cfg, batch.roles, batch.attention_mask, positions)
-        hidden.append(row.forward(inputs))
-        readings.append((cap.intensity, cap.valid))
+        hidden.append(row.forward(inputs, measure))
+        if measure:
+            readings.append((cap.intensity, cap.valid))
         parts.append(row)
-    reading = (torch.cat([r for r, _ in readings], 1)[:, :n], torch.cat([v for _, v in readings])[:n])
+    reading = None
+    if measure:
+        reading = (torch.cat([r for r, _ in readings], 1)[:, :n], torch.cat([v for _, v in readings])[:n])
     if len(parts) == 1:
         return parts[0], hidden[0], reading
     width = max(p.roles.shape[1] for p in parts)
