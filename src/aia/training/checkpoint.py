@@ -320,7 +320,15 @@ def save_model(accelerator, step_module, processor, path: Path) -> None:
     for key, value in settings.items() if generation is not None else ():
         current = getattr(generation, key, None)
         setattr(generation, key, {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value)
-    core.model.save_pretrained(path, state_dict=state, safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar through the training bar at every save
+    try:
+        core.model.save_pretrained(path, state_dict=state, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if processor is not None:
         processor.save_pretrained(path)
 
