@@ -217,7 +217,7 @@ def _one_row(query, key, value, key_mask, attention_mask, scale):
     g = h // hkv
     _ran(_case(query.device, query.dtype, None, d, 0 if value is None else value.shape[-1]), "one-row math")
     acc = torch.promote_types(query.dtype, torch.float32)  # softmax in fp32 (fp64 for fp64 inputs)
-    scores = torch.matmul(query.reshape(b, hkv, g, d), key.transpose(-1, -2)).to(acc) * scale  # [B, Hkv, G, Tk]
+    scores = torch.matmul(query.reshape(b, hkv, g, d) * scale, key.transpose(-1, -2)).to(acc)  # [B, Hkv, G, Tk]
     if attention_mask is not None:
         mask = attention_mask
         while mask.dim() < 4:
@@ -226,11 +226,12 @@ def _one_row(query, key, value, key_mask, attention_mask, scale):
         if mask.shape[1] == h:
             mask = mask.reshape(mask.shape[0], hkv, g, tk)
         if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores.masked_fill_(~mask, float("-inf"))
         else:
-            scores = scores + mask.to(acc)
+            scores += mask.to(acc)
     probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # a fully masked row -> 0
-    mass = (probs * key_mask[:, None, None, :]).sum(-1).reshape(b, h, 1).to(query.dtype)  # [B, H, 1]
+    indicator = key_mask.to(acc)[:, None, :, None]  # [B, 1, Tk, 1]
+    mass = torch.matmul(probs, indicator).reshape(b, h, 1).to(query.dtype)  # [B, H, 1]
     if value is None:
         return None, mass
     out = torch.matmul(probs.to(value.dtype), value)  # [B, Hkv, G, dv]
