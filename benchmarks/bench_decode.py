@@ -15,7 +15,9 @@ do not count):
 
 Generation decodes every image token (``--image-size 192``: 576 tokens, the Janus-Pro count);
 understanding answers ``--answer-tokens`` tokens (plain: end of sequence suppressed until then;
-profile: the cap, fewer where the model ends its turn: the token counts are printed).
+profile: the cap, fewer where the model ends its turn: the tokens columns count what each run
+decoded; a Janus generation decodes 576 codes, the profile's count adds nothing for the
+``<end_of_image>`` the plain run does not generate either).
 
 The table gives, per task and batch size, the median CPU seconds, items/s and tokens/s, and
 ``profile / plain`` (the profiling's cost over plain generation at that batch size) and
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+import aia.measure.decode as decode_mod
 from aia.adapters import get_adapter
 from aia.adapters.base import ImageOptions, unwrap
 from aia.data.encoder import RecordEncoder, prompt_part
@@ -113,13 +116,24 @@ def plain_answers(model, processor, data: Path, n: int, batch: int, tokens: int)
 
 
 def profile(model, processor, data: Path, task: str, n: int, batch: int, tokens: int) -> tuple[float, int, int]:
-    """``(cpu s, samples, tokens)`` of decode-profiling the first ``n`` records of ``task``."""
+    """``(cpu s, samples, tokens)`` of decode-profiling the first ``n`` records of ``task`` (tokens: as
+    decoded, so an answer that ends its turn early counts what it decoded)."""
     settings = DecodeSettings(max_new_tokens=tokens if task == "und" else None)
-    start = time.process_time()
-    p = decode_profile(model, processor, data, task, samples=n, settings=settings, progress=False, batch_size=batch)
-    cpu = time.process_time() - start
-    per = adapter_image_tokens(model) if task == "gen" else tokens
-    return cpu, p.n, p.n * per
+    decoded, real = [], decode_mod.decode_batch
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        decoded.extend(len(d.tokens) for d in out)
+        return out
+
+    decode_mod.decode_batch = counting
+    try:
+        start = time.process_time()
+        p = decode_profile(model, processor, data, task, samples=n, settings=settings, progress=False, batch_size=batch)
+        cpu = time.process_time() - start
+    finally:
+        decode_mod.decode_batch = real
+    return cpu, p.n, sum(decoded)
 
 
 def main() -> None:
