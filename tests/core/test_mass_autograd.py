@@ -376,3 +376,16 @@ def test_span_mass_flex_falls_back_to_sdpa_when_its_self_check_fails(fresh_check
     want = intensity.span_mass(q, k, qmask, kmask, attn, method="reference")
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     assert intensity.kernel_routes()["self_checks"]["cpu/float64/flex/d=8,dv=8"].startswith("failed: RuntimeError")
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_self_check_passes_when_the_first_call_runs_without_autograd(mode, fresh_checks):
+    """Profiling and evaluation run under inference_mode / no_grad: the check must not fail there."""
+    import warnings
+
+    q, k, v, kmask, attn, _ = make(hkv=2, mask="bool", dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with getattr(torch, mode)():
+            attention_with_mass(q, k, v, kmask, attn)
+    assert intensity.kernel_routes()["self_checks"] == {"cpu/float32/flash/d=8,dv=6": "passed"}

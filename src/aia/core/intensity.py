@@ -351,7 +351,10 @@ def _verified(case: str, check: Callable[[], None]) -> bool:
     disagreement) runs at the case's first use; a failure warns once and is remembered."""
     if case not in _VERDICTS:
         try:
-            check()
+            # the first call may come under inference_mode or no_grad (profiling, evaluation): the check
+            # builds its own tensors and differentiates them
+            with torch.inference_mode(False), torch.enable_grad():
+                check()
             _VERDICTS[case] = None
         except Exception as err:  # noqa: BLE001 - any failure of a private op means: do not use it
             text = str(err).strip()
