@@ -2,9 +2,12 @@
 
 Measure the layer-wise cross-modal interaction intensity of a transformers model
 exactly (fused attention kernels, no attention maps), turn it into the AIA loss,
-and fine-tune with it. Layers of the package, each depending only on those before it:
-``core`` (tensors) <- ``attention`` / ``adapters`` (transformers models) <- ``data``,
-``targets``, ``measure``, ``training`` <- ``plots``, ``demo``, ``cli``.
+and fine-tune with it. Layers of the package, each importing only those before it (README's
+Layout table; ``tests/test_layers.py`` checks it): the helpers ``errors``, ``jsonl``,
+``fields`` -> ``core`` (tensors) -> ``attention`` (the transformers integration) ->
+``data`` (records) -> ``adapters`` (model families) -> ``options`` -> ``measure``
+(profiling) -> ``targets`` -> ``training`` -> ``measure.run`` (profiling with a run config),
+``evaluate``, ``plots`` -> ``demo``, ``testing``, ``cli``.
 """
 
 from __future__ import annotations
