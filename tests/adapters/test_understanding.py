@@ -15,7 +15,7 @@ from aia.adapters.base import IGNORE_INDEX
 from aia.cli import main
 from aia.core.spans import Role, SpanConfig
 from aia.data.records import read_records
-from aia.measure.decode import DecodeSettings, decode_example
+from aia.measure.decode import DecodeSettings, decode_batch, decode_example
 from aia.measure.profile import load_profile
 from aia.measure.teacher import profile_model
 from aia.testing.tiny_understanding import TINY_UNDERSTANDING_MODELS, save_understanding_model
@@ -118,6 +118,20 @@ def test_llava_next_mixed_tile_counts(tiny_data):
     with torch.no_grad(), aia.capture(model) as cap:
         adapter.forward(model, batch)
     torch.testing.assert_close(cap.intensity, eager_intensity(model, batch), rtol=0, atol=1e-5)
+
+
+def test_decode_batch_equals_one_row_at_a_time(reference, tiny_data):
+    """Understanding references through the batched decode (their own collate: vision inputs, M-RoPE
+    positions, left padding): the same tokens and intensities as each row alone."""
+    name, model, processor = reference
+    adapter = get_adapter(model, processor)
+    examples = encode_all(adapter, tiny_data[0], 3)
+    settings = DecodeSettings(max_new_tokens=4)
+    batched = decode_batch(model, adapter, examples, settings, sample_indices=[0, 1, 2])
+    for i, got in enumerate(batched):
+        alone = decode_example(model, adapter, examples[i], settings, sample_index=i)
+        assert torch.equal(got.tokens, alone.tokens), name
+        torch.testing.assert_close(got.intensity, alone.intensity, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("predictive", [False, True], ids=["own", "predictive"])

@@ -515,9 +515,10 @@ class AdapterBase(abc.ABC):
         answering)."""
 
     # -- defaults a family may override -----------------------------------------------------
-    def collate(self, examples: list[Example]) -> Batch:
-        """Pad examples of one task into a :class:`Batch` with its AIA span masks."""
-        return collate_examples(examples, self.pad_id, self.padding_side, self.span_config)
+    def collate(self, examples: list[Example], padding_side: str | None = None) -> Batch:
+        """Pad examples of one task into a :class:`Batch` with its AIA span masks, on
+        ``padding_side`` (default: the family's :attr:`padding_side`; decoding pads left)."""
+        return collate_examples(examples, self.pad_id, padding_side or self.padding_side, self.span_config)
 
     @classmethod
     def load_processor(cls, model_dir: Path):

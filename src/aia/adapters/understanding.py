@@ -220,8 +220,8 @@ class UnderstandingAdapter(AdapterBase):
             b.tokens(self.eos_id, Role.TEMPLATE, supervised=True)
 
     # -- batches and forward ----------------------------------------------------------------
-    def collate(self, examples: list[Example]) -> Batch:
-        batch = super().collate(examples)
+    def collate(self, examples: list[Example], padding_side: str | None = None) -> Batch:
+        batch = super().collate(examples, padding_side)
         keys = set(getattr(examples[0], "vision", {}))
         if any(set(getattr(ex, "vision", {})) != keys for ex in examples):
             raise ValueError("every example of a batch needs the same vision inputs")

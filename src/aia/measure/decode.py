@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aia.adapters import get_adapter
-from aia.adapters.base import AdapterBase, DecodeRunner, Example, collate_examples, unwrap
+from aia.adapters.base import AdapterBase, DecodeRunner, Example, unwrap
 from aia.adapters.imagegen import sample_tokens
 from aia.adapters.prompts import PromptConfig
 from aia.attention import capture
@@ -373,7 +373,7 @@ def _prefill(
     groups = [prompts] if len(sizes) == 1 else [[p] for p in prompts]
     parts, hidden, readings = [], [], []
     for group in groups:
-        batch = collate_examples(group, adapter.pad_id, "left", adapter.span_config).to(param.device)
+        batch = adapter.collate(group, "left").to(param.device)
         inputs = {k: v.to(param.dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
         positions = _position_ids(run.base, inputs, batch.attention_mask)
         if run.embed_prefill is not None:
