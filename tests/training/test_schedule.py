@@ -114,7 +114,6 @@ def test_plan_from_epochs_and_warmups():
     [
         (["optim.warmup_ratio=0.1", "optim.warmup_steps=10"], "set at most one of optim.warmup_ratio"),
         (["optim.warmup_epochs=0.1", "optim.warmup_ratio=0.1"], r"optim.warmup_ratio / optim.warmup_epochs"),
-        (["train.max_steps=10", "train.epochs=2"], "train.max_steps / train.epochs: set one of them, not both"),
         (["train.epochs=0"], "train.epochs: must be > 0"),
         (["optim.min_lr=1e-3"], "optim.min_lr: must not exceed optim.lr"),
         (["optim.scheduler=constant", "optim.warmup_steps=5"], "optim.warmup_steps: optim.scheduler=constant has no"),
@@ -136,3 +135,8 @@ def test_schedule_fields_load():
     # a file's max_steps is replaced by epochs when the override clears it
     assert cfg("train.max_steps=5", "train.max_steps=null", "train.epochs=1").train.epochs == 1.0
     assert cfg("optim.scheduler=constant", "optim.lr=0").optim.lr == 0  # the floor does not apply
+    # overrides of the run length: the later one replaces the earlier (see --help-config)
+    later = cfg("train.max_steps=10", "train.epochs=2").train
+    assert (later.max_steps, later.epochs) == (None, 2.0)
+    later = cfg("train.epochs=2", "train.max_steps=10").train
+    assert (later.max_steps, later.epochs) == (10, None)
