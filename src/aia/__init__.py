@@ -3,7 +3,7 @@
 Measure the layer-wise cross-modal interaction intensity of a transformers model
 exactly (fused attention kernels, no attention maps), turn it into the AIA loss,
 and fine-tune with it. Layers of the package, each importing only those before it (README's
-Layout table; ``tests/test_layers.py`` checks it): the helpers ``errors``, ``jsonl``,
+Layout table; ``tests/test_layers.py`` checks it): the helpers ``errors``, ``jsonl``, ``locks``,
 ``fields`` -> ``core`` (tensors) -> ``attention`` (the transformers integration) ->
 ``data`` (records) -> ``adapters`` (model families) -> ``options`` -> ``measure``
 (profiling) -> ``targets`` -> ``training`` -> ``measure.run`` (profiling with a run config),

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from aia.errors import InputError
+from aia.locks import hold_lock
 
 __all__ = [
     "Interrupted",
@@ -183,37 +184,18 @@ def check_manifest(out: Path, section: str, fields: dict, *, overwrite: bool = F
 @contextlib.contextmanager
 def output_lock(out: Path, command: str) -> Iterator[None]:
     """Hold ``.<name>.lock`` beside output ``out`` while writing it, so that a second run into the
-    same output refuses to start instead of writing every row twice. The lock goes with the
-    process, even on kill -9.
+    same output refuses to start instead of writing every row twice (:func:`aia.locks.hold_lock`).
 
     Raises:
         InputError: another process holds it.
     """
-    import fcntl
-
-    path = out.with_name(f".{out.name}.lock")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")  # noqa: SIM115  (held while writing)
-    except OSError as err:
-        raise InputError(f"cannot write here ({err.strerror or err}); give a writable place", path=out) from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise InputError(
-                f"another {command} ({holder}) is writing it; wait for it or give another --out", path=out
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with hold_lock(
+        out.with_name(f".{out.name}.lock"),
+        out,
+        busy=f"another {command} ({{holder}}) is writing it; wait for it or give another --out",
+        unwritable="cannot write here ({reason}); give a writable place",
+    ):
+        yield
 
 
 def writable_output(out: Path, *, folder: bool) -> Path:

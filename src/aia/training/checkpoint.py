@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from aia.adapters.base import unwrap
 from aia.errors import InputError
+from aia.locks import hold_lock
 from aia.training.state import check_files, load_state, save_state
 
 if TYPE_CHECKING:
@@ -264,31 +265,13 @@ def run_lock(out: Path) -> Iterator[None]:
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
-    import fcntl
-
-    path = out / ".lock"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")  # noqa: SIM115  (held for the run)
-    except OSError as err:  # read-only, not a folder, no permission: before any model is loaded
-        raise InputError(f"cannot write the run here ({err.strerror or err}); give a writable "
-                         "train.output_dir", path=out) from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise InputError(f"another aia train ({holder}) is running in this folder; wait for it or use "
-                             "another train.output_dir", path=out) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with hold_lock(
+        out / ".lock",
+        out,
+        busy="another aia train ({holder}) is running in this folder; wait for it or use another train.output_dir",
+        unwritable="cannot write the run here ({reason}); give a writable train.output_dir",
+    ):
+        yield
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
