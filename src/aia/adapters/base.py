@@ -50,6 +50,7 @@ __all__ = [
     "Example",
     "ImageDefaults",
     "ImageOptions",
+    "ImageTokens",
     "SequenceBuilder",
     "collate_examples",
     "next_token_loss",
@@ -187,6 +188,8 @@ class ImageDefaults:
     positive: str = ""
     negative: str = ""
     options: tuple[str, ...] = ()
+    temperature: float = 1.0
+    top_p: float | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,33 @@ class ImageOptions:
     negative: str = ""
     image_area: int | None = None
     ratio: str = "1:1"
+    top_p: float | None = None
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """One generated image as its tokens, what :meth:`AdapterBase.generate_images` returns for a family
+    whose pixel decoder is not part of its transformers class (:attr:`AdapterBase.image_output`
+    ``"tokens"``: GLM-Image, whose decoder is a diffusion transformer outside transformers).
+
+    Attributes:
+        grids: ``(rows, columns)`` of each token grid, in the order the model wrote them.
+        tokens: the codes of each grid, row by row (``rows * columns`` each).
+    """
+
+    grids: tuple[tuple[int, int], ...]
+    tokens: tuple[tuple[int, ...], ...]
+
+    def __post_init__(self):
+        if len(self.grids) != len(self.tokens):
+            raise ValueError(f"{len(self.grids)} grids but {len(self.tokens)} token lists")
+        for (rows, cols), codes in zip(self.grids, self.tokens, strict=True):
+            if rows * cols != len(codes):
+                raise ValueError(f"a {rows} x {cols} grid holds {rows * cols} tokens, got {len(codes)}")
+
+    def to_dict(self) -> dict:
+        """``{"grids": [[rows, columns], ...], "tokens": [[code, ...], ...]}`` (JSON-ready)."""
+        return {"grids": [list(g) for g in self.grids], "tokens": [list(t) for t in self.tokens]}
 
 
 def id_tensor(ids, device: torch.device) -> torch.Tensor:
@@ -443,6 +473,9 @@ class AdapterBase(abc.ABC):
     text_processor_kwargs: ClassVar[dict] = {}
     #: text-to-image sampling defaults; None: the family generates no images (:meth:`generate_images`)
     image_defaults: ClassVar[ImageDefaults | None] = None
+    #: what :meth:`generate_images` returns: ``"pixels"`` (PIL images) or ``"tokens"`` (:class:`ImageTokens`,
+    #: a family whose pixel decoder is not part of its transformers class)
+    image_output: ClassVar[str] = "pixels"
     #: the end of the error :meth:`generate_images` raises where ``image_defaults`` is None
     no_images_reason: ClassVar[str] = "generates no images; text-to-image needs a family that does (Janus(-Pro), Emu3)"
     #: the image placeholder id the default :meth:`image_block` looks for (set by the family's

@@ -51,16 +51,25 @@ def check_seeds(prompts: list[str], seeds: list[int]) -> None:
         raise ValueError(f"generate_images needs one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
 
 
-def sample_tokens(logits: torch.Tensor, generators: list, temperature: float, top_k: int | None = None) -> torch.Tensor:
+def sample_tokens(
+    logits: torch.Tensor, generators: list, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """One token per row of ``logits`` ``[B, V]`` (float): the argmax at ``temperature`` 0, else a draw
-    from ``softmax(logits / temperature)``, kept to the ``top_k`` largest when given, row ``i`` with
-    its own generator ``generators[i]`` (so a row's draw does not depend on the others). Returns ``[B]``."""
+    from ``softmax(logits / temperature)``, kept to the ``top_k`` largest when given, then to the nucleus
+    ``top_p`` when given (the fewest most likely tokens whose probability reaches ``top_p``, the one that
+    crosses it included, as transformers' ``TopPLogitsWarper``), row ``i`` with its own generator
+    ``generators[i]`` (so a row's draw does not depend on the others). Returns ``[B]``."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ascending, order = logits.sort(dim=-1)
+        drop = ascending.softmax(-1).cumsum(-1) <= 1 - top_p  # the least likely tokens, outside the nucleus
+        drop[:, -1] = False  # the most likely token always stays
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     probs = logits.softmax(-1)
     return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
 
