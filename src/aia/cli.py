@@ -195,7 +195,9 @@ def _targets_parser(sub) -> None:
     t.add_argument("--preset", default=None,
                    help="render a preset (janus-pro-released, janus-pro, emu3) instead (default: none)")
     t.add_argument("--layers", type=int, default=None,
-                   help="with --preset: map to this depth by --layer-map (default: the preset's)")
+                   help="with --preset: map to this depth by --layer-map (default: the preset's); with profiles: "
+                        "the targets' depth, each task's mapped by relative depth (default: the profiles', the "
+                        "deeper one where a gen and an und reference differ)")
     t.add_argument("--layer-map", choices=("relative", "absolute"), default="relative",
                    help="with --layers: by relative depth, or by absolute layer index as the released code "
                         "writes its bands (aia.layer_map; default: relative)")
@@ -230,6 +232,7 @@ def _cmd_targets(args) -> int:
             per_layer=args.per_layer,
             name=args.name,
             fallback=args.fallback,
+            num_layers=args.layers,
         )
     if args.out:
         targets.to_yaml(args.out)

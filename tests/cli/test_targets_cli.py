@@ -69,12 +69,16 @@ def test_profile_of_wrong_schema(tmp_path, capsys, edit, message):
     assert not (tmp_path / "t.yaml").exists()
 
 
-def test_layer_counts_that_do_not_match(tmp_path, capsys):
+def test_references_of_different_depths(tmp_path, capsys):
+    """A gen and an und reference of different depths: targets at the deeper one's depth, or at --layers."""
     gen = write_profile(tmp_path / "gen.json", layers=4)
     und = write_profile(tmp_path / "und.json", task="und", layers=6)
-    code, err = run_cli(capsys, "targets", gen, und, "--out", tmp_path / "t.yaml")
-    assert code == 2 and "gen and und profiles have different layer counts [4, 6]" in err
-    assert not (tmp_path / "t.yaml").exists()
+    code, _ = run_cli(capsys, "targets", gen, und, "--stages", "2", "--out", tmp_path / "t.yaml")
+    assert code == 0
+    targets = TargetProfile.from_yaml(tmp_path / "t.yaml")
+    assert targets.num_layers == 6 and "resized 4->6" in targets.source
+    code, _ = run_cli(capsys, "targets", gen, und, "--stages", "2", "--layers", "24", "--out", tmp_path / "t24.yaml")
+    assert code == 0 and TargetProfile.from_yaml(tmp_path / "t24.yaml").num_layers == 24
 
 
 @pytest.mark.parametrize("delta", [0.0, -0.1])

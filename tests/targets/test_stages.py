@@ -110,8 +110,20 @@ def test_derive_targets_both_tasks_and_fallback():
         derive_targets(None, None, fallback="emu3")
     with pytest.raises(ValueError, match="measured on task 'und'"):
         derive_targets(und, None, fallback="emu3")
-    with pytest.raises(ValueError, match=r"different layer counts \[24, 30\]"):
-        derive_targets(staged_profile([0.4], [30], task="gen"), und)
+    # References of different depths (Qwen-VL and GLM-Image): each task's stages on its own depth, mapped
+    # by relative depth to the deeper one, or to num_layers
+    deep = staged_profile([0.4, 0.2], [20, 10], task="gen", seed=2)
+    mixed = derive_targets(deep, und, stages=2)
+    assert mixed.num_layers == 30 and "und: " in mixed.source and "resized 24->30" in mixed.source
+    alone = derive_targets(deep, None, stages=2, fallback="emu3")
+    assert mixed.tasks["gen"] == alone.tasks["gen"]  # the deeper reference's stages, unchanged
+    assert mixed.per_layer("und")[0] == TargetProfile(
+        "x", 24, {t: derive_targets(None, und, stages=2, fallback="emu3").tasks["und"] for t in ("und", "gen")}
+    ).resize(30).per_layer("und")[0]
+    to_16 = derive_targets(deep, und, stages=2, num_layers=16)
+    assert to_16.num_layers == 16 and to_16.tasks["gen"] == mixed.resize(16).tasks["gen"]
+    with pytest.raises(ValueError, match="num_layers must be a positive integer"):
+        derive_targets(gen, und, num_layers=0)
     with pytest.raises(ValueError, match="stages=25 is more than the 24 layers"):
         derive_targets(gen, und, stages=25)
 

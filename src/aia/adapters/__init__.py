@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from aia.adapters.base import IGNORE_INDEX, AdapterBase, AdapterOutput, Batch, DecodeRunner, Example, unwrap
     from aia.adapters.chameleon import ChameleonAdapter
     from aia.adapters.emu3 import Emu3Adapter
+    from aia.adapters.glm_image import GlmImageAdapter
     from aia.adapters.janus import JanusAdapter
     from aia.adapters.loading import (
         ADAPTERS,
@@ -45,6 +46,7 @@ __all__ = [
     "DecodeRunner",
     "Emu3Adapter",
     "Example",
+    "GlmImageAdapter",
     "JanusAdapter",
     "PromptConfig",
     "UnderstandingAdapter",
@@ -64,6 +66,7 @@ __getattr__, __dir__ = lazy_names(
                               "unwrap"),
         "aia.adapters.chameleon": ("ChameleonAdapter",),
         "aia.adapters.emu3": ("Emu3Adapter",),
+        "aia.adapters.glm_image": ("GlmImageAdapter",),
         "aia.adapters.janus": ("JanusAdapter",),
         "aia.adapters.loading": ("ADAPTERS", "FAMILY_MARKER", "adapter_class", "adapter_class_of", "get_adapter",
                                  "load_model", "register_adapter"),

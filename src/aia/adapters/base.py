@@ -156,7 +156,7 @@ class AdapterOutput:
 class DecodeRunner:
     """How one family's model is called for decode-time profiling (:mod:`aia.measure.decode`).
 
-    ``base`` is called as ``base(**inputs, attention_mask=, position_ids=, past_key_values=,
+    ``base`` is called as ``base(**inputs, attention_mask=, position_ids=, cache=,
     use_cache=True, aia_query_mask=, aia_key_mask=)`` and returns ``last_hidden_state``.
     """
 
@@ -595,6 +595,13 @@ class AdapterBase(abc.ABC):
         from aia.errors import InputError
 
         raise InputError(f"{type(unwrap(model)).__name__} {self.no_images_reason}")
+
+    def decode_sampling(self, model: nn.Module) -> dict:
+        """How decode-time profiling (:class:`aia.measure.decode.DecodeSettings`) chooses generation tokens
+        where the user does not say: ``{"cfg_weight", "temperature", "top_k", "top_p"}``. Here the released
+        plot script's (``gen_plot.py``: classifier-free guidance 5, sampling at temperature 1 over every code);
+        a family whose checkpoint samples otherwise returns its own."""
+        return {"cfg_weight": 5.0, "temperature": 1.0, "top_k": None, "top_p": None}
 
     def generation_settings(self) -> dict:
         """What a saved checkpoint's ``generation_config`` needs for the family's own ``generate``

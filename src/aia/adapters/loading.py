@@ -24,6 +24,7 @@ from torch import nn
 from aia.adapters.base import AdapterBase, unwrap
 from aia.adapters.chameleon import ChameleonAdapter
 from aia.adapters.emu3 import Emu3Adapter
+from aia.adapters.glm_image import GlmImageAdapter
 from aia.adapters.janus import JanusAdapter
 from aia.adapters.prompts import PromptConfig
 from aia.adapters.understanding import UnderstandingAdapter
@@ -52,6 +53,7 @@ ADAPTERS: dict[str, type[AdapterBase]] = {
     "JanusForConditionalGeneration": JanusAdapter,
     "Emu3ForConditionalGeneration": Emu3Adapter,
     "ChameleonForConditionalGeneration": ChameleonAdapter,
+    "GlmImageForConditionalGeneration": GlmImageAdapter,
     "Qwen2VLForConditionalGeneration": UnderstandingAdapter,
     "Qwen2_5_VLForConditionalGeneration": UnderstandingAdapter,
     "Qwen3VLForConditionalGeneration": UnderstandingAdapter,

@@ -259,13 +259,16 @@ class RecordEncoder:
     """Encodes the records of one task of one data file with one :class:`Preprocessing` policy.
 
     Args:
-        adapter: the model family's adapter (``encode(record, task, base_dir, image=, cfg_blank=)``
-            and ``processor``).
+        adapter: the model family's adapter (``encode(record, task, base_dir, image=, cfg_blank=)``,
+            ``processor``, ``tasks``, ``model_class`` and ``family``).
         task: ``"und"`` or ``"gen"``.
         base_dir: the data file's folder (image paths are relative to it).
         policy: the preprocessing policy.
         transform: a PIL image -> PIL image function that replaces the policy's image transform
             (None: no transform).
+
+    Raises:
+        InputError: the family does not take ``task`` (one of the adapter's ``tasks``).
     """
 
     def __init__(
@@ -277,6 +280,11 @@ class RecordEncoder:
         *,
         transform: Callable | None | object = _FROM_POLICY,
     ):
+        if task not in adapter.tasks:  # before any record is read
+            from aia.errors import InputError
+
+            raise InputError(f"{adapter.model_class} ({adapter.family}) takes {' and '.join(adapter.tasks)} samples "
+                             f"only, not {task!r}", field="task")
         self.adapter, self.task, self.policy = adapter, task, policy
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.transform = image_transform(policy, task, adapter.processor) if transform is _FROM_POLICY else transform

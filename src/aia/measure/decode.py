@@ -44,6 +44,7 @@ copy of it per token).
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -73,42 +74,61 @@ DEFAULT_MAX_NEW_TOKENS = 512
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """How tokens are chosen in decode mode (defaults: the released plot scripts).
+    """How tokens are chosen in decode mode. A sampling field left at None takes the family's value
+    (:meth:`AdapterBase.decode_sampling <aia.adapters.base.AdapterBase.decode_sampling>`: the released
+    plot scripts' for the unified families, the checkpoint's generation config for GLM-Image);
+    :meth:`resolve` fills them in.
 
     Attributes:
         cfg_weight: generation: classifier-free guidance weight; 1 turns the unconditional
             branch off (``gen_plot.py``: 5).
         temperature: generation: sampling temperature; 0 decodes greedily (``gen_plot.py``: 1).
+        top_k: generation: sample among the ``top_k`` most likely codes (``gen_plot.py``: all).
+        top_p: generation: sample in the nucleus of probability ``top_p`` (``gen_plot.py``: all).
         seed: seed of the sampling generator (per sample: ``(seed, sample index)``).
         max_new_tokens: understanding: answer length cap (``und_plot.py``: 512); generation:
             decode only the first this many image tokens (None: the whole image).
     """
 
-    cfg_weight: float = 5.0
-    temperature: float = 1.0
+    cfg_weight: float | None = None
+    temperature: float | None = None
     seed: int = 0
     max_new_tokens: int | None = None
+    top_k: int | None = None
+    top_p: float | None = None
 
     def __post_init__(self):
-        if not (self.cfg_weight >= 0 and self.cfg_weight < float("inf")):
+        if self.cfg_weight is not None and not (self.cfg_weight >= 0 and self.cfg_weight < float("inf")):
             raise ValueError(f"cfg_weight must be a finite number >= 0, got {self.cfg_weight}")
-        if not (self.temperature >= 0 and self.temperature < float("inf")):
+        if self.temperature is not None and not (self.temperature >= 0 and self.temperature < float("inf")):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def resolve(self, family: dict) -> DecodeSettings:
+        """These settings with every sampling field left at None taken from ``family``
+        (:meth:`AdapterBase.decode_sampling <aia.adapters.base.AdapterBase.decode_sampling>`)."""
+        names = ("cfg_weight", "temperature", "top_k", "top_p")
+        return replace(self, **{k: family.get(k) for k in names if getattr(self, k) is None})
 
     def to_dict(self, task: str) -> dict:
         """The settings that apply to ``task`` (recorded in the profile)."""
         if task == "und":
             return {"decoding": "greedy", "max_new_tokens": self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS}
         decoding = "greedy" if self.temperature == 0 else "multinomial"
-        return {
+        out = {
             "decoding": decoding,
             "temperature": self.temperature,
             "cfg_weight": self.cfg_weight,
             "seed": self.seed,
             "max_new_tokens": self.max_new_tokens,
         }
+        out.update({k: v for k, v in (("top_k", self.top_k), ("top_p", self.top_p)) if v is not None})
+        return out
 
 
 @dataclass
@@ -217,6 +237,7 @@ def decode_batch(
     """
     n = len(examples)
     task = examples[0].task
+    settings = settings.resolve(adapter.decode_sampling(model))
     indices = list(range(n)) if sample_indices is None else list(sample_indices)
     caps = [settings.max_new_tokens] * n if max_new_tokens is None else list(max_new_tokens)
     cut = [_prompt_and_plan(ex, adapter, task) for ex in examples]
@@ -238,12 +259,15 @@ def decode_batch(
                 "(adapter.encode(record, 'gen', ..., cfg_blank=True)); or set cfg_weight=1"
             )
         rows += [_prompt_and_plan(u, adapter, "gen")[0] for u in unconds]
+    full = list(examples) + (list(unconds) if picker.guided else [])
     tokens: list[list[int]] = [[] for _ in range(n)]
     roles: list[list[int]] = [[] for _ in range(n)]
     active = list(range(n))  # samples still decoding
     with capture(model, method=method) as cap:
         # the prefill's reading is a token's only with predictive queries (the position predicting token 0)
         sequence, hidden, reading = _prefill(model, adapter, run, rows, span_cfg, cap, n, measure=not own)
+        if task == "gen":
+            sequence.planned = _planned_positions(adapter, full, rows, sequence.positions)
         readings = [reading]  # per model call: (intensity [L, n], valid [n]) of the conditional rows, on the device
         step = 0
         while active:
@@ -286,6 +310,26 @@ def _planned(plan: torch.Tensor | None, step: int) -> int | None:
     return int(plan[step]) if plan is not None and step < len(plan) else None
 
 
+def _planned_positions(
+    adapter: AdapterBase, full: list[Example], prompts: list[Example], positions: torch.Tensor
+) -> torch.Tensor | None:
+    """The positions the rows' image tokens take, ``[R, N]`` (``[3, R, N]`` for 3D positions), as the
+    adapter's collation gives them on each row's whole example (GLM-Image's grids are not counted
+    1, 2, 3...); None where the collation leaves positions to the model (they are then counted on)."""
+    planned = []
+    for example, prompt in zip(full, prompts, strict=True):
+        pos = adapter.collate([example], "left").inputs.get("position_ids")
+        if pos is None:
+            return None
+        planned.append(pos[..., 0, len(prompt) :])  # [N] or [3, N]
+    width = max(p.shape[-1] for p in planned)
+
+    def extend(p: torch.Tensor) -> torch.Tensor:  # a shorter plan counts on after its last position
+        return torch.cat([p, p[..., -1:] + torch.arange(1, width - p.shape[-1] + 1)], -1)
+
+    return torch.stack([extend(p) for p in planned], -2).to(positions.device)
+
+
 def _reading(cap, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The last call's intensity of the first ``n`` rows (the conditional ones), ``[L, n]``, and
     whether their spans were non-empty, ``[n]``; kept on the device (no sync per token)."""
@@ -318,6 +362,8 @@ class _Sequence:
     positions: torch.Tensor  # [R, T], or [3, R, T] (M-RoPE)
     cache: object = None
     key_mask: torch.Tensor | None = None  # [R, T]; None: read from the roles at the first call
+    planned: torch.Tensor | None = None  # [R, N] or [3, R, N]: the positions of the tokens fed (None: counted on)
+    fed: int = 0  # tokens fed so far
 
     def forward(self, inputs: dict, measure: bool = True) -> torch.Tensor:
         """Run ``inputs`` (the positions not in the cache yet); the last position's hidden states ``[R, D]``.
@@ -333,11 +379,11 @@ class _Sequence:
             **inputs,
             attention_mask=self.attention_mask,
             position_ids=self.positions[..., -_length(inputs) :],
-            past_key_values=self.cache,
+            **{_cache_keyword(type(self.run.base)): self.cache},
             use_cache=True,
             **spans,
         )
-        self.cache = out.past_key_values
+        self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
         return out.last_hidden_state[:, -1]
 
     def feed(self, tokens: list[int], roles: list[int]) -> torch.Tensor:
@@ -346,7 +392,12 @@ class _Sequence:
         new = torch.tensor(tokens, device=device)[:, None]  # [R, 1]
         self.roles = torch.cat([self.roles, torch.tensor(roles, dtype=self.roles.dtype, device=device)[:, None]], 1)
         self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)], 1)
-        self.positions = torch.cat([self.positions, self.positions[..., -1:] + 1], -1)
+        if self.planned is not None and self.fed < self.planned.shape[-1]:
+            position = self.planned[..., self.fed : self.fed + 1]
+        else:
+            position = self.positions[..., -1:] + 1
+        self.positions = torch.cat([self.positions, position], -1)
+        self.fed += 1
         self.key_mask = torch.cat([self.key_mask, self.key_mask.new_zeros(len(tokens), 1)], 1)
         embed = self.run.embed_step
         return self.forward({"inputs_embeds": embed(new)} if embed is not None else {"input_ids": new})
@@ -432,6 +483,7 @@ class _Picker:
         self.guided = task == "gen" and settings.cfg_weight != 1
         self.weight = settings.cfg_weight
         self.temperature = settings.temperature if task == "gen" else 0.0  # understanding: greedy
+        self.top_k, self.top_p = (settings.top_k, settings.top_p) if task == "gen" else (None, None)
         self.generators = [torch.Generator().manual_seed(settings.seed * 1_000_003 + i) for i in sample_indices]
 
     def __call__(
@@ -457,7 +509,8 @@ class _Picker:
         rows = self._restrict(logits[choose])  # [m, V]
         if self.temperature != 0:  # the draw on the CPU, so it does not depend on the device
             rows = rows.cpu()
-        picks = sample_tokens(rows, [self.generators[i] for i in choose], self.temperature).tolist()
+        picks = sample_tokens(rows, [self.generators[i] for i in choose], self.temperature, self.top_k,
+                              self.top_p).tolist()
         for i, token in zip(choose, picks, strict=True):
             if planned[i] is not None:
                 forced[i] = (token, planned[i])
@@ -483,6 +536,16 @@ def _room(example: Example, adapter: AdapterBase, settings: DecodeSettings, limi
     prompt, _ = _prompt_and_plan(example, adapter, example.task)
     room = max(1, limit - len(prompt))
     return min(settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, room)
+
+
+@functools.cache
+def _cache_keyword(base: type) -> str:
+    """The KV cache's keyword of the module class ``base``'s forward: ``cache`` (transformers renamed
+    ``past_key_values``, which its models still take with a deprecation warning), or ``past_key_values``
+    where that is the one it has."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _length(inputs: dict) -> int:
@@ -556,6 +619,7 @@ def decode_profile(
     data = Path(data)
     records = task_records(data, task)
     adapter = get_adapter(model, processor, span_config=span_config, prompt_config=prompt_config)
+    settings = settings.resolve(adapter.decode_sampling(model))
     guided = task == "gen" and settings.cfg_weight != 1
     policy = measure_policy(model, max_length, preprocessing)
     limit = policy.length.max_length

@@ -126,8 +126,13 @@ def derive_targets(
     fallback: TargetProfile | str | Path | None = None,
     c: float = DELTA_SCALE,
     min_delta: float = MIN_DELTA,
+    num_layers: int | None = None,
 ) -> TargetProfile:
     """Stage-level targets for both tasks from reference profiles.
+
+    Each task's stages are derived on its own reference's depth; the references of the two tasks may
+    differ in depth (the paper's Qwen3-VL and HunyuanImage do, as do Qwen-VL and GLM-Image): each task's
+    targets are then mapped by relative depth (:meth:`TargetProfile.resize`) to ``num_layers``.
 
     Args:
         gen_profile: profile of the generation reference (``task == "gen"``), or None.
@@ -139,9 +144,10 @@ def derive_targets(
             a task without a profile; resized by relative depth to the profiles' depth.
         c: delta = max(min_delta, c * within-stage std).
         min_delta: floor of delta.
+        num_layers: depth of the result (None: the profiles' depth, the deeper one where they differ).
 
     Returns:
-        A :class:`TargetProfile` whose depth is the profiles' ``num_layers``.
+        A :class:`TargetProfile` of ``num_layers`` layers.
     """
     given = {"gen": gen_profile, "und": und_profile}
     for task, p in given.items():
@@ -150,17 +156,19 @@ def derive_targets(
     depths = {p.num_layers for p in given.values() if p is not None}
     if not depths:
         raise ValueError("derive_targets needs at least one profile")
-    if len(depths) > 1:
-        raise ValueError(f"gen and und profiles have different layer counts {sorted(depths)}")
-    L = depths.pop()
+    if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1):
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    L = num_layers or max(depths)
     fb = TargetProfile.load(fallback) if isinstance(fallback, (str, Path)) else fallback
     tasks: dict[str, tuple[Stage, ...]] = {}
     sources = []
     for task in TASKS:
         p = given[task]
         if p is not None:
-            tasks[task] = derive_stages(p, stages, per_layer, c, min_delta)
-            sources.append(f"{task}: {p.model} (n={p.n})")
+            own = derive_stages(p, stages, per_layer, c, min_delta)
+            tasks[task] = TargetProfile(name, p.num_layers, {t: own for t in TASKS}).resize(L).tasks[task]
+            resized = "" if p.num_layers == L else f" resized {p.num_layers}->{L}"
+            sources.append(f"{task}: {p.model} (n={p.n}){resized}")
         elif fb is not None:
             tasks[task] = fb.resize(L).tasks[task]
             sources.append(f"{task}: {fb.name}" + ("" if fb.num_layers == L else f" resized {fb.num_layers}->{L}"))
