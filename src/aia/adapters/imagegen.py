@@ -7,7 +7,7 @@ the rest (prompt files, seeds, batching, resuming, the benchmarks' layouts) for 
 :class:`~aia.adapters.base.ImageDefaults` and :class:`~aia.adapters.base.ImageOptions`, part of
 the adapter contract, are defined with it and exported here too.
 
-Sampling (temperature, top-k) is done by :func:`seeded_sampler`, after transformers' guidance
+Sampling (temperature, top-k, top-p) is done by :func:`seeded_sampler`, after transformers' guidance
 and constraint, one ``torch.Generator`` per image seeded by the caller; the chosen token is
 handed back to transformers' greedy step. So an image does not depend on the batch it was
 generated in. Its draw, :func:`sample_tokens`, is the one decode-time profiling uses too
@@ -74,10 +74,11 @@ def sample_tokens(
     return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
 
 
-def seeded_sampler(seeds: list[int], temperature: float, top_k: int | None):
+def seeded_sampler(seeds: list[int], temperature: float, top_k: int | None, top_p: float | None = None):
     """A transformers ``LogitsProcessor`` that draws each row's next token with its own generator
-    (row ``i`` seeded with ``seeds[i]``; temperature 0: greedy) and returns scores that allow only that
-    token, so transformers' greedy step takes it. Put it after guidance and constraints."""
+    (row ``i`` seeded with ``seeds[i]``; temperature 0: greedy; top-k, then the nucleus ``top_p``, as
+    :func:`sample_tokens`) and returns scores that allow only that token, so transformers' greedy step
+    takes it. Put it after guidance and constraints."""
     from transformers import LogitsProcessor
 
     class SeededSampler(LogitsProcessor):
@@ -88,7 +89,7 @@ def seeded_sampler(seeds: list[int], temperature: float, top_k: int | None):
             scores = scores.float()
             if self.generators is None and temperature != 0:
                 self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in seeds]
-            chosen = sample_tokens(scores, self.generators, temperature, top_k)
+            chosen = sample_tokens(scores, self.generators, temperature, top_k, top_p)
             out = torch.full_like(scores, float("-inf"))
             return out.scatter_(1, chosen[:, None], 0.0)
 
