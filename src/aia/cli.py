@@ -289,7 +289,8 @@ def _generate_parser(sub) -> None:
     from aia.options import GenerateOptions
 
     _options_parser(sub, "generate", GenerateOptions, _cmd_generate,
-                    "text -> image with a saved Janus / Emu3 (or demo) model, in a benchmark's layout")
+                    "text -> image with a saved Janus / Emu3 (or demo) model, in a benchmark's layout "
+                    "(GLM-Image: its image tokens)")
 
 
 def _cmd_generate(opts) -> int:
@@ -305,6 +306,7 @@ def _cmd_generate(opts) -> int:
         guidance=opts.guidance,
         temperature=opts.temperature,
         top_k=opts.top_k,
+        top_p=opts.top_p,
         positive_prompt=opts.positive_prompt,
         negative_prompt=opts.negative_prompt,
         image_area=opts.image_area,
@@ -317,7 +319,8 @@ def _cmd_generate(opts) -> int:
         overwrite=opts.overwrite,
     )
     done = summary["prompts_done_before"]
-    print(f"wrote {opts.out} ({summary['images_generated']} new images, {done} prompts already there)")
+    made = "token files" if summary["image_output"] == "tokens" else "images"
+    print(f"wrote {opts.out} ({summary['images_generated']} new {made}, {done} prompts already there)")
     return 0
 
 

@@ -154,24 +154,26 @@ class GenerateOptions:
     out: str
     """Output folder (resumable with the same model, prompts and settings: prompts already written are skipped)."""
     format: str = field(default="plain", metadata={"choices": FORMATS})
-    """Output layout: plain, geneval, dpg or wise, as each benchmark's scorer reads it."""
+    """Output layout: plain, geneval, dpg or wise, as each benchmark's scorer reads it (GLM-Image: plain only, its images as token files)."""
     images_per_prompt: int | None = None
     """Images per prompt (default: 4 for geneval and dpg, 1 for plain and wise)."""
     guidance: float | None = None
-    """Classifier-free guidance weight, 1 = none (default: the family's: Janus 5, Emu3 3, demo 1)."""
-    temperature: float = 1.0
-    """Sampling temperature (0 = greedy)."""
+    """Classifier-free guidance weight, 1 = none (default: the family's: Janus 5, Emu3 3, demo and GLM-Image 1)."""
+    temperature: float | None = None
+    """Sampling temperature, 0 = greedy (default: the family's: Janus, Emu3 and demo 1, GLM-Image its checkpoint's)."""
     top_k: int | None = None
-    """Sample among the k most likely tokens (default: the family's: Emu3 2048, Janus and demo all)."""
+    """Sample among the k most likely tokens (default: the family's: Emu3 2048, Janus and demo all, GLM-Image its checkpoint's)."""
+    top_p: float | None = None
+    """Then sample in the nucleus: the fewest most likely tokens whose probability reaches p, in (0, 1], 1 = no cut (default: the family's: Janus, Emu3 and demo none, GLM-Image its checkpoint's)."""
     seed: int = 0
     """Images are seeded from (seed, prompt index, image index): same seed, same images."""
     positive_prompt: str | None = field(default=None, metadata={"group": "Emu3 only"})
     """Appended to every prompt (default: Emu3-Gen's ' masterpiece, film grained, best quality.'; '' for none)."""
     negative_prompt: str | None = field(default=None, metadata={"group": "Emu3 only"})
     """The guidance's negative prompt (default: Emu3-Gen's)."""
-    image_area: int | None = field(default=None, metadata={"group": "Emu3 only"})
-    """Pixels of a generated image (default: the processor's, at most its max_pixels)."""
-    ratio: str = field(default="1:1", metadata={"group": "Emu3 only"})
+    image_area: int | None = field(default=None, metadata={"group": "Emu3 and GLM-Image only"})
+    """Pixels of a generated image (default: Emu3 the processor's, at most its max_pixels; GLM-Image 1024x1024)."""
+    ratio: str = field(default="1:1", metadata={"group": "Emu3 and GLM-Image only"})
     """Aspect ratio width:height."""
     batch_size: int = 1
     """Images generated together (any prompts); does not change the images."""

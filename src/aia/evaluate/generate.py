@@ -21,15 +21,24 @@ families:
   (:attr:`aia.adapters.Emu3Adapter.image_defaults`); the rows decoded with ``model.decode_image_tokens``;
 * **the demo's VQ-LM** (:class:`aia.demo.VQLMAdapter`): codes sampled over the code tokens,
   no guidance by default, decoded by the processor's image tokenizer;
+* **GLM-Image** (:class:`aia.adapters.GlmImageAdapter`): ``model.generate`` on
+  ``GlmImageProcessor``'s prompt for the target size (``image_area`` pixels at ``ratio``, 1024x1024
+  by default), restricted to the codes: a ~16x16 preview grid, then the full grid (``target / 32``),
+  no guidance, sampled with the checkpoint's ``generation_config`` (temperature, top-p, top-k) unless
+  given. Its pixel decoder (a diffusion transformer, diffusers' ``GlmImagePipeline``) is not part of the
+  transformers class, so it writes the image *tokens* (:class:`~aia.adapters.base.ImageTokens`,
+  :attr:`~aia.adapters.base.AdapterBase.image_output` ``"tokens"``), one ``.tokens.json`` per image,
+  in the plain layout only (the others hold PNGs for their scorers: refused before the model loads);
 * **Chameleon**: transformers ships no image decoder for Chameleon (its VQ-VAE has only the
   encoder), so it cannot generate images: :class:`~aia.errors.InputError`, before the model
   loads (as for every model class whose adapter generates no images).
 
-Sampling (temperature, top-k) is done after transformers' guidance and constraint
+Sampling (temperature, top-k, then top-p as transformers' nucleus rule; each the family's
+default where not given) is done after transformers' guidance and constraint
 (:func:`aia.adapters.imagegen.seeded_sampler`), one ``torch.Generator`` per image seeded
 from ``(seed, prompt index, image index)``; the chosen token is handed back to
 transformers' greedy step. So an image does not depend on the batch it was generated in
-nor on what was generated before: batching and resuming give the same PNGs.
+nor on what was generated before: batching and resuming give the same PNGs (token files).
 
 Prompt files (read by :func:`read_prompts`, chosen by the file's extension):
 
@@ -51,16 +60,21 @@ dpg        ``DIR/{name}.png``: the prompt's images in one grid (2x2 for the defa
            ``name`` the prompt file's stem, as DPG-Bench's ``compute_dpg_bench.py`` reads
 wise       ``DIR/{prompt_id}.png``, one image per prompt
 plain      ``DIR/{index:05d}_{k}.png`` and ``DIR/index.jsonl`` (one line per prompt:
-           ``{"index", "name", "prompt", "files"}``)
+           ``{"index", "name", "prompt", "files"}``); a family that writes tokens
+           (GLM-Image): ``DIR/{index:05d}_{k}.tokens.json`` instead of the PNG, one JSON
+           object ``{"grids": [[rows, columns], ...], "tokens": [[code, ...], ...]}`` (each
+           grid's codes row by row, the grids in the order the model wrote them)
 =========  ============================================================================
 
 A prompt whose files all exist is skipped; files are written through a temporary name, so
-an interrupted run leaves no half-written PNG. A rerun continues a folder only when it is made
-with what made it: the model (its fingerprint), the prompts and every setting that changes an
-image are recorded in ``<DIR>.manifest.json`` beside it (:mod:`aia.evaluate.manifest`); another
-seed, prompt file, guidance, ... is refused naming the first that differs, and ``overwrite``
-starts the folder over (the layout's files are removed). One run writes a folder at a time;
-a folder that is complete already loads no model.
+an interrupted run leaves no half-written PNG (or token file). A rerun continues a folder only
+when it is made with what made it: the model (its fingerprint), the prompts and every setting that
+changes an image, the family's defaults filled in, are recorded in ``<DIR>.manifest.json`` beside it
+(:mod:`aia.evaluate.manifest`); another seed, prompt file, guidance, ... is refused naming the first
+that differs, and ``overwrite`` starts the folder over (the layout's files are removed). One run
+writes a folder at a time; a folder that is complete already loads no model, unless it was made with
+a default that only the loaded model tells (GLM-Image's sampling settings come from its checkpoint:
+the record's are checked against them).
 """
 
 from __future__ import annotations
@@ -79,9 +93,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from aia.adapters.base import ImageTokens
 from aia.adapters.imagegen import ImageOptions
 from aia.errors import DataError, InputError
-from aia.evaluate.manifest import Interrupted, check_manifest, digest, model_fingerprint, output_lock, writable_output
+from aia.evaluate.manifest import (
+    Interrupted,
+    check_manifest,
+    digest,
+    manifest_path,
+    model_fingerprint,
+    output_lock,
+    writable_output,
+)
 from aia.jsonl import read_jsonl
 
 __all__ = [
@@ -120,27 +143,28 @@ def _architecture(model_dir: Path) -> str | None:
         return None
 
 
-def check_can_generate(model_dir: str | Path) -> None:
+def check_can_generate(model_dir: str | Path, fmt: str | None = None) -> None:
     """Refuse, from its ``config.json`` alone, a saved model whose family generates no images (Chameleon,
-    understanding-only models); a config that cannot be read is left to loading to report.
+    understanding-only models), or, with ``fmt``, whose family writes image tokens (GLM-Image) where the
+    layout needs PNGs (every layout but ``plain``); a config that cannot be read, or names a class
+    without an adapter, is left to loading to report.
 
     Raises:
-        InputError: naming the directory and why.
+        InputError: naming the directory (or the ``fmt`` field) and why.
     """
-    arch = _architecture(Path(model_dir))
-    if arch is not None:
-        _check_generates(arch, where=model_dir)
+    cls = _adapter_class(model_dir)
+    if cls is not None:
+        _check_family(cls, _architecture(Path(model_dir)) or cls.__name__, fmt, where=model_dir)
 
 
-def _check_generates(model_class: str, where=None) -> None:
-    """Refuse a model class whose adapter generates no images (before loading, where it is known)."""
-    from aia.adapters import ADAPTERS
-
-    cls = ADAPTERS.get(model_class)
-    if cls is None:
-        return  # no adapter at all: loading says so, with the supported classes
+def _check_family(cls, model_class: str, fmt: str | None = None, where=None) -> None:
+    """Refuse an adapter class that generates no images, or that writes tokens where ``fmt`` needs PNGs."""
     if cls.image_defaults is None:
         raise InputError(f"{model_class} {cls.no_images_reason}", path=where)
+    if fmt is not None and fmt != "plain" and cls.image_output == "tokens":
+        raise InputError(f"the {fmt} layout holds PNGs for its scorer, but {model_class} generates image tokens "
+                         "(its pixel decoder is not part of the transformers class); use the plain layout, "
+                         "which writes the tokens", field="fmt")
 
 
 def _option_owners(option: str) -> list[str]:
@@ -363,6 +387,21 @@ class _PlainWriter(_Writer):
         _write_text(self.out_dir / "index.jsonl", self._index(prompts))
 
 
+class _PlainTokensWriter(_PlainWriter):
+    """``DIR/{index:05d}_{k}.tokens.json`` (:meth:`ImageTokens.to_dict`) and ``DIR/index.jsonl``: the plain
+    layout of a family whose images are tokens (:attr:`~aia.adapters.base.AdapterBase.image_output`)."""
+
+    names = r"\d{5}_\d+\.tokens\.json|index\.jsonl"
+
+    def files(self, prompt: Prompt) -> list[Path]:
+        return [self.out_dir / f"{prompt.index:05d}_{k}.tokens.json" for k in range(self.n)]
+
+    def write(self, prompt: Prompt, k: int, image) -> None:
+        if not isinstance(image, ImageTokens):
+            raise TypeError(f"a family whose image_output is 'tokens' returns ImageTokens, got {type(image).__name__}")
+        _write_text(self.files(prompt)[k], json.dumps(image.to_dict()) + "\n")
+
+
 class _GenEvalWriter(_Writer):
     """``DIR/{index:05d}/metadata.jsonl`` and ``DIR/{index:05d}/samples/{k:05d}.png``."""
 
@@ -418,6 +457,14 @@ class _WiseWriter(_Writer):
 #: the writer of each output layout (``fmt``)
 WRITERS: dict[str, type[_Writer]] = {"plain": _PlainWriter, "geneval": _GenEvalWriter, "dpg": _DpgWriter,
                                      "wise": _WiseWriter}
+#: the writer of each layout for a family whose images are tokens (the others need PNGs)
+TOKEN_WRITERS: dict[str, type[_Writer]] = {"plain": _PlainTokensWriter}
+
+
+def _writer(fmt: str, family, out_dir: Path, n: int) -> _Writer:
+    """The writer of layout ``fmt`` for the images of ``family`` (an adapter class; None: not known yet)."""
+    tokens = family is not None and family.image_output == "tokens"
+    return (TOKEN_WRITERS if tokens else WRITERS)[fmt](out_dir, n)  # fmt checked (_check_family)
 
 
 def _written(out_dir: Path, *, temporary: bool = False) -> list[Path]:
@@ -425,7 +472,7 @@ def _written(out_dir: Path, *, temporary: bool = False) -> list[Path]:
     if not out_dir.is_dir():
         return []
     return [entry for entry in out_dir.iterdir()
-            if any(re.fullmatch(w.names, entry.name) for w in WRITERS.values())
+            if any(re.fullmatch(w.names, entry.name) for w in (*WRITERS.values(), *TOKEN_WRITERS.values()))
             or (temporary and re.fullmatch(r"\..+\.tmp", entry.name))]
 
 
@@ -447,7 +494,8 @@ def image_seed(seed: int, index: int, k: int) -> int:
 
 
 # ----------------------------------------------------------------- the entry point
-def _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio, image_area) -> int:
+def _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, top_p, guidance, seed, ratio,
+                   image_area) -> int:
     if fmt not in FORMATS:
         raise InputError(f"unknown output format {fmt!r}; known: {', '.join(FORMATS)}", field="fmt")
     n = IMAGES_PER_PROMPT[fmt] if images_per_prompt is None else images_per_prompt
@@ -457,10 +505,13 @@ def _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guida
         raise InputError("the WISE layout holds one image per prompt ({prompt_id}.png)", field="images_per_prompt")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"must be a positive integer, got {batch_size!r}", field="batch_size")
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature < math.inf:
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, int | float)
+                                    or not 0 <= temperature < math.inf):
         raise InputError(f"must be a finite number >= 0 (0: greedy), got {temperature!r}", field="temperature")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise InputError(f"must be a positive integer or None, got {top_k!r}", field="top_k")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1):
+        raise InputError(f"must be a number in (0, 1] (1: no nucleus cut), got {top_p!r}", field="top_p")
     if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float)
                                  or not 1 <= guidance < math.inf):
         raise InputError(f"must be a finite number >= 1 (1: no guidance), got {guidance!r}", field="guidance")
@@ -482,8 +533,9 @@ def generate_images(
     fmt: str = "plain",
     images_per_prompt: int | None = None,
     guidance: float | None = None,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     top_k: int | None = None,
+    top_p: float | None = None,
     positive_prompt: str | None = None,
     negative_prompt: str | None = None,
     image_area: int | None = None,
@@ -499,23 +551,30 @@ def generate_images(
 
     Args:
         model: a model directory (``save_pretrained`` output, loaded on ``device`` in ``dtype``)
-            or a loaded model of a family that generates (Janus, Emu3, the demo's VQ-LM; then give
-            ``processor``; used as it is).
+            or a loaded model of a family that generates (Janus, Emu3, GLM-Image, the demo's VQ-LM;
+            then give ``processor``; used as it is).
         prompts_path: GenEval ``.jsonl``, WISE ``.json``, ``.txt`` or a DPG-Bench folder.
         out_dir: where the images go (created). Its images are continued only when the model,
             the prompts and every setting that changes an image (all but ``batch_size`` and
             ``progress``) are those recorded in ``<out_dir>.manifest.json``.
-        fmt: ``"plain"``, ``"geneval"``, ``"dpg"`` or ``"wise"``.
+        fmt: ``"plain"``, ``"geneval"``, ``"dpg"`` or ``"wise"`` (a family that writes image tokens,
+            GLM-Image: ``"plain"`` only).
         images_per_prompt: default 4 for geneval and dpg, 1 for plain and wise (wise: only 1).
-        guidance: classifier-free guidance scale (1: none); None: the family's (Janus 5, Emu3 3, VQ-LM 1).
-        temperature: sampling temperature (0: greedy).
+        guidance: classifier-free guidance scale (1: none); None: the family's (Janus 5, Emu3 3, VQ-LM and
+            GLM-Image 1).
+        temperature: sampling temperature (0: greedy); None: the family's (Janus, Emu3 and VQ-LM 1; GLM-Image
+            its checkpoint's ``generation_config``).
         top_k: sample among the ``top_k`` most likely tokens; None: the family's (Janus and VQ-LM all, Emu3
-            2048).
+            2048, GLM-Image its checkpoint's).
+        top_p: then among the fewest most likely tokens whose probability reaches ``top_p`` (in (0, 1],
+            transformers' nucleus rule); None: the family's (Janus, Emu3 and VQ-LM none, GLM-Image its
+            checkpoint's).
         positive_prompt: Emu3 only: appended to every prompt (None: the family's default; "" for none).
         negative_prompt: Emu3 only: the guidance's negative prompt (None: the family's default).
-        image_area: Emu3 only: pixels of the generated image (None: the processor's ``image_area``
-            capped at its image processor's ``max_pixels``; 720x720 for Emu3-Gen).
-        ratio: Emu3 only: the image's aspect ratio ``"w:h"``.
+        image_area: Emu3 and GLM-Image only: pixels of the generated image (None: Emu3 the processor's
+            ``image_area`` capped at its image processor's ``max_pixels``, 720x720 for Emu3-Gen; GLM-Image
+            1024x1024).
+        ratio: Emu3 and GLM-Image only: the image's aspect ratio ``"w:h"``.
         seed: images are seeded from ``(seed, prompt index, image index)``.
         batch_size: images generated together (any prompts); does not change the images.
         device, dtype: where and in which dtype to load a model directory.
@@ -523,63 +582,107 @@ def generate_images(
         overwrite: start the folder over (the layout's files are removed) whatever made it.
 
     Returns:
-        ``{"format", "out_dir", "family", "prompts", "prompts_done_before", "images_generated",
-        "images_per_prompt", "guidance", "temperature", "top_k", "seed"}``.
+        ``{"format", "out_dir", "family", "image_output", "prompts", "prompts_done_before",
+        "images_generated", "images_per_prompt", "guidance", "temperature", "top_k", "top_p", "seed"}``;
+        ``image_output`` is ``"pixels"`` (PNGs) or ``"tokens"`` (``.tokens.json`` files).
 
     Raises:
         InputError: a Chameleon model (no image decoder in transformers) or another model that
-            generates no images, a bad option (the message names it), a bad prompt file
-            (:class:`~aia.errors.DataError` naming the file and line), an output that cannot be
-            written there, or one made with another model, prompts or setting (naming the first
-            that differs) or being written by another run.
+            generates no images, a tokens family (GLM-Image) in a layout other than plain, a bad option
+            (the message names it), a bad prompt file (:class:`~aia.errors.DataError` naming the file and
+            line), an output that cannot be written there, or one made with another model, prompts or
+            setting (naming the first that differs) or being written by another run.
         Interrupted: Ctrl-C (the images written so far are kept; the same call resumes).
     """
     from aia.adapters import get_adapter, unwrap
 
-    n = _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, guidance, seed, ratio, image_area)
-    if isinstance(model, str | os.PathLike):
-        check_can_generate(model)  # before loading
+    n = _check_options(fmt, images_per_prompt, batch_size, temperature, top_k, top_p, guidance, seed, ratio,
+                       image_area)
+    from_folder = isinstance(model, str | os.PathLike)
+    if from_folder:
+        check_can_generate(model, fmt)  # before loading
     else:
-        _check_generates(type(unwrap(model)).__name__)
+        _check_family(_adapter_class(model), type(unwrap(model)).__name__, fmt)
     out_dir = writable_output(Path(out_dir), folder=True)
     prompts = read_prompts(prompts_path)
-    writer = WRITERS[fmt](out_dir, n)
-    given = (guidance, temperature, top_k, positive_prompt, negative_prompt, image_area, ratio)
+    given = {"guidance": guidance, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+             "positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area,
+             "ratio": ratio}
     family = _adapter_class(model)  # from config.json, before loading; None: loading says why
-    opts = _image_options(family, *given) if family is not None else ImageOptions(*given)  # as given
-    settings = {"seed": seed, "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k,
-                "positive_prompt": opts.positive, "negative_prompt": opts.negative, "image_area": opts.image_area,
-                "ratio": opts.ratio}  # the family's defaults filled in: an explicit default is the same run
+    opts = _image_options(family, **given) if family is not None else _as_given(**given)
     with output_lock(out_dir, "aia generate"):
-        fields = _manifest(model, prompts, fmt, n, settings, device, dtype)
+        before, after = _manifest(model, prompts, fmt, n, device, dtype)
+        settings = _settings(seed, opts)  # the family's defaults filled in: an explicit default is the same run
+        recorded = {} if overwrite else _recorded_defaults(out_dir, settings, given)
+        fields = {**before, **settings, **recorded, **after}
         if not check_manifest(out_dir, "images", fields, overwrite=overwrite, has_output=bool(_written(out_dir))):
             _clear(out_dir)
+        writer = _writer(fmt, family, out_dir, n)
         jobs, done_before = _pending(writer, prompts)
-        if jobs or family is None or not isinstance(model, str | os.PathLike):  # a complete folder: no loading
+        # a complete folder loads no model, unless a default it was made with is the checkpoint's to tell
+        if jobs or recorded or family is None or not from_folder:
             model, processor = resolve_model(model, processor, device=device, dtype=dtype)
-            _check_generates(type(unwrap(model)).__name__)
             adapter = get_adapter(model, processor)
-            opts, family = _image_options(adapter, *given), type(adapter)
+            family = type(adapter)
+            _check_family(family, type(unwrap(model)).__name__, fmt)
+            opts = _image_options(adapter, **given)  # the instance's defaults: a checkpoint may set its own
+            real = {**before, **_settings(seed, opts), **after}
+            if real != fields:
+                check_manifest(out_dir, "images", real, has_output=bool(_written(out_dir)))
+            writer = _writer(fmt, family, out_dir, n)
+            jobs, done_before = _pending(writer, prompts)
         out_dir.mkdir(parents=True, exist_ok=True)
         writer.begin(prompts)
         if jobs:
             _generate(model, adapter, opts, jobs, writer, seed=seed, batch_size=batch_size,
                       desc=f"generating ({fmt})", progress=progress)
-    return {"format": fmt, "out_dir": str(out_dir), "family": family.family, "prompts": len(prompts),
-            "prompts_done_before": done_before, "images_generated": len(jobs), "images_per_prompt": n,
-            "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k, "seed": seed}
+    return {"format": fmt, "out_dir": str(out_dir), "family": family.family, "image_output": family.image_output,
+            "prompts": len(prompts), "prompts_done_before": done_before, "images_generated": len(jobs),
+            "images_per_prompt": n, "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k,
+            "top_p": opts.top_p, "seed": seed}
 
 
-def _manifest(model, prompts: list[Prompt], fmt: str, n: int, settings: dict, device, dtype) -> dict:
-    """What the images depend on (:mod:`aia.evaluate.manifest`): the model, the prompts as read, the
-    layout and the settings as given (None: the family's default), the dtype and the device's type."""
+def _manifest(model, prompts: list[Prompt], fmt: str, n: int, device, dtype) -> tuple[dict, dict]:
+    """What the images depend on besides the settings (:mod:`aia.evaluate.manifest`), the fields before
+    them and after them: the model, the prompts as read and the layout; the dtype and the device's type."""
     if isinstance(model, str | os.PathLike):
         dtype, device = _dtype(dtype), torch.device(device)
     else:  # used as it is
         dtype, device = model.dtype, next(model.parameters()).device
-    return {"model": model_fingerprint(model), "prompt_file": digest([[p.index, p.name, p.text, p.line] for p in prompts]),
-            "format": fmt, "images_per_prompt": n, **settings,
-            "dtype": None if dtype is None else str(dtype).removeprefix("torch."), "device": device.type}
+    before = {"model": model_fingerprint(model),
+              "prompt_file": digest([[p.index, p.name, p.text, p.line] for p in prompts]),
+              "format": fmt, "images_per_prompt": n}
+    return before, {"dtype": None if dtype is None else str(dtype).removeprefix("torch."), "device": device.type}
+
+
+def _settings(seed: int, opts: ImageOptions) -> dict:
+    """The settings an image depends on, as the manifest records them; ``top_p`` only where one is used
+    (a record without it, made before the option existed, is a run without it)."""
+    settings = {"seed": seed, "guidance": opts.guidance, "temperature": opts.temperature, "top_k": opts.top_k,
+                "positive_prompt": opts.positive, "negative_prompt": opts.negative, "image_area": opts.image_area,
+                "ratio": opts.ratio}
+    if opts.top_p is not None:
+        settings["top_p"] = opts.top_p
+    return settings
+
+
+def _recorded_defaults(out_dir: Path, settings: dict, given: dict) -> dict:
+    """The settings left to the family's default (``given`` None) that ``out_dir``'s record holds with
+    another value than the family class's default in ``settings``: ``{name: recorded value}``.
+
+    A family may take its defaults from the checkpoint (GLM-Image: its ``generation_config``), which the
+    loaded adapter tells, not its class. Such a setting is compared with the record as recorded before
+    loading, and again with the adapter's own default once the model is loaded (so a folder holding one
+    loads the model even when it is complete); a family whose defaults are its class's finds them
+    different there, as it would have before loading."""
+    try:
+        old = json.loads(manifest_path(out_dir).read_text(encoding="utf-8")).get("images")
+    except (OSError, ValueError, AttributeError):
+        return {}  # no record (check_manifest reports one that cannot be read)
+    if not isinstance(old, dict):
+        return {}
+    return {name: old[name] for name, value in given.items()
+            if value is None and name in old and old[name] != settings.get(name)}
 
 
 def _adapter_class(model):
@@ -596,25 +699,34 @@ def _adapter_class(model):
         return None
 
 
-def _image_options(adapter, guidance, temperature, top_k, positive_prompt, negative_prompt, image_area,
+def _as_given(guidance, temperature, top_k, top_p, positive_prompt, negative_prompt, image_area,
+              ratio) -> ImageOptions:
+    """The options as given (the family not known before loading: loading fills in its defaults)."""
+    return ImageOptions(guidance=guidance, temperature=temperature, top_k=top_k, positive=positive_prompt,
+                        negative=negative_prompt, image_area=image_area, ratio=ratio, top_p=top_p)
+
+
+def _image_options(adapter, guidance, temperature, top_k, top_p, positive_prompt, negative_prompt, image_area,
                    ratio) -> ImageOptions:
     """The sampling options, the family's defaults where not given; an option of another family refused.
-    ``adapter`` is an adapter or its class."""
+    ``adapter`` is an adapter (its defaults, which a checkpoint may set) or its class (the family's)."""
     defaults = adapter.image_defaults
     given = {"positive_prompt": positive_prompt, "negative_prompt": negative_prompt, "image_area": image_area,
              "ratio": None if ratio == "1:1" else ratio}  # 1:1 is what the families without the option draw
     foreign = [name for name, value in given.items() if value is not None and name not in defaults.options]
     if foreign:
-        raise InputError(f"an option of the {' and '.join(_option_owners(foreign[0]))} family only, not of "
-                         f"{adapter.family}", field=foreign[0])
+        owners = _option_owners(foreign[0])
+        raise InputError(f"an option of the {' and '.join(owners)} famil{'ies' if len(owners) > 1 else 'y'} only, "
+                         f"not of {adapter.family}", field=foreign[0])
     return ImageOptions(
         guidance=float(defaults.guidance if guidance is None else guidance),
-        temperature=float(temperature),
+        temperature=float(defaults.temperature if temperature is None else temperature),
         top_k=defaults.top_k if top_k is None else top_k,
         positive=defaults.positive if positive_prompt is None else positive_prompt,
         negative=defaults.negative if negative_prompt is None else negative_prompt,
         image_area=image_area,
         ratio=ratio,
+        top_p=defaults.top_p if top_p is None else None if top_p == 1 else float(top_p),  # 1: no cut
     )
 
 
