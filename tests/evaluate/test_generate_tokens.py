@@ -219,3 +219,33 @@ def test_cli_says_token_files(model_dir, prompts, tmp_path, capsys):
     assert main(["generate", str(model_dir), "--prompts", str(prompts), "--out", str(tmp_path / "g"),
                  "--format", "geneval", "--quiet"]) != 0
     assert "'fmt': the geneval layout holds PNGs" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- GLM-Image, end to end
+def test_glm_image_writes_its_token_grids(tmp_path, capsys):
+    """``aia generate`` on a saved tiny GLM-Image: one prompt, a 128x128 target (the full grid 128 / 32 = 4x4
+    after the processor's 16x16 preview), the checkpoint's sampling settings, codes from the codebook."""
+    from aia.cli import main
+    from aia.testing.tiny_glm_image import tiny_glm_image
+
+    model, processor = tiny_glm_image(seed=0)
+    model_dir = tmp_path / "glm"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    codebook = model.config.vq_config.num_embeddings
+    (tmp_path / "p.txt").write_text("a red square on a blue background\n")
+    out = tmp_path / "out"
+    argv = ["generate", str(model_dir), "--prompts", str(tmp_path / "p.txt"), "--out", str(out), "--image-area",
+            str(128 * 128), "--seed", "1", "--quiet"]
+    assert main(argv) == 0
+    assert f"wrote {out} (1 new token files, 0 prompts already there)" in capsys.readouterr().out
+    assert tokens_files(out) == ["00000_0.tokens.json", "index.jsonl"]
+    data = json.loads((out / "00000_0.tokens.json").read_text())
+    assert data["grids"] == [[16, 16], [4, 4]] and [len(t) for t in data["tokens"]] == [256, 16]
+    assert all(isinstance(c, int) and 0 <= c < codebook for t in data["tokens"] for c in t)
+    record = json.loads(manifest_path(out).read_text())["images"]
+    assert (record["temperature"], record["top_p"], record["guidance"]) == (0.9, 0.75, 1.0)  # generation_config's
+    assert main(argv) == 0 and "(0 new token files, 1 prompts already there)" in capsys.readouterr().out
+    assert main([*argv[:5], str(tmp_path / "g"), "--format", "geneval", "--quiet"]) == 2
+    assert ("'fmt': the geneval layout holds PNGs for its scorer, but GlmImageForConditionalGeneration generates "
+            "image tokens") in capsys.readouterr().err
