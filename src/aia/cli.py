@@ -100,7 +100,7 @@ def _profile_parser(sub) -> None:
 
 #: the decode-only options, as ProfileOptions field -> DecodeSettings field
 _DECODE_OPTIONS = {"max_new_tokens": "max_new_tokens", "guidance": "cfg_weight", "temperature": "temperature",
-                   "seed": "seed"}
+                   "seed": "seed", "top_k": "top_k", "top_p": "top_p"}
 
 
 def _cmd_profile(opts) -> int:
@@ -172,10 +172,12 @@ def _run_config_inputs(opts, dtype: str | None) -> tuple:
 def _profile_flags(opts, data: str, task: str, dtype: str | None, settings, common: dict):
     """``aia profile MODEL_DIR --data FILE --task T``: the model, spans and prompts the flags say."""
     from aia.adapters import load_model
+    from aia.adapters.loading import check_task
     from aia.measure.decode import decode_profile
     from aia.measure.teacher import profile_model
     from aia.options import torch_dtype
 
+    check_task(opts.model_dir, task)  # a family that does not take the task, before the model loads
     model, processor = load_model(opts.model_dir, dtype=torch_dtype(dtype), device=opts.runtime.device)
     common = dict(common, span_config=opts.spans, prompt_config=opts.prompts, model_name=str(opts.model_dir))
     if opts.mode == "decode":

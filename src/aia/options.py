@@ -106,14 +106,18 @@ class ProfileOptions:
     """Output JSON."""
     mode: str = field(default="teacher", metadata={"choices": ("teacher", "decode")})
     """teacher: one forward over the data's own tokens; decode: while the model generates (KV cache), by default
-    as the released plot scripts do (gen: CFG 5, sampling at temperature 1; und: greedy, 512 tokens) (default:
-    teacher)."""
+    as the released plot scripts do (gen: CFG 5, sampling at temperature 1; und: greedy, 512 tokens; GLM-Image: its
+    checkpoint's generation config, no CFG) (default: teacher)."""
     max_new_tokens: int | None = None
     """decode: und answer length cap (default 512); gen: decode only this many image tokens (default all)."""
     guidance: float | None = None
-    """decode, gen: classifier-free guidance weight (default 5; 1 = no guidance)."""
+    """decode, gen: classifier-free guidance weight (default: 5; GLM-Image 1; 1 = no guidance)."""
     temperature: float | None = None
-    """decode, gen: sampling temperature (default 1; 0 = greedy)."""
+    """decode, gen: sampling temperature (default: 1; GLM-Image its generation config's; 0 = greedy)."""
+    top_k: int | None = None
+    """decode, gen: sample among the k most likely codes (default: all; GLM-Image its generation config's)."""
+    top_p: float | None = None
+    """decode, gen: sample in the nucleus of this probability (default: all; GLM-Image its generation config's)."""
     seed: int | None = None
     """decode, gen: sampling seed (default 0)."""
     batch_size: int = 1

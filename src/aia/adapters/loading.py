@@ -37,9 +37,11 @@ __all__ = [
     "WEIGHT_FILES",
     "adapter_class",
     "adapter_class_of",
+    "check_task",
     "get_adapter",
     "load_model",
     "register_adapter",
+    "saved_adapter_class",
 ]
 
 #: files one of which holds a saved model's weights (sharded checkpoints have an index)
@@ -142,6 +144,49 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None, device: 
     import transformers
 
     model_dir = Path(model_dir)
+    adapter, architecture = _saved_adapter(model_dir)
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise InputError(f"no weights ({' or '.join(WEIGHT_FILES)}); was the save interrupted?", path=model_dir)
+    try:  # the processor first: it is quick, and a missing one should not cost a model load
+        processor = adapter.load_processor(model_dir)
+    except (OSError, ValueError, TypeError) as err:
+        raise InputError(f"cannot load the processor saved with the model: {_first_line(err)}", path=model_dir) from None
+    cls = getattr(transformers, architecture)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    try:
+        model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # truncated or corrupt weight files
+        raise InputError(f"cannot load the weights: {_first_line(err)}", path=model_dir) from None
+    except pickle.UnpicklingError:  # torch's weights-only loader met other objects than tensors: not run
+        raise InputError("cannot load the weights: a .bin weights file holds other objects than tensors and "
+                         "numbers (refused, not run); save the model as safetensors", path=model_dir) from None
+    return model.to(device).eval(), processor
+
+
+def saved_adapter_class(model_dir: str | Path) -> type[AdapterBase]:
+    """The adapter class of the model saved in ``model_dir``, read from its ``config.json`` alone (no weights
+    loaded): what it can do (``tasks``, ``image_defaults``...) is known before the model loads.
+
+    Raises:
+        InputError: as :func:`load_model` for a folder without a usable ``config.json``.
+    """
+    return _saved_adapter(Path(model_dir))[0]
+
+
+def check_task(model_dir: str | Path, task: str) -> None:
+    """An :class:`~aia.errors.InputError` naming the model class when the family saved in ``model_dir`` does not
+    take ``task`` (a generation-only reference asked for understanding...), before the model loads."""
+    cls = saved_adapter_class(model_dir)
+    if task not in cls.tasks:
+        architecture = _saved_adapter(Path(model_dir))[1]
+        raise InputError(f"{architecture} ({cls.family}) takes {' and '.join(cls.tasks)} samples only, not {task!r}",
+                         field="task")
+
+
+def _saved_adapter(model_dir: Path) -> tuple[type[AdapterBase], str]:
+    """``(adapter class, model class name)`` from ``model_dir/config.json``."""
+    import transformers
+
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise InputError("no config.json; expected a directory written by save_pretrained", path=model_dir)
@@ -154,25 +199,9 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None, device: 
         raise InputError(f"names no transformers model class: {architectures}", path=config_path,
                          field="architectures")
     try:
-        adapter = adapter_class(architectures[0], config.get(FAMILY_MARKER))
+        return adapter_class(architectures[0], config.get(FAMILY_MARKER)), architectures[0]
     except InputError as err:
         raise InputError(err.reason, path=config_path) from None
-    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
-        raise InputError(f"no weights ({' or '.join(WEIGHT_FILES)}); was the save interrupted?", path=model_dir)
-    try:  # the processor first: it is quick, and a missing one should not cost a model load
-        processor = adapter.load_processor(model_dir)
-    except (OSError, ValueError, TypeError) as err:
-        raise InputError(f"cannot load the processor saved with the model: {_first_line(err)}", path=model_dir) from None
-    cls = getattr(transformers, architectures[0])
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    try:
-        model = cls.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # truncated or corrupt weight files
-        raise InputError(f"cannot load the weights: {_first_line(err)}", path=model_dir) from None
-    except pickle.UnpicklingError:  # torch's weights-only loader met other objects than tensors: not run
-        raise InputError("cannot load the weights: a .bin weights file holds other objects than tensors and "
-                         "numbers (refused, not run); save the model as safetensors", path=model_dir) from None
-    return model.to(device).eval(), processor
 
 
 def _first_line(err: BaseException) -> str:
