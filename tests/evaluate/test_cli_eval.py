@@ -107,6 +107,12 @@ def test_eval_refuses_what_it_can_check_before_any_model_runs(two_models, bench_
 
     err = run({"janus": str(two_models[0]), "cham": str(chameleon)}, prompts)
     assert "'models.cham'" in err and "no image decoder" in err and "cannot run geneval" in err
+    # GLM-Image writes image tokens: no PNGs for GenEval's scorer
+    from aia.testing.tiny_glm_image import tiny_glm_image
+
+    glm = save_model(*tiny_glm_image(seed=0, num_layers=1), tmp_path / "glm")
+    err = run({"janus": str(two_models[0]), "glm": str(glm)}, prompts)
+    assert "'models.glm'" in err and "generates image tokens" in err and "cannot run geneval" in err
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     err = run({"janus": str(two_models[0])}, bad)

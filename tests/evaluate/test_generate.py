@@ -125,7 +125,6 @@ def test_same_seed_same_pngs_whatever_the_batching_and_resuming(model_dirs, gene
 
 
 @pytest.mark.parametrize("family", ["janus", "emu3"])
-@pytest.mark.xfail(strict=True, reason="the adapter does not pass options.top_p to seeded_sampler yet")
 def test_top_p_reaches_the_sampler(model_dirs, geneval_file, tmp_path, family):
     """A nucleus of one token (top-p 1e-6) is the greedy choice: the images of temperature 0."""
     nucleus = generate_images(model_dirs[family], geneval_file, tmp_path / "p", top_p=1e-6, progress=False)

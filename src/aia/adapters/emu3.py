@@ -250,7 +250,7 @@ class Emu3Adapter(AdapterBase):
             config.guidance_scale = options.guidance
             guided = {"negative_prompt_ids": negative["input_ids"].to(model.device),
                       "negative_prompt_attention_mask": negative["attention_mask"].to(model.device)}
-        sampler = seeded_sampler(seeds, options.temperature, options.top_k)
+        sampler = seeded_sampler(seeds, options.temperature, options.top_k, options.top_p)
         out = model.generate(**inputs, generation_config=config, prefix_allowed_tokens_fn=allowed,
                              logits_processor=LogitsProcessorList([sampler]), **guided)
         tokens = out[:, inputs["input_ids"].shape[1]:]

@@ -218,7 +218,7 @@ class JanusAdapter(AdapterBase):
         else:  # no guidance: keep the conditional half of the doubled batch
             def guide(input_ids, scores):
                 return scores[: scores.shape[0] // 2]
-        processors = LogitsProcessorList([guide, seeded_sampler(seeds, options.temperature, options.top_k)])
+        processors = LogitsProcessorList([guide, seeded_sampler(seeds, options.temperature, options.top_k, options.top_p)])
         codes = model.generate(**inputs, generation_mode="image", generation_config=config, logits_processor=processors)
         # one image at a time: the decoder's arithmetic then does not depend on the batch size
         pixels = torch.cat([unwrap(model).decode_image_tokens(row[None]) for row in codes])  # [B, H, W, C]

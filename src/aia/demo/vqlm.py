@@ -158,7 +158,7 @@ class VQLMAdapter(AdapterBase):
         seq = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=device)  # left padding
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
         code_ids = torch.tensor(self.code_ids, device=device)
-        sampler = seeded_sampler(seeds, options.temperature, options.top_k)
+        sampler = seeded_sampler(seeds, options.temperature, options.top_k, options.top_p)
         codes = []
         for _ in range(self.image_tokenizer.tokens_per_image):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # counted over real tokens, as in training
