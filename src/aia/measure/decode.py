@@ -18,7 +18,11 @@ lines in ``docs/FIDELITY.md``) by default:
    * generation is **sampled** (multinomial, ``temperature`` 1) with **classifier-free
      guidance** (``cfg_weight`` 5): an unconditional branch, the same record encoded with
      its prompt blanked (``cfg_blank``), runs beside the conditional one and the logits are
-     ``uncond + w * (cond - uncond)``; the intensity is the conditional branch's;
+     ``uncond + w * (cond - uncond)``; the intensity is the conditional branch's. These are the
+     unified families' defaults (:meth:`AdapterBase.decode_sampling
+     <aia.adapters.base.AdapterBase.decode_sampling>`); a generation-only reference samples as its
+     checkpoint does (GLM-Image: its generation config's temperature / top-p / top-k, no guidance),
+     and :class:`DecodeSettings` overrides any of them;
    * understanding is **greedy**, until an end-of-turn token or ``max_new_tokens`` (512);
 
    sampling draws from a generator seeded by ``(seed, sample index)``, so a run repeats
