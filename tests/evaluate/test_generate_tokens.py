@@ -246,6 +246,8 @@ def test_glm_image_writes_its_token_grids(tmp_path, capsys):
     record = json.loads(manifest_path(out).read_text())["images"]
     assert (record["temperature"], record["top_p"], record["guidance"]) == (0.9, 0.75, 1.0)  # generation_config's
     assert main(argv) == 0 and "(0 new token files, 1 prompts already there)" in capsys.readouterr().out
+    assert main([*argv, "--guidance", "3", "--overwrite"]) == 2  # refused before the model loads
+    assert "'guidance': glm-image takes no classifier-free guidance (1: none), got 3.0" in capsys.readouterr().err
     assert main([*argv[:5], str(tmp_path / "g"), "--format", "geneval", "--quiet"]) == 2
     assert ("'fmt': the geneval layout holds PNGs for its scorer, but GlmImageForConditionalGeneration generates "
             "image tokens") in capsys.readouterr().err

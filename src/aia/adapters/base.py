@@ -181,6 +181,10 @@ class ImageDefaults:
         negative: the guidance's negative prompt ("" where the family guides against an empty prompt).
         options: the family-specific options of :func:`aia.evaluate.generate_images` it accepts
             (``positive_prompt``, ``negative_prompt``, ``image_area``, ``ratio`` other than ``"1:1"``).
+        temperature: sampling temperature (0: greedy).
+        top_p: sample in the nucleus of this probability (None: all).
+        guided: the family takes classifier-free guidance (a ``guidance`` other than 1 is refused where not,
+            before the model loads).
     """
 
     guidance: float
@@ -190,6 +194,7 @@ class ImageDefaults:
     options: tuple[str, ...] = ()
     temperature: float = 1.0
     top_p: float | None = None
+    guided: bool = True
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ class GlmImageAdapter(AdapterBase):
     #: the image tokenizer: the vision encoder and the VQ quantizer
     frozen_modules = ("vqmodel", "visual")
     #: no guidance (module docstring); the sampling settings are the checkpoint's (set per instance)
-    image_defaults = ImageDefaults(guidance=1.0, top_k=None, options=("image_area", "ratio"))
+    image_defaults = ImageDefaults(guidance=1.0, top_k=None, options=("image_area", "ratio"), guided=False)
     image_output = "tokens"
 
     def __init__(

@@ -718,6 +718,9 @@ def _image_options(adapter, guidance, temperature, top_k, top_p, positive_prompt
         owners = _option_owners(foreign[0])
         raise InputError(f"an option of the {' and '.join(owners)} famil{'ies' if len(owners) > 1 else 'y'} only, "
                          f"not of {adapter.family}", field=foreign[0])
+    if not defaults.guided and guidance not in (None, 1):
+        raise InputError(f"{adapter.family} takes no classifier-free guidance (1: none), got {guidance!r}",
+                         field="guidance")
     return ImageOptions(
         guidance=float(defaults.guidance if guidance is None else guidance),
         temperature=float(defaults.temperature if temperature is None else temperature),
