@@ -7,6 +7,11 @@ gradient accumulation 2 x batch 2 against 1 x batch 4. The loss is normalised ov
 batch (:mod:`aia.training.step`), so the runs differ only by the order of floating-point
 reductions: step losses agree to 1e-5 relative and the weights after 4 AdamW steps (lr 1e-3) to
 1e-5 absolute (measured: 1.2e-7). The FSDP2 and ZeRO-3 kill + resume runs are compared exactly.
+
+The runs share launches (:data:`LAUNCHES`): one plain-python process trains every 1-process run, and one
+launch per accelerate config trains all the runs of that config one after the other, the run to be killed
+last (a launch's start-up costs more than a run; a run trained after another in the same processes gives
+bit-identical losses and weights, measured). Each test then reads the output folders of the runs it compares.
 """
 
 import importlib.util
@@ -30,22 +35,31 @@ LOSS_KEYS = ("loss", "loss/ntp", "loss/ntp/und", "loss/ntp/gen", "loss/aia/und",
 COUNT_KEYS = ("ntp_tokens/und", "ntp_tokens/gen", "aia_samples/und", "aia_samples/gen")
 
 
-def _train(model: Path, data, out: Path, batch_size: int, grad_accum: int = 1, launch: str | None = None,
-           die_at: int | None = None, overrides: tuple[str, ...] = (), python: str = sys.executable
-           ) -> subprocess.CompletedProcess:
-    """Run tests/training/dist_runner.py: plain python (one process) or ``accelerate launch`` with a
-    shipped config."""
-    args = [str(RUNNER), str(model), str(data[0]), str(data[1]), str(out), str(batch_size), str(grad_accum),
-            *overrides]
+def _launch(runs: list[list[str]], launch: str | None = None, python: str = sys.executable
+            ) -> subprocess.CompletedProcess:
+    """Run tests/training/dist_runner.py on ``runs`` (each ``[MODEL, UND, GEN, OUT, BATCH_SIZE, GRAD_ACCUM,
+    *OVERRIDES]``, one after the other in the same processes): plain python (one process) or ``accelerate
+    launch`` with a shipped config."""
+    args = [str(RUNNER), *[arg for i, run in enumerate(runs) for arg in (["+"] if i else []) + run]]
     if launch is None:
         cmd = [python, *args]
     else:
         launcher = Path(python).with_name("accelerate")
         cmd = [str(launcher), "launch", "--config_file", str(ROOT / "configs/accelerate" / launch), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    if die_at is not None:
-        env["DIE_AT_STEP"] = str(die_at)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _run(model: Path, data, out: Path, batch_size: int, grad_accum: int = 1, overrides: tuple[str, ...] = (),
+         die_at: int | None = None) -> list[str]:
+    """One run of :func:`_launch`; ``die_at``: every process SIGKILLs itself when that 0-based step starts."""
+    die = [f"--die-at-step={die_at}"] if die_at is not None else []
+    return [str(model), str(data[0]), str(data[1]), str(out), str(batch_size), str(grad_accum), *die, *overrides]
+
+
+def _log(out: Path) -> str:
+    """What the run into ``out`` wrote on the main process's stderr."""
+    return Path(f"{out}.rank0.log").read_text()
 
 
 def _ok(proc: subprocess.CompletedProcess) -> None:
@@ -71,28 +85,83 @@ def _same_weights(got: Path, want: Path) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
 
 
-@pytest.fixture(scope="module")
-def runs_of(tiny_data, tmp_path_factory):
-    """``runs_of(family)``: one process x 4 and the same global batch as DDP 2 x 2 and FSDP2 2 x 2
-    (trained once per family and module)."""
-    done: dict[str, dict] = {}
+#: Janus's task-specific modules frozen: every trainable parameter gets a gradient in every micro-batch,
+#: which DeepSpeed ZeRO-3 needs (aia.training.setup.check_deepspeed)
+SHARED_ONLY = ("model.frozen=[vqmodel,vision_model,aligner,generation_embeddings,generation_aligner,generation_head]",)
+RANDOM_MIXING = ("data.mixing=random",)
+#: the ZeRO-3 tests run (not skipped)
+DEEPSPEED = importlib.util.find_spec("deepspeed") is not None and shutil.which("c++") is not None
 
-    def get(family: str) -> dict:
-        if family in done:
-            return done[family]
-        tmp = tmp_path_factory.mktemp(family)
-        build = {"janus": tiny_janus, "emu3": tiny_emu3}[family]
-        model = save_model(*build(seed=0), tmp / "model")
-        out = done[family] = {"model": model, "tmp": tmp, "family": family}
-        for name, kwargs in {"single": {"batch_size": 4}, "ddp": {"batch_size": 2, "launch": "cpu_2proc.yaml"},
-                             "fsdp2": {"batch_size": 2, "launch": "cpu_2proc_fsdp2.yaml"}}.items():
-            proc = _train(model, tiny_data, tmp / name, **kwargs)
+#: what each launch trains: its accelerate config (None: plain python, one process) and its runs, one after the
+#: other in the same processes (a launch's start-up, DeepSpeed's above all, costs more than a run of 4 steps):
+#: run -> (family, batch size, gradient accumulation, overrides, 0-based step at which every process kills itself)
+LAUNCHES = {
+    "single": (None, {
+        "single/janus": ("janus", 4, 1, (), None),
+        "single/emu3": ("emu3", 4, 1, (), None),  # also the reference of Emu3's ZeRO-3 run (no overrides)
+        "accum/janus": ("janus", 2, 2, (), None),
+        "accum/emu3": ("emu3", 2, 2, (), None),
+        "single_random/janus": ("janus", 4, 1, RANDOM_MIXING, None),
+        **({"single_zero3_ref/janus": ("janus", 4, 1, SHARED_ONLY, None)} if DEEPSPEED else {}),
+    }),
+    "ddp": ("cpu_2proc.yaml", {
+        "ddp/janus": ("janus", 2, 1, (), None),
+        "ddp/emu3": ("emu3", 2, 1, (), None),
+        "ddp_random/janus": ("janus", 2, 1, RANDOM_MIXING, None),
+    }),
+    "fsdp2": ("cpu_2proc_fsdp2.yaml", {
+        "fsdp2/janus": ("janus", 2, 1, (), None),
+        "fsdp2/emu3": ("emu3", 2, 1, (), None),
+        "fsdp2_killed/janus": ("janus", 2, 1, (), 2),  # last: the launch ends there
+    }),
+    "zero3": ("cpu_2proc_zero3.yaml", {
+        "zero3/janus": ("janus", 2, 1, SHARED_ONLY, None),  # also the uninterrupted run of the kill + resume test
+        "zero3/emu3": ("emu3", 2, 1, (), None),  # Emu3: both tasks share every trained module
+        "zero3_killed/janus": ("janus", 2, 1, SHARED_ONLY, 2),  # last: the launch ends there
+    }),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """``{family: directory}``: tiny Janus and Emu3 (seed 0) saved once per module."""
+    tmp = tmp_path_factory.mktemp("models")
+    return {family: save_model(*build(seed=0), tmp / family) for family, build in
+            {"janus": tiny_janus, "emu3": tiny_emu3}.items()}
+
+
+@pytest.fixture(scope="module")
+def launched(tiny_models, tiny_data, tmp_path_factory):
+    """``launched(name)``: ``(process, {run: output folder})`` of launch ``name`` of :data:`LAUNCHES`, trained
+    once per module; every run that was not to be killed returned, and without a killed run the launch
+    exited with 0."""
+    tmp = tmp_path_factory.mktemp("runs")
+    done: dict[str, tuple[subprocess.CompletedProcess, dict[str, Path]]] = {}
+
+    def get(name: str) -> tuple[subprocess.CompletedProcess, dict[str, Path]]:
+        if name in done:
+            return done[name]
+        config, runs = LAUNCHES[name]
+        outs = {run: tmp / run for run in runs}
+        for out in outs.values():
+            out.parent.mkdir(parents=True, exist_ok=True)
+        proc = _launch([_run(tiny_models[family], tiny_data, outs[run], batch_size, grad_accum, overrides, die_at)
+                        for run, (family, batch_size, grad_accum, overrides, die_at) in runs.items()], config)
+        if all(die_at is None for *_, die_at in runs.values()):
             _ok(proc)
-            out[name] = tmp / name
-            out[f"{name}_log"] = proc.stderr
-        return out
+        for run, (*_, die_at) in runs.items():
+            if die_at is None:
+                log = Path(f"{outs[run]}.rank0.log")
+                assert log.is_file() and _log(outs[run]).endswith("dist_runner: done\n"), (run, proc.stderr[-3000:])
+        done[name] = proc, outs
+        return done[name]
 
     return get
+
+
+def runs_of(launched, *names: str) -> dict[str, Path]:
+    """``{run: output folder}`` of the launches ``names``."""
+    return {run: out for name in names for run, out in launched(name)[1].items()}
 
 
 FAMILIES = pytest.mark.parametrize("family", ["janus", "emu3"])
@@ -101,24 +170,25 @@ FAMILIES = pytest.mark.parametrize("family", ["janus", "emu3"])
 @pytest.mark.integration
 @FAMILIES
 @pytest.mark.parametrize("variant", ["ddp", "fsdp2"])
-def test_two_processes_equal_one_process_with_the_global_batch(runs_of, family, variant):
-    runs = runs_of(family)
-    assert "2 process(es)" in runs[f"{variant}_log"] and "1 process(es)" in runs["single_log"]
-    want = _rows(runs["single"])
-    if runs["family"] == "janus":  # a CFG-blanked generation sample (Janus drops 10%): fewer AIA samples
+def test_two_processes_equal_one_process_with_the_global_batch(launched, family, variant):
+    runs = runs_of(launched, "single", variant)
+    single, distributed = runs[f"single/{family}"], runs[f"{variant}/{family}"]
+    assert "2 process(es)" in _log(distributed) and "1 process(es)" in _log(single)
+    want = _rows(single)
+    if family == "janus":  # a CFG-blanked generation sample (Janus drops 10%): fewer AIA samples
         assert any(r["aia_samples/gen"] < 4 for r in want)
-    _same_losses(_rows(runs[variant]), want)
-    _same_weights(runs[variant] / "final", runs["single"] / "final")
+    _same_losses(_rows(distributed), want)
+    _same_weights(distributed / "final", single / "final")
 
 
 @pytest.mark.integration
 @FAMILIES
-def test_fsdp2_final_model_equals_ddp_and_reloads_with_transformers(runs_of, family):
-    runs = runs_of(family)
+def test_fsdp2_final_model_equals_ddp_and_reloads_with_transformers(launched, family):
+    runs = runs_of(launched, "ddp", "fsdp2")
     from transformers import AutoConfig, Emu3ForConditionalGeneration, JanusForConditionalGeneration
 
-    final = runs["fsdp2"] / "final"
-    _same_weights(final, runs["ddp"] / "final")
+    final = runs[f"fsdp2/{family}"] / "final"
+    _same_weights(final, runs[f"ddp/{family}"] / "final")
     config = AutoConfig.from_pretrained(final)
     cls = {"janus": JanusForConditionalGeneration, "emu3": Emu3ForConditionalGeneration}[config.model_type]
     model = cls.from_pretrained(final)
@@ -133,22 +203,18 @@ def test_fsdp2_final_model_equals_ddp_and_reloads_with_transformers(runs_of, fam
 
 @pytest.mark.integration
 @FAMILIES
-def test_gradient_accumulation_equals_the_larger_batch(runs_of, family, tiny_data):
-    runs = runs_of(family)
-    out = runs["tmp"] / "accum"
-    _ok(_train(runs["model"], tiny_data, out, batch_size=2, grad_accum=2))
-    _same_losses(_rows(out), _rows(runs["single"]))
-    _same_weights(out / "final", runs["single"] / "final")
+def test_gradient_accumulation_equals_the_larger_batch(launched, family):
+    runs = runs_of(launched, "single")
+    out = runs[f"accum/{family}"]
+    _same_losses(_rows(out), _rows(runs[f"single/{family}"]))
+    _same_weights(out / "final", runs[f"single/{family}"] / "final")
 
 
 @pytest.mark.integration
-def test_one_task_per_step_as_released_is_normalised_alike(runs_of, tiny_data):
+def test_one_task_per_step_as_released_is_normalised_alike(launched):
     """``data.mixing=random`` (the released recipe: one task per step, share 1): DDP 2 x 2 == 1 x 4."""
-    runs = runs_of("janus")
-    random_mixing = ("data.mixing=random",)
-    single, ddp = runs["tmp"] / "single_random", runs["tmp"] / "ddp_random"
-    _ok(_train(runs["model"], tiny_data, single, batch_size=4, overrides=random_mixing))
-    _ok(_train(runs["model"], tiny_data, ddp, batch_size=2, launch="cpu_2proc.yaml", overrides=random_mixing))
+    runs = runs_of(launched, "single", "ddp")
+    single, ddp = runs["single_random/janus"], runs["ddp_random/janus"]
     got, want = _rows(ddp), _rows(single)
     assert {("loss/ntp/und" in r) for r in want} == {True, False}  # both tasks, one per step
     assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 3, 4]
@@ -160,36 +226,28 @@ def test_one_task_per_step_as_released_is_normalised_alike(runs_of, tiny_data):
 
 
 @pytest.mark.integration
-def test_fsdp2_kill_and_resume_equals_the_uninterrupted_run(runs_of, tiny_data):
-    runs = runs_of("janus")
-    out = runs["tmp"] / "fsdp2_killed"
-    killed = _train(runs["model"], tiny_data, out, batch_size=2, launch="cpu_2proc_fsdp2.yaml", die_at=2)
+def test_fsdp2_kill_and_resume_equals_the_uninterrupted_run(launched, tiny_models, tiny_data):
+    killed, runs = launched("fsdp2")
+    out, whole = runs["fsdp2_killed/janus"], runs["fsdp2/janus"]
     assert killed.returncode != 0 and (out / "checkpoint-2").is_dir() and not (out / "final").exists()
     assert [r["step"] for r in _rows(out)] == [1, 2]
-    resumed = _train(runs["model"], tiny_data, out, batch_size=2, launch="cpu_2proc_fsdp2.yaml")
+    resumed = _launch([_run(tiny_models["janus"], tiny_data, out, batch_size=2)], "cpu_2proc_fsdp2.yaml")
     _ok(resumed)
     assert "resumed from checkpoint-2" in resumed.stderr
-    assert _rows(out) == [{**r, "time/step_s": _rows(out)[i]["time/step_s"]} for i, r in enumerate(_rows(runs["fsdp2"]))]
-    _same_weights(out / "final", runs["fsdp2"] / "final")
-
-
-#: Janus's task-specific modules frozen: every trainable parameter gets a gradient in every micro-batch,
-#: which DeepSpeed ZeRO-3 needs (aia.training.setup.check_deepspeed)
-SHARED_ONLY = ("model.frozen=[vqmodel,vision_model,aligner,generation_embeddings,generation_aligner,generation_head]",)
+    assert _rows(out) == [{**r, "time/step_s": _rows(out)[i]["time/step_s"]} for i, r in enumerate(_rows(whole))]
+    _same_weights(out / "final", whole / "final")
 
 
 @pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed")
 @pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed builds its CPU communication op with a C++ compiler")
 @FAMILIES
-def test_deepspeed_zero3_equals_one_process(runs_of, family, tiny_data):
-    runs = runs_of(family)
-    overrides = SHARED_ONLY if family == "janus" else ()  # Emu3: both tasks share every trained module
-    single, zero3 = runs["tmp"] / "single_zero3_ref", runs["tmp"] / "zero3"
-    _ok(_train(runs["model"], tiny_data, single, batch_size=4, overrides=overrides))
-    proc = _train(runs["model"], tiny_data, zero3, batch_size=2, launch="cpu_2proc_zero3.yaml", overrides=overrides)
-    _ok(proc)
-    assert "2 process(es)" in proc.stderr
+def test_deepspeed_zero3_equals_one_process(launched, family):
+    runs = runs_of(launched, "single", "zero3")
+    # Janus: its task-specific modules frozen in both runs (SHARED_ONLY); Emu3: the plain 1 x 4 run
+    single = runs["single_zero3_ref/janus" if family == "janus" else "single/emu3"]
+    zero3 = runs[f"zero3/{family}"]
+    assert "2 process(es)" in _log(zero3)
     _same_losses(_rows(zero3), _rows(single), rel=5e-5)  # measured: 1.1e-5 (ZeRO-3's own gradient norm)
     # ZeRO-3 may save another key layout of the same checkpoint: compare the reloaded models
     from transformers import Emu3ForConditionalGeneration, JanusForConditionalGeneration
@@ -205,15 +263,15 @@ def test_deepspeed_zero3_equals_one_process(runs_of, family, tiny_data):
 @pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed")
 @pytest.mark.skipif(shutil.which("c++") is None, reason="DeepSpeed builds its CPU communication op with a C++ compiler")
-def test_deepspeed_zero3_kill_and_resume_equals_the_uninterrupted_run(tiny_data, tmp_path):
-    """DeepSpeed's own checkpoint files, read weights-only (aia.training.state), resume exactly."""
-    model = save_model(*tiny_janus(seed=0), tmp_path / "model")
-    whole, out = tmp_path / "whole", tmp_path / "killed"
-    _ok(_train(model, tiny_data, whole, batch_size=2, launch="cpu_2proc_zero3.yaml", overrides=SHARED_ONLY))
-    killed = _train(model, tiny_data, out, batch_size=2, launch="cpu_2proc_zero3.yaml", overrides=SHARED_ONLY, die_at=2)
+def test_deepspeed_zero3_kill_and_resume_equals_the_uninterrupted_run(launched, tiny_models, tiny_data):
+    """DeepSpeed's own checkpoint files, read weights-only (aia.training.state), resume exactly. The
+    uninterrupted run is the ZeRO-3 Janus run of the equality test above (the same launch, the same overrides)."""
+    killed, runs = launched("zero3")
+    out, whole = runs["zero3_killed/janus"], runs["zero3/janus"]
     assert killed.returncode != 0 and (out / "checkpoint-2" / "deepspeed").is_dir()
     assert not list((out / "checkpoint-2").glob("*.py"))  # DeepSpeed's recovery scripts are not kept
-    resumed = _train(model, tiny_data, out, batch_size=2, launch="cpu_2proc_zero3.yaml", overrides=SHARED_ONLY)
+    resumed = _launch([_run(tiny_models["janus"], tiny_data, out, batch_size=2, overrides=SHARED_ONLY)],
+                      "cpu_2proc_zero3.yaml")
     _ok(resumed)
     assert "resumed from checkpoint-2" in resumed.stderr
     assert [{**r, "time/step_s": 0} for r in _rows(out)] == [{**r, "time/step_s": 0} for r in _rows(whole)]
