@@ -83,7 +83,8 @@ def test_encode_sequence_labels_and_refusals(glm, tiny_data):
     # understanding is refused, naming the model class, before any record is read
     with pytest.raises(InputError, match="GlmImageForConditionalGeneration is a generation-only model"):
         adapter.encode(read_records(tiny_data[0])[0], "und", tiny_data[0].parent)
-    with pytest.raises(InputError, match=r"GlmImageForConditionalGeneration \(glm-image\) takes gen samples only"):
+    refusal = r"GlmImageForConditionalGeneration is a generation-only model \(glm-image\): it takes no 'und' samples"
+    with pytest.raises(InputError, match=refusal):
         RecordEncoder(adapter, "und", tiny_data[0].parent)
     with pytest.raises(ValueError, match="generation-only"):
         adapter.decode_runner(model, "und")
@@ -211,7 +212,7 @@ def test_reference_workflow_glm_image_and_qwen_vl_targets_a_janus_run(glm, tiny_
     assert len(decoded["per_sample"]) == 2 and decoded["task"] == "gen"
     capsys.readouterr()
     code, err = run_cli(capsys, "profile", glm_dir, "--data", und, "--task", "und", "--out", tmp_path / "u.json")
-    assert code == 2 and "GlmImageForConditionalGeneration (glm-image) takes gen samples only" in err
+    assert code == 2 and "GlmImageForConditionalGeneration is a generation-only model (glm-image)" in err
     assert len(err.strip().splitlines()) == 1
     assert main(["profile", str(qwen_dir), "--data", str(und), "--task", "und", "--out", str(tmp_path / "q.json"),
                  *common]) == 0

@@ -608,6 +608,12 @@ class AdapterBase(abc.ABC):
         a family whose checkpoint samples otherwise returns its own."""
         return {"cfg_weight": 5.0, "temperature": 1.0, "top_k": None, "top_p": None}
 
+    @classmethod
+    def task_refusal(cls, task: str, model_class: str) -> str:
+        """The one-line reason a model of ``model_class`` (this family) cannot take ``task`` samples."""
+        kind = {("und",): "an understanding-only", ("gen",): "a generation-only"}.get(tuple(cls.tasks), "a")
+        return f"{model_class} is {kind} model ({cls.family}): it takes no {task!r} samples"
+
     def generation_settings(self) -> dict:
         """What a saved checkpoint's ``generation_config`` needs for the family's own ``generate``
         (``{key: value}``; a dict value is merged into the current one); here nothing."""

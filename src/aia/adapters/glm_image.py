@@ -175,8 +175,7 @@ class GlmImageAdapter(AdapterBase):
         if task != "gen":
             from aia.errors import InputError
 
-            raise InputError(f"{self.model_class} is a generation-only model: it cannot encode understanding "
-                             "('und') samples; profile it with task 'gen'", field="task")
+            raise InputError(self.task_refusal(task, self.model_class), field="task")
         if image is None:
             image = load_image(image_path(record, base_dir))
         full = self._patches(image)  # the image as the model's image processor prepares an input image

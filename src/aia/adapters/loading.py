@@ -178,9 +178,7 @@ def check_task(model_dir: str | Path, task: str) -> None:
     take ``task`` (a generation-only reference asked for understanding...), before the model loads."""
     cls = saved_adapter_class(model_dir)
     if task not in cls.tasks:
-        architecture = _saved_adapter(Path(model_dir))[1]
-        raise InputError(f"{architecture} ({cls.family}) takes {' and '.join(cls.tasks)} samples only, not {task!r}",
-                         field="task")
+        raise InputError(cls.task_refusal(task, _saved_adapter(Path(model_dir))[1]), field="task")
 
 
 def _saved_adapter(model_dir: Path) -> tuple[type[AdapterBase], str]:

@@ -260,7 +260,7 @@ class RecordEncoder:
 
     Args:
         adapter: the model family's adapter (``encode(record, task, base_dir, image=, cfg_blank=)``,
-            ``processor``, ``tasks``, ``model_class`` and ``family``).
+            ``processor``, ``tasks``, ``task_refusal`` and ``model_class``).
         task: ``"und"`` or ``"gen"``.
         base_dir: the data file's folder (image paths are relative to it).
         policy: the preprocessing policy.
@@ -283,8 +283,7 @@ class RecordEncoder:
         if task not in adapter.tasks:  # before any record is read
             from aia.errors import InputError
 
-            raise InputError(f"{adapter.model_class} ({adapter.family}) takes {' and '.join(adapter.tasks)} samples "
-                             f"only, not {task!r}", field="task")
+            raise InputError(adapter.task_refusal(task, adapter.model_class), field="task")
         self.adapter, self.task, self.policy = adapter, task, policy
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.transform = image_transform(policy, task, adapter.processor) if transform is _FROM_POLICY else transform
