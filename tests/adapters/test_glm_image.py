@@ -214,6 +214,10 @@ def test_reference_workflow_glm_image_and_qwen_vl_targets_a_janus_run(glm, tiny_
     code, err = run_cli(capsys, "profile", glm_dir, "--data", und, "--task", "und", "--out", tmp_path / "u.json")
     assert code == 2 and "GlmImageForConditionalGeneration is a generation-only model (glm-image)" in err
     assert len(err.strip().splitlines()) == 1
+    questions = tmp_path / "questions.jsonl"  # aia answer: refused from config.json, before the questions are read
+    code, err = run_cli(capsys, "answer", glm_dir, "--bench", "custom", "--data", questions, "--out", tmp_path / "a")
+    assert code == 2 and "is a generation-only model (glm-image): it takes no 'und' samples" in err
+    assert not questions.exists() and not (tmp_path / "a").exists()
     assert main(["profile", str(qwen_dir), "--data", str(und), "--task", "und", "--out", str(tmp_path / "q.json"),
                  *common]) == 0
     targets = tmp_path / "targets.yaml"

@@ -94,11 +94,11 @@ def test_eval_refuses_what_it_can_check_before_any_model_runs(two_models, bench_
     prompts = tmp_path / "geneval.jsonl"
     prompts.write_text('{"tag": "single_object", "prompt": "a photo of a red circle"}\n')
 
-    def run(models: dict, prompt_file) -> str:
+    def run(models: dict, prompt_file, understanding: bool = True) -> str:
         config = tmp_path / "eval.yaml"
         config.write_text(yaml.safe_dump({
             "out": "eval_out", "models": models,
-            "understanding": {"pope": {"data": str(data), "image_dir": str(images)}},
+            "understanding": {"pope": {"data": str(data), "image_dir": str(images)}} if understanding else {},
             "generation": {"geneval": {"prompts": str(prompt_file)}},
         }))
         assert main(["eval", str(config), "--quiet"]) == 2
@@ -112,6 +112,8 @@ def test_eval_refuses_what_it_can_check_before_any_model_runs(two_models, bench_
 
     glm = save_model(*tiny_glm_image(seed=0, num_layers=1), tmp_path / "glm")
     err = run({"janus": str(two_models[0]), "glm": str(glm)}, prompts)
+    assert "'models.glm'" in err and "is a generation-only model (glm-image)" in err and "cannot run pope" in err
+    err = run({"glm": str(glm)}, prompts, understanding=False)
     assert "'models.glm'" in err and "generates image tokens" in err and "cannot run geneval" in err
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")

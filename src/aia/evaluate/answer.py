@@ -520,6 +520,10 @@ def answer(
             raise InputError(f"must be a positive integer, got {value!r}", field=name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"must be a positive integer or None, got {limit!r}", field="limit")
+    if isinstance(model, str | os.PathLike):  # a generation-only family (GLM-Image), before anything loads
+        from aia.adapters.loading import check_task
+
+        check_task(model, "und")
     questions = read_questions(bench, data_path, image_dir=image_dir)
     out_path = Path(out_path)
     with output_lock(out_path, "aia answer"):

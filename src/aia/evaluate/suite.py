@@ -260,6 +260,14 @@ def run_eval(config: EvalConfig | str | Path, progress: bool = True, overwrite: 
     for name, directory in models.items():
         if not (directory / "config.json").is_file():
             raise ConfigError(f"no saved model (config.json) in {directory}", field=f"models.{name}")
+        if cfg.understanding:
+            from aia.adapters.loading import check_task
+
+            try:
+                check_task(directory, "und")
+            except InputError as err:
+                raise ConfigError(f"{err}; it cannot run {', '.join(cfg.understanding)}",
+                                  field=f"models.{name}") from None
         for bench in cfg.generation:  # each benchmark's layout: a family writing tokens has no PNGs to score
             try:
                 check_can_generate(directory, fmt=bench)
