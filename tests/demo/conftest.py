@@ -1,10 +1,21 @@
-"""Fixtures of the demo's tests: the digits split and a hand-made digits model."""
+"""Fixtures of the demo's tests: the digits split, a hand-made digits model, and the two demo runs
+that several test modules read (each run once per session: a quick demo takes a minute)."""
 
 from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from aia.adapters import get_adapter
+from aia.cli import main
+from aia.demo import run_demo
 from aia.demo.digits import DigitsProcessor, DigitsVQ, build_digits_model, load_split, to_image
 from tests.demo.helpers import CODEBOOK, CODES
 
@@ -21,3 +32,47 @@ def hand_made():
     model = build_digits_model(processor, num_layers=2, hidden_size=32, num_heads=2, seed=0)
     image = to_image(DigitsVQ(CODEBOOK).decode(CODES))
     return processor, model, get_adapter(model, processor), image
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A demo run: its output directory, its ``results.json``, and what it printed on stderr and stdout."""
+
+    out: Path
+    results: dict
+    err: str
+    stdout: str
+
+
+def _captured(run):
+    """``(run(), stderr, stdout)``: what ``run`` printed on ``sys.stderr`` and ``sys.stdout`` (as capsys sees it)."""
+    err, out = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, {"AIA_DEBUG": "0"}), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        value = run()
+    return value, err.getvalue(), out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def quick_demo_run(tmp_path_factory) -> DemoRun:
+    """``aia demo --quick --ablations --seed 0`` (its overall bar on): tests/demo/test_pipeline.py checks its
+    files and numbers, tests/demo/test_progress.py what it printed."""
+    out = tmp_path_factory.mktemp("demo")
+    code, err, stdout = _captured(lambda: main(["demo", "--out", str(out), "--quick", "--ablations", "--seed", "0"]))
+    assert code == 0, err[-3000:]
+    return DemoRun(out, json.loads((out / "results.json").read_text()), err, stdout)
+
+
+@pytest.fixture(scope="session")
+def quick_demo(quick_demo_run) -> tuple[Path, dict]:
+    """``(out, results)`` of :func:`quick_demo_run`."""
+    return quick_demo_run.out, quick_demo_run.results
+
+
+@pytest.fixture(scope="session")
+def debug_demo_run(tmp_path_factory) -> DemoRun:
+    """The quick demo again, seed 0, one post-training seed, no ablations (the default with ``quick``), with
+    ``debug=True`` (each run's own output instead of the overall bar): tests/demo/test_pipeline.py compares its
+    numbers with :func:`quick_demo_run`'s, tests/demo/test_progress.py checks what it printed."""
+    out = tmp_path_factory.mktemp("demo_debug")
+    results, err, stdout = _captured(lambda: run_demo(out, quick=True, seed=0, seeds=1, debug=True))
+    return DemoRun(out, results, err, stdout)

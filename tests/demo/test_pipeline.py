@@ -1,9 +1,9 @@
 """`aia demo --quick` end to end: the pretrain -> post-train protocol, every file and key, the
-across-seed statistics, learning, determinism, and the CLI redoing its steps."""
+across-seed statistics, learning, determinism, and the CLI redoing its steps. The demo runs are
+tests/demo/conftest.py's (once per session: tests/demo/test_progress.py reads them too)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -24,14 +24,6 @@ RUN_KEYS = {
 SHARED = {"und_only": ("und",), "gen_only": ("gen",), "pretrained": ("und", "gen")}
 POST = ("baseline", "aia", "aia_mse", "aia_per_layer")
 VERDICTS = {"better", "worse", "closer", "farther", "no measurable difference"}
-
-
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--out", str(out), "--quick", "--ablations", "--seed", "0"])
-    assert code == 0
-    return out, json.loads((out / "results.json").read_text())
 
 
 def _finite(x) -> bool:
@@ -174,9 +166,11 @@ def test_quick_demo_report_shows_the_numbers_of_results_json(quick_demo):
 
 
 @pytest.mark.integration
-def test_quick_demo_is_deterministic(quick_demo, tmp_path):
+def test_quick_demo_is_deterministic(quick_demo, debug_demo_run):
+    """The quick demo run again (tests/demo/conftest.py: with ``debug``, one seed, no ablations by default)
+    gives the same numbers."""
     _, first = quick_demo
-    second = run_demo(tmp_path / "again", quick=True, seed=0, seeds=1, progress=False)  # no ablations by default
+    second = debug_demo_run.results
     for key in ("data", "judge", "targets", "targets_delta", "targets_per_layer", "settings", "runs"):
         assert second[key] == first[key], key
     assert second["seeds"] == [0] and set(second["per_seed"][0]["runs"]) == {"baseline", "aia"}

@@ -1,5 +1,6 @@
 """What `aia demo` shows while it runs: one overall bar with its ETA, which ends full; each run's
-own output goes to DIR/logs/ (shown with debug=True)."""
+own output goes to DIR/logs/ (shown with debug=True). The demo runs are tests/demo/conftest.py's
+(once per session: tests/demo/test_pipeline.py reads them too)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from aia.demo.pipeline import QUICK, _planned_units, run_demo
+from aia.demo.pipeline import QUICK, _planned_units
 
 TINY = replace(QUICK, steps=4, post_steps=2, profile_samples=4, gen_samples_per_digit=1)
 
@@ -22,19 +23,18 @@ def test_the_planned_units_count_every_run_and_evaluation():
 
 
 @pytest.mark.integration
-def test_the_demo_shows_one_bar_and_keeps_the_runs_output_in_logs(tmp_path, capsys):
-    run_demo(tmp_path / "d", settings=TINY, seeds=1, ablations=False)
-    captured = capsys.readouterr()
-    err = captured.err.replace("\r", "\n")
+def test_the_demo_shows_one_bar_and_keeps_the_runs_output_in_logs(quick_demo_run, debug_demo_run):
+    """What tests/demo/conftest.py's quick demo printed (run once for the demo's tests), then its run with
+    ``debug``."""
+    err = quick_demo_run.err.replace("\r", "\n")
     bars = [line for line in err.splitlines() if line.startswith("aia demo:") and "%|" in line]
     assert bars and "100%|" in bars[-1] and "ETA" in bars[-1], bars[-3:]
     for noise in ("aia train:", "check und data", "Loading weights", "profile und", "Setting accelerator"):
-        assert noise not in err + captured.out, noise
+        assert noise not in err + quick_demo_run.stdout, noise
     assert "== aia demo [7/7] report" in err
-    assert "aia train:" in (tmp_path / "d" / "logs" / "seed0" / "aia.txt").read_text()
+    assert "aia train:" in (quick_demo_run.out / "logs" / "seed0" / "aia.txt").read_text()
 
-    run_demo(tmp_path / "e", settings=TINY, seeds=1, ablations=False, debug=True)
-    err = capsys.readouterr().err.replace("\r", "\n")
+    err = debug_demo_run.err.replace("\r", "\n")
     assert "aia train:" in err and "-- training seed0/aia" in err and "check und data" in err
     assert not any(line.startswith("aia demo:") and "%|" in line for line in err.splitlines())
-    assert not (tmp_path / "e" / "logs").exists()
+    assert not (debug_demo_run.out / "logs").exists()
