@@ -261,3 +261,24 @@ def test_tiny_builder_is_deterministic_and_round_trips(tmp_path):
     assert loaded.generation_config.top_p == 0.75 and loaded.generation_config.do_sample
     want = get_adapter(model, processor).prompt_tokens("a red square", 64, 128)
     assert get_adapter(loaded, loaded_processor).prompt_tokens("a red square", 64, 128) == want
+
+
+def test_a_wide_image_gets_its_own_grids_and_the_models_positions(glm, tiny_data):
+    """A 64x32 image: the image processor's 4x8 grid (it halves, then patches at 4 pixels), so the processor's
+    target 128x256 with its 11x22 preview; the positions equal ``get_rope_index`` and ``generate``'s."""
+    from PIL import Image
+
+    model, processor = glm
+    adapter = get_adapter(model, processor)
+    record = gen_record("a wide red bar")
+    ex = adapter.encode(record, "gen", tiny_data[1].parent, image=Image.new("RGB", (64, 32), (200, 20, 20)))
+    assert ex.grids == ((11, 22), (4, 8))
+    inputs = processor(text=[adapter.prompt_text("a wide red bar")], target_h=128, target_w=256, return_tensors="pt")
+    n = inputs["input_ids"].shape[1]
+    assert ex.input_ids[:n].tolist() == inputs["input_ids"][0].tolist() and len(ex) == n + 11 * 22 + 4 * 8 + 1
+    prompt_positions, _ = model.model.get_rope_index(inputs["input_ids"], inputs["image_grid_thw"],
+                                                     inputs["images_per_sample"], inputs["attention_mask"])
+    want = torch.cat([prompt_positions[:, 0], model.model._cached_decode_position_ids[0]], -1)
+    assert torch.equal(adapter.collate([ex]).inputs["position_ids"][:, 0], want)
+    with torch.no_grad():
+        assert torch.isfinite(adapter.forward(model, adapter.collate([ex])).loss)
