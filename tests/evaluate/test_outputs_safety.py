@@ -385,11 +385,17 @@ def test_eval_reruns_only_with_the_same_settings(models, bench_files, prompts, t
     data, images = bench_files["pope"]
     out = tmp_path / "eval_out"
     assert run_cli(capsys, "eval", _eval_file(tmp_path, models, data, images, prompts), "--quiet")[0] == 0
+    # the baseline's answers lose their last row (there is answering to do), and the seed changes: every
+    # output is checked before the first model runs, so the run stops before answering anything
+    preds = out / "baseline" / "pope.jsonl"
+    rows = preds.read_text().splitlines(keepends=True)
+    preds.write_text("".join(rows[:-1]))
     code, err = run_cli(capsys, "eval", _eval_file(tmp_path, models, data, images, prompts, seed=3), "--quiet")
     assert code == 2
     assert one_line(err).startswith(
         f"aia eval: error: {out}/baseline/geneval: images were made with another seed (0, now 3): continuing would mix"
     )
+    assert preds.read_text() == "".join(rows[:-1])  # nothing answered before the refusal
     code, err = run_cli(
         capsys, "eval", _eval_file(tmp_path, models, data, images, prompts, max_new_tokens=3), "--quiet"
     )

@@ -481,6 +481,7 @@ def answer(
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    check_only: bool = False,
 ) -> dict:
     """Answer a benchmark's questions and append the predictions to ``out_path`` (JSON Lines).
 
@@ -504,6 +505,8 @@ def answer(
         device, dtype: where and in which dtype to load a model directory.
         progress: show a progress bar.
         overwrite: start ``bench``'s rows of ``out_path`` over (other benchmarks' rows stay).
+        check_only: only check that ``out_path``'s rows may be continued with these settings (the record in
+            its manifest), loading and writing nothing; returns ``{"bench", "out_path", "questions", "checked"}``.
 
     Returns:
         ``{"bench", "out_path", "questions", "skipped" (already answered), "answered"}``.
@@ -526,6 +529,11 @@ def answer(
         check_task(model, "und")
     questions = read_questions(bench, data_path, image_dir=image_dir)
     out_path = Path(out_path)
+    if check_only:  # the record of an existing output against these settings; nothing loads or is written
+        fields = _manifest(model, questions, max_new_tokens, batch_size, device, dtype)
+        check_manifest(out_path, bench, fields, overwrite=overwrite, has_output=bool(_done_ids(out_path, bench)),
+                       record=False)
+        return {"bench": bench, "out_path": str(out_path), "questions": len(questions), "checked": True}
     with output_lock(out_path, "aia answer"):
         fields = _manifest(model, questions, max_new_tokens, batch_size, device, dtype)
         if not check_manifest(out_path, bench, fields, overwrite=overwrite, has_output=bool(_done_ids(out_path, bench))):

@@ -546,6 +546,7 @@ def generate_images(
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    check_only: bool = False,
 ) -> dict:
     """Generate the images of a prompt file in a benchmark's layout (see the module doc).
 
@@ -580,6 +581,9 @@ def generate_images(
         device, dtype: where and in which dtype to load a model directory.
         progress: show a progress bar (images/s).
         overwrite: start the folder over (the layout's files are removed) whatever made it.
+        check_only: only check that the folder may be continued with these settings (the record in its
+            manifest, the family's defaults as its ``config.json`` tells them), loading and writing nothing;
+            returns ``{"format", "out_dir", "prompts", "checked"}``.
 
     Returns:
         ``{"format", "out_dir", "family", "image_output", "prompts", "prompts_done_before",
@@ -610,6 +614,13 @@ def generate_images(
              "ratio": ratio}
     family = _adapter_class(model)  # from config.json, before loading; None: loading says why
     opts = _image_options(family, **given) if family is not None else _as_given(**given)
+    if check_only:  # the record of an existing folder against these settings; nothing loads or is written
+        before, after = _manifest(model, prompts, fmt, n, device, dtype)
+        settings = _settings(seed, opts)
+        recorded = {} if overwrite else _recorded_defaults(out_dir, settings, given)
+        check_manifest(out_dir, "images", {**before, **settings, **recorded, **after}, overwrite=overwrite,
+                       has_output=bool(_written(out_dir)), record=False)
+        return {"format": fmt, "out_dir": str(out_dir), "prompts": len(prompts), "checked": True}
     with output_lock(out_dir, "aia generate"):
         before, after = _manifest(model, prompts, fmt, n, device, dtype)
         settings = _settings(seed, opts)  # the family's defaults filled in: an explicit default is the same run

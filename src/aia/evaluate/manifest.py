@@ -139,7 +139,8 @@ def _first_difference(old: dict, new: dict, prefix: str = "") -> str | None:
     return None
 
 
-def check_manifest(out: Path, section: str, fields: dict, *, overwrite: bool = False, has_output: bool = False) -> bool:
+def check_manifest(out: Path, section: str, fields: dict, *, overwrite: bool = False, has_output: bool = False,
+                   record: bool = True) -> bool:
     """Record ``fields`` as what ``section`` of output ``out`` is made with, or check them against
     the record of an earlier run.
 
@@ -150,6 +151,8 @@ def check_manifest(out: Path, section: str, fields: dict, *, overwrite: bool = F
         overwrite: the caller starts ``section`` over: the record is replaced whatever it was.
         has_output: ``out`` already holds rows or files of ``section`` (without any, a record
             of other fields, left by a run that stopped before its first row, is replaced).
+        record: write the record; False checks only (``aia eval`` checks every output before its first
+            model runs).
 
     Returns:
         ``True`` when the existing output of ``section`` may be continued, ``False`` when the
@@ -176,7 +179,7 @@ def check_manifest(out: Path, section: str, fields: dict, *, overwrite: bool = F
             "the two; give --overwrite to start it over, or another --out",
             path=out,
         )
-    if old != fields:
+    if record and old != fields:
         _write(path, {**recorded, section: fields})
     return not overwrite
 

@@ -248,8 +248,9 @@ def run_eval(config: EvalConfig | str | Path, progress: bool = True, overwrite: 
     such an output stops the run naming it and the first difference).
 
     Raises:
-        InputError: what can be checked before any model runs (a model, prompt file, ``out``),
-            then an output made otherwise or being written by another run.
+        InputError: what can be checked before any model runs (a model, prompt file, ``out``, every
+            existing output against the record of what made it), then an output being written by
+            another run.
         Interrupted: Ctrl-C, naming the model, the benchmark and where it stopped.
     """
     cfg = config if isinstance(config, EvalConfig) else load_eval_config(config)
@@ -298,6 +299,18 @@ def _run(cfg: EvalConfig, models: dict[str, Path], out: Path, *, progress: bool,
     scores: dict[str, dict[str, dict]] = {}
     exported: dict[str, dict[str, str]] = {}
     judge_flags: dict[str, dict[str, str | None]] = {}
+    # every output that exists is checked against its record first: a changed setting stops the run here,
+    # before the first model runs, not after the outputs before it were continued
+    for name, directory in models.items():
+        for bench, spec in cfg.understanding.items():
+            with _where(name, bench):
+                answer(directory, bench, spec.data, out / name / f"{bench}.jsonl", image_dir=spec.image_dir,
+                       max_new_tokens=opts.max_new_tokens, limit=opts.limit, check_only=True, **common)
+        for bench, spec in cfg.generation.items():
+            with _where(name, bench):
+                generate_images(directory, spec.prompts, out / name / bench, fmt=bench,
+                                images_per_prompt=opts.images_per_prompt, guidance=opts.guidance, seed=opts.seed,
+                                check_only=True, **common)
     for name, directory in models.items():
         for bench, spec in cfg.understanding.items():
             preds = out / name / f"{bench}.jsonl"
