@@ -200,34 +200,50 @@ def test_lora_trains_only_adapters(tiny_data, tmp_path):
         assert torch.equal(saved["base_model.model." + name.replace(".default", "")], weight)
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("mixing", ["both", "random"])
-def test_two_processes_see_the_same_losses(tiny_data, tmp_path, mixing):
-    script = tmp_path / "ddp_run.py"
+MIXINGS = ("both", "random")
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tiny_data, tmp_path_factory) -> Path:
+    """``DIR``: one ``torch.distributed.run`` launch of 2 processes training a tiny Janus for 2 steps with each
+    data mixing of :data:`MIXINGS` in turn (a launch costs seconds of start-up, a run less): the run in
+    ``DIR/<mixing>/run``, each rank's history in ``DIR/<mixing>/rank<R>.json``."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    script = tmp / "ddp_run.py"
     script.write_text(
         "import json, os, sys\n"
         "from aia.training.config import load_config\n"
         "from aia.testing.tiny import tiny_janus\n"
         "from aia.training.trainer import train\n"
-        "cfg = load_config(None, sys.argv[2:], check_paths=False)\n"
-        "model, processor = tiny_janus(seed=0)\n"
-        "res = train(cfg, model, processor)\n"
-        "json.dump(res.history, open(f\"{sys.argv[1]}/rank{os.environ['RANK']}.json\", 'w'))\n"
+        f"for mixing in {MIXINGS!r}:\n"
+        "    out = f\"{sys.argv[1]}/{mixing}\"\n"
+        "    args = [*sys.argv[2:], f\"train.output_dir={out}/run\", f\"data.mixing={mixing}\"]\n"
+        "    model, processor = tiny_janus(seed=0)\n"
+        "    res = train(load_config(None, args, check_paths=False), model, processor)\n"
+        "    json.dump(res.history, open(f\"{out}/rank{os.environ['RANK']}.json\", 'w'))\n"
     )
     und, gen = tiny_data
-    args = [f"data.und={und}", f"data.gen={gen}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2"]
-    args += ["data.batch_size=2", "train.progress=false", "train.intensity_every=1", f"data.mixing={mixing}"]
+    args = [f"data.und={und}", f"data.gen={gen}", "train.max_steps=2"]
+    args += ["data.batch_size=2", "train.progress=false", "train.intensity_every=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(script)]
-    proc = subprocess.run([*cmd, str(tmp_path), *args], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*cmd, str(tmp), *args], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = json.loads((tmp_path / "rank0.json").read_text())
-    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    return tmp
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mixing", MIXINGS)
+def test_two_processes_see_the_same_losses(two_process_runs, mixing):
+    """Both ranks' histories agree step by step, and metrics.jsonl logs the same losses."""
+    out = two_process_runs / mixing
+    r0 = json.loads((out / "rank0.json").read_text())
+    r1 = json.loads((out / "rank1.json").read_text())
     assert len(r0) == len(r1) == 2
     for a, b in zip(r0, r1, strict=True):
         a.pop("time/step_s"), b.pop("time/step_s")  # wall clock differs per rank
         assert a == b
-    logged = rows(tmp_path / "run")
+    logged = rows(out / "run")
     assert [r["loss"] for r in logged] == [r["loss"] for r in r0]
 
 
