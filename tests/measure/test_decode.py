@@ -211,14 +211,14 @@ def test_cached_single_query_matches_eager_rows():
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
         model(
-            input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=position_ids[:, :-1], past_key_values=cache
+            input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=position_ids[:, :-1], cache=cache
         )
         with aia.capture(model) as cap:
             model(
                 input_ids=ids[:, -1:],
                 attention_mask=attn,
                 position_ids=position_ids[:, -1:],
-                past_key_values=cache,
+                cache=cache,
                 aia_query_mask=query,
                 aia_key_mask=keys,
             )
