@@ -1,5 +1,5 @@
 """Shared fixtures: tiny random models of every supported family and a tiny data set; the
-``gpu`` marker skips its tests where CUDA is unavailable."""
+``gpu`` marker skips its tests where CUDA is unavailable; every test runs with one intra-op thread."""
 
 from __future__ import annotations
 
@@ -47,10 +47,22 @@ def saved_model(tmp_path, family):
     return save_model(model, processor, tmp_path / "model"), model, processor
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_intra_op_thread():
+    """One intra-op thread for every test: tiny models gain nothing from more, whose spin-waits make
+    them several times slower on a busy CPU (measured on 2 cores, one busy: tests/cli 46 s with 2
+    threads, 7 s with 1; tests/fidelity 19-59 s, 0.9 s). Subprocesses set ``OMP_NUM_THREADS=1``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module's tests: tiny models gain nothing from more, whose
-    spin-waits make them slow on a busy CPU. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    spin-waits make them slow on a busy CPU. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``
+    (redundant now that every test has one, :func:`_one_intra_op_thread`; kept for the modules that name it)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
