@@ -51,7 +51,7 @@ def saved_model(tmp_path, family):
 def _one_intra_op_thread():
     """One intra-op thread for every test: tiny models gain nothing from more, whose spin-waits make
     them several times slower on a busy CPU (measured on 2 cores, one busy: tests/cli 46 s with 2
-    threads, 7 s with 1; tests/fidelity 19-59 s, 0.9 s). Subprocesses set ``OMP_NUM_THREADS=1``."""
+    threads, 7 s with 1; tests/fidelity 19-59 s, 0.9 s). The training subprocesses set ``OMP_NUM_THREADS=1``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
