@@ -167,8 +167,8 @@ def test_quick_demo_report_shows_the_numbers_of_results_json(quick_demo):
 
 @pytest.mark.integration
 def test_quick_demo_is_deterministic(quick_demo, debug_demo_run):
-    """The quick demo run again (tests/demo/conftest.py: with ``debug``, one seed, no ablations by default)
-    gives the same numbers."""
+    """The quick demo run again in a new process (tests/demo/conftest.py: with ``debug``, one seed, no
+    ablations by default) gives the same numbers."""
     _, first = quick_demo
     second = debug_demo_run.results
     for key in ("data", "judge", "targets", "targets_delta", "targets_per_layer", "settings", "runs"):
