@@ -1,8 +1,9 @@
 """kill -9 at several moments of `aia train` (between steps, inside a checkpoint write, half way through a
 metrics line); the resumed run logs bit-identical losses to an uninterrupted one.
 
-Each killed run has its own process; the uninterrupted run and the resumed ones then train one after the
-other in one process (a process costs seconds of imports, a run of 6 tiny steps less than that)."""
+Each killed run has its own process (the three run side by side, one thread each); the uninterrupted run
+and the resumed ones then train one after the other in one process (a process costs seconds of imports, a
+run of 6 tiny steps less than that)."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -70,9 +72,10 @@ def _losses(out):
 @pytest.mark.integration
 def test_kill_minus_9_then_resume_is_bit_identical(tiny_data, tmp_path):
     wheres = ("between-steps", "checkpoint-write", "metrics-line")
+    with ThreadPoolExecutor(len(wheres)) as pool:  # the killed runs side by side
+        killed = dict(zip(wheres, pool.map(lambda where: _run(tiny_data, [tmp_path / where], where), wheres), strict=True))
     for where in wheres:
-        killed = _run(tiny_data, [tmp_path / where], where)
-        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert killed[where].returncode == -signal.SIGKILL, killed[where].stderr[-2000:]
     reference = tmp_path / "reference"
     resumed = _run(tiny_data, [reference, *(tmp_path / where for where in wheres)])  # uninterrupted, then resumed
     assert resumed.returncode == 0, resumed.stderr[-2000:]
