@@ -64,7 +64,7 @@ def _debug_demo_process(tmp_path_factory):
     stderr and stdout go to files next to ``out`` (a pipe nobody reads would fill up and stop it)."""
     tmp = tmp_path_factory.mktemp("demo_debug")
     out = tmp / "out"
-    env = {**os.environ, "AIA_DEBUG": "0", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with (tmp / "stderr.txt").open("w") as err, (tmp / "stdout.txt").open("w") as stdout:
         process = subprocess.Popen([sys.executable, "-c", DEBUG_DEMO, str(out)], stdout=stdout, stderr=err, env=env)
     yield out, process
