@@ -254,6 +254,8 @@ CTRL_C = textwrap.dedent(
     import aia.training.step as st
     from aia.cli import main
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C's Python default, even under nohup
+
     schedule = st.step_schedule
     def interrupted(step, *a, **k):  # Ctrl-C as the 0-based step 2 (the third) starts
         if step == 2 and os.environ.get("CTRL_C"):
