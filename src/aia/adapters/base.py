@@ -58,6 +58,7 @@ __all__ = [
     "chat_text_prompt",
     "with_bos",
     "fill_image_tokens",
+    "language_model_loss",
 ]
 
 IGNORE_INDEX = -100
@@ -639,6 +640,16 @@ def chat_text_prompt(processor, question: str, system: str | None = None, proces
 def aia_kwargs(batch: Batch) -> dict[str, torch.Tensor]:
     """The span masks as the keyword arguments the attention function reads."""
     return {"aia_query_mask": batch.query_mask, "aia_key_mask": batch.key_mask}
+
+
+def language_model_loss(lm: nn.Module, batch: Batch, head, labels: torch.Tensor | None = None, **inputs) -> AdapterOutput:
+    """The last step of every family's training forward: ``lm`` (the language model, or the model's own
+    forward that calls it) over ``inputs`` (``input_ids``, ``inputs_embeds``, ``pixel_values``...) with the
+    batch's attention mask, positions and span masks (:func:`aia_kwargs`), no cache; then the NTP loss of
+    ``labels`` (default: the batch's) through ``head`` (:func:`next_token_loss`)."""
+    out = lm(**inputs, attention_mask=batch.attention_mask, position_ids=batch.inputs["position_ids"],
+             use_cache=False, **aia_kwargs(batch))
+    return next_token_loss(out.last_hidden_state, batch.labels if labels is None else labels, head, batch.num_targets)
 
 
 def fill_image_tokens(

@@ -47,12 +47,11 @@ from aia.adapters.base import (
     DecodeRunner,
     Example,
     SequenceBuilder,
-    aia_kwargs,
     check_encode_args,
     fill_image_tokens,
     id_tensor,
+    language_model_loss,
     module_dtype,
-    next_token_loss,
     token_id,
     unwrap,
 )
@@ -179,13 +178,6 @@ class ChameleonAdapter(AdapterBase):
         with torch.no_grad():
             codes = model.model.get_image_tokens(batch.inputs["pixel_values"].to(module_dtype(vq)))  # [B, N]
         input_ids, labels = fill_image_tokens(batch.inputs["input_ids"], batch.labels, self.image_token_id, codes)
-        out = model.model(
-            input_ids=input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.inputs["position_ids"],
-            use_cache=False,
-            **aia_kwargs(batch),
-        )
         head = model.lm_head
         if batch.task == "und":
             code_ids = self._code_ids(model, input_ids.device)
@@ -194,4 +186,4 @@ class ChameleonAdapter(AdapterBase):
                 logits = model.lm_head(hidden)
                 return logits.index_fill(-1, code_ids, torch.finfo(logits.dtype).min)
 
-        return next_token_loss(out.last_hidden_state, labels, head, batch.num_targets)
+        return language_model_loss(model.model, batch, head, labels, input_ids=input_ids)

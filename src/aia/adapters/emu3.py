@@ -60,12 +60,11 @@ from aia.adapters.base import (
     ImageDefaults,
     ImageOptions,
     SequenceBuilder,
-    aia_kwargs,
     check_encode_args,
     fill_image_tokens,
     id_tensor,
+    language_model_loss,
     module_dtype,
-    next_token_loss,
     token_id,
     unwrap,
 )
@@ -306,11 +305,4 @@ class Emu3Adapter(AdapterBase):
                 model, batch.inputs["pixel_values"].to(module_dtype(vq)), batch.inputs["image_sizes"]
             )
         input_ids, labels = fill_image_tokens(batch.inputs["input_ids"], batch.labels, self.image_token_id, tokens)
-        out = model.model.text_model(
-            input_ids=input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.inputs["position_ids"],
-            use_cache=False,
-            **aia_kwargs(batch),
-        )
-        return next_token_loss(out.last_hidden_state, labels, model.lm_head, batch.num_targets)
+        return language_model_loss(model.model.text_model, batch, model.lm_head, labels, input_ids=input_ids)

@@ -69,12 +69,11 @@ from aia.adapters.base import (
     ImageDefaults,
     ImageOptions,
     ImageTokens,
-    aia_kwargs,
     check_encode_args,
     fill_image_tokens,
     id_tensor,
+    language_model_loss,
     module_dtype,
-    next_token_loss,
     token_id,
     unwrap,
 )
@@ -284,14 +283,7 @@ class GlmImageAdapter(AdapterBase):
         m = unwrap(model)
         codes = self.image_tokens(m, batch.inputs["pixel_values"], batch.inputs["image_grid_thw"])
         input_ids, labels = fill_image_tokens(batch.inputs["input_ids"], batch.labels, self.image_token_id, codes)
-        out = m.model.language_model(
-            input_ids=input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.inputs["position_ids"],
-            use_cache=False,
-            **aia_kwargs(batch),
-        )
-        return next_token_loss(out.last_hidden_state, labels, m.lm_head, batch.num_targets)
+        return language_model_loss(m.model.language_model, batch, m.lm_head, labels, input_ids=input_ids)
 
     def decode_runner(self, model: nn.Module, task: str) -> DecodeRunner:
         """Generation: the image head restricted to the codes, the image end forced after the grids."""

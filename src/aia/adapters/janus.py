@@ -63,12 +63,11 @@ from aia.adapters.base import (
     ImageDefaults,
     ImageOptions,
     SequenceBuilder,
-    aia_kwargs,
     check_encode_args,
     fill_image_tokens,
     id_tensor,
+    language_model_loss,
     module_dtype,
-    next_token_loss,
     token_id,
     unwrap,
 )
@@ -250,15 +249,8 @@ class JanusAdapter(AdapterBase):
 
     def _understanding(self, model: nn.Module, batch: Batch) -> AdapterOutput:
         pixel_values = batch.inputs["pixel_values"].to(module_dtype(model.model.vision_model))
-        out = model.model(
-            input_ids=batch.inputs["input_ids"],
-            pixel_values=pixel_values,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.inputs["position_ids"],
-            use_cache=False,
-            **aia_kwargs(batch),
-        )
-        return next_token_loss(out.last_hidden_state, batch.labels, model.lm_head, batch.num_targets)
+        return language_model_loss(model.model, batch, model.lm_head, input_ids=batch.inputs["input_ids"],
+                                   pixel_values=pixel_values)
 
     def _generation(self, model: nn.Module, batch: Batch) -> AdapterOutput:
         input_ids = batch.inputs["input_ids"]  # [B, T], image_token_id at the N code slots
@@ -271,11 +263,5 @@ class JanusAdapter(AdapterBase):
         image_embeds = model.prepare_embeddings_for_image_generation(codes)  # [B, N, D]
         slots = (input_ids == self.image_token_id).unsqueeze(-1)
         inputs_embeds = text_embeds.masked_scatter(slots, image_embeds.to(text_embeds.dtype))
-        out = model.model.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.inputs["position_ids"],
-            use_cache=False,
-            **aia_kwargs(batch),
-        )
-        return next_token_loss(out.last_hidden_state, labels, model.model.generation_head, batch.num_targets)
+        return language_model_loss(model.model.language_model, batch, model.model.generation_head, labels,
+                                   inputs_embeds=inputs_embeds)

@@ -51,10 +51,9 @@ from aia.adapters.base import (
     ImageDefaults,
     ImageOptions,
     SequenceBuilder,
-    aia_kwargs,
     check_encode_args,
     id_tensor,
-    next_token_loss,
+    language_model_loss,
     token_id,
     unwrap,
 )
@@ -208,11 +207,4 @@ class VQLMAdapter(AdapterBase):
 
     def forward(self, model: nn.Module, batch: Batch) -> AdapterOutput:
         model = unwrap(model)
-        out = model.model(
-            input_ids=batch.inputs["input_ids"],
-            attention_mask=batch.attention_mask,
-            position_ids=batch.inputs["position_ids"],
-            use_cache=False,
-            **aia_kwargs(batch),
-        )
-        return next_token_loss(out.last_hidden_state, batch.labels, model.lm_head)
+        return language_model_loss(model.model, batch, model.lm_head, input_ids=batch.inputs["input_ids"])
