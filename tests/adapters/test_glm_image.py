@@ -150,7 +150,7 @@ def test_capture_equals_eager_maps_and_loss_trains(glm, tiny_data):
 def test_decode_equals_teacher_forcing_on_own_output(glm, tiny_data, predictive):
     model, processor = glm
     adapter = get_adapter(model, processor, span_config=SpanConfig(predictive=predictive))
-    assert adapter.decode_sampling(model) == {"cfg_weight": 1.0, "temperature": 0.9, "top_k": None, "top_p": 0.75}
+    assert adapter.decode_sampling() == {"cfg_weight": 1.0, "temperature": 0.9, "top_k": None, "top_p": 0.75}
     for index, record in enumerate(read_records(tiny_data[1])[:2]):
         example = adapter.encode(record, "gen", tiny_data[1].parent)
         decoded = decode_example(model, adapter, example, DecodeSettings(seed=index))  # the checkpoint's sampling

@@ -483,7 +483,7 @@ class AdapterBase(abc.ABC):
     #: a family whose pixel decoder is not part of its transformers class)
     image_output: ClassVar[str] = "pixels"
     #: the end of the error :meth:`generate_images` raises where ``image_defaults`` is None
-    no_images_reason: ClassVar[str] = "generates no images; text-to-image needs a family that does (Janus(-Pro), Emu3)"
+    no_images_reason: ClassVar[str] = "generates no images; text-to-image needs a family that does (Janus(-Pro), Emu3; GLM-Image writes token grids)"
     #: the image placeholder id the default :meth:`image_block` looks for (set by the family's
     #: ``__init__``; a family without one overrides :meth:`image_block`)
     image_token_id: int | None = None
@@ -602,7 +602,7 @@ class AdapterBase(abc.ABC):
 
         raise InputError(f"{type(unwrap(model)).__name__} {self.no_images_reason}")
 
-    def decode_sampling(self, model: nn.Module) -> dict:
+    def decode_sampling(self) -> dict:
         """How decode-time profiling (:class:`aia.measure.decode.DecodeSettings`) chooses generation tokens
         where the user does not say: ``{"cfg_weight", "temperature", "top_k", "top_p"}``. Here the released
         plot script's (``gen_plot.py``: classifier-free guidance 5, sampling at temperature 1 over every code);

@@ -293,7 +293,7 @@ class GlmImageAdapter(AdapterBase):
         return DecodeRunner(m.model.language_model, m.lm_head, allowed=id_tensor(range(self.codebook), m.device),
                             forced={int(Role.IMAGE_MARKER): self.end_id})
 
-    def decode_sampling(self, model: nn.Module) -> dict:
+    def decode_sampling(self) -> dict:
         """The checkpoint's sampling settings, no guidance (module docstring)."""
         d = self.image_defaults
         return {"cfg_weight": d.guidance, "temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p}

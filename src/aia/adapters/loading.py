@@ -176,9 +176,9 @@ def saved_adapter_class(model_dir: str | Path) -> type[AdapterBase]:
 def check_task(model_dir: str | Path, task: str) -> None:
     """An :class:`~aia.errors.InputError` naming the model class when the family saved in ``model_dir`` does not
     take ``task`` (a generation-only reference asked for understanding...), before the model loads."""
-    cls = saved_adapter_class(model_dir)
+    cls, architecture = _saved_adapter(Path(model_dir))
     if task not in cls.tasks:
-        raise InputError(cls.task_refusal(task, _saved_adapter(Path(model_dir))[1]), field="task")
+        raise InputError(cls.task_refusal(task, architecture), field="task")
 
 
 def _saved_adapter(model_dir: Path) -> tuple[type[AdapterBase], str]:

@@ -699,14 +699,14 @@ def _recorded_defaults(out_dir: Path, settings: dict, given: dict) -> dict:
 def _adapter_class(model):
     """The adapter class serving ``model`` (loaded, or a directory by its ``config.json``); None when the
     config cannot tell (loading reports why)."""
-    from aia.adapters import FAMILY_MARKER, adapter_class, adapter_class_of
+    from aia.adapters import adapter_class_of
+    from aia.adapters.loading import saved_adapter_class
 
     if not isinstance(model, str | os.PathLike):
         return adapter_class_of(model)
     try:
-        config = json.loads((Path(model) / "config.json").read_text())
-        return adapter_class(config["architectures"][0], config.get(FAMILY_MARKER))
-    except (OSError, ValueError, LookupError, TypeError, AttributeError):
+        return saved_adapter_class(model)
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):  # InputError is a ValueError
         return None
 
 

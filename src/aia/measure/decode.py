@@ -241,7 +241,7 @@ def decode_batch(
     """
     n = len(examples)
     task = examples[0].task
-    settings = settings.resolve(adapter.decode_sampling(model))
+    settings = settings.resolve(adapter.decode_sampling())
     indices = list(range(n)) if sample_indices is None else list(sample_indices)
     caps = [settings.max_new_tokens] * n if max_new_tokens is None else list(max_new_tokens)
     cut = [_prompt_and_plan(ex, adapter, task) for ex in examples]
@@ -623,7 +623,7 @@ def decode_profile(
     data = Path(data)
     records = task_records(data, task)
     adapter = get_adapter(model, processor, span_config=span_config, prompt_config=prompt_config)
-    settings = settings.resolve(adapter.decode_sampling(model))
+    settings = settings.resolve(adapter.decode_sampling())
     guided = task == "gen" and settings.cfg_weight != 1
     policy = measure_policy(model, max_length, preprocessing)
     limit = policy.length.max_length
